@@ -1,0 +1,201 @@
+//! Kafka client setup: one place decides the settings our durability promises depend on, and
+//! operators can still pass any librdkafka setting through (SASL, TLS, tuning).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+/// Environment variables under this prefix become librdkafka settings: the rest of the name,
+/// lower-cased, with `_` read as `.` (`ACTIVITY_KAFKA_RDKAFKA_SECURITY_PROTOCOL=SASL_SSL`).
+pub const PASSTHROUGH_ENV_PREFIX: &str = "ACTIVITY_KAFKA_RDKAFKA_";
+
+/// librdkafka settings whose values must never be logged.
+const SECRET_SETTINGS: &[&str] = &["sasl.password", "ssl.key.password", "ssl.keystore.password"];
+
+/// How to reach the Kafka cluster.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(
+        long = "kafka-brokers",
+        env = "ACTIVITY_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub brokers: String,
+    /// A librdkafka setting as KEY=VALUE, repeatable; applied after ACTIVITY_KAFKA_RDKAFKA_* variables.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
+}
+
+fn parse_property(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        _ => Err(format!("{raw:?} is not KEY=VALUE (e.g. security.protocol=SASL_SSL)")),
+    }
+}
+
+impl KafkaArgs {
+    /// Pass-through settings from the environment and the command line, the latter winning.
+    pub fn passthrough(&self) -> BTreeMap<String, String> {
+        passthrough_from(std::env::vars(), &self.properties)
+    }
+
+    /// A client configuration with our `defaults`, then the brokers, then the operator's
+    /// pass-through settings on top.
+    pub fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        for (key, value) in defaults {
+            config.set(*key, *value);
+        }
+        config.set("bootstrap.servers", &self.brokers);
+        let passthrough = self.passthrough();
+        for (key, value) in &passthrough {
+            config.set(key, value);
+        }
+        if !passthrough.is_empty() {
+            tracing::info!(settings = %describe_settings(&passthrough), "librdkafka pass-through settings");
+        }
+        config
+    }
+
+    /// Settings for a producer that must never report success before every in-sync replica has
+    /// the record, and never reorders or duplicates on its own retries.
+    pub fn producer_config(&self, delivery_timeout: Duration) -> ClientConfig {
+        let timeout_ms = delivery_timeout.as_millis().to_string();
+        self.client_config(&[
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("message.timeout.ms", &timeout_ms),
+            ("linger.ms", "5"),
+        ])
+    }
+
+    /// Creates each topic that does not exist yet; existing topics are left as they are.
+    pub async fn ensure_topics(&self, topics: &[TopicSpec<'_>]) -> Result<(), KafkaSetupError> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .client_config(&[])
+            .create()
+            .map_err(KafkaSetupError::Client)?;
+        let new_topics: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|spec| {
+                spec.config.iter().fold(
+                    NewTopic::new(spec.name, spec.partitions, TopicReplication::Fixed(spec.replication)),
+                    |topic, (key, value)| topic.set(key, value),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin
+            .create_topics(&new_topics, &options)
+            .await
+            .map_err(KafkaSetupError::Client)?;
+        for result in results {
+            match result {
+                Ok(name) => tracing::info!(topic = %name, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(KafkaSetupError::CreateTopic { name, code }),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A topic a service needs, created on start when missing.
+#[derive(Debug, Clone)]
+pub struct TopicSpec<'a> {
+    pub name: &'a str,
+    pub partitions: i32,
+    pub replication: i32,
+    /// Topic-level settings, e.g. `cleanup.policy=compact`.
+    pub config: Vec<(&'a str, &'a str)>,
+}
+
+/// Why the Kafka side could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("cannot create the Kafka client: {0}")]
+    Client(#[source] KafkaError),
+    #[error("cannot create topic {name}: {code}")]
+    CreateTopic { name: String, code: RDKafkaErrorCode },
+}
+
+fn passthrough_from(
+    env: impl IntoIterator<Item = (String, String)>,
+    cli: &[(String, String)],
+) -> BTreeMap<String, String> {
+    let mut settings: BTreeMap<String, String> = env
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let key = name.strip_prefix(PASSTHROUGH_ENV_PREFIX)?;
+            Some((key.to_ascii_lowercase().replace('_', "."), value))
+        })
+        .collect();
+    settings.extend(cli.iter().cloned());
+    settings
+}
+
+/// Renders settings for a log line, hiding secret values.
+fn describe_settings(settings: &BTreeMap<String, String>) -> String {
+    settings
+        .iter()
+        .map(|(key, value)| {
+            if SECRET_SETTINGS.contains(&key.as_str()) {
+                format!("{key}=<redacted>")
+            } else {
+                format!("{key}={value}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_names_map_to_librdkafka_keys_and_the_command_line_wins() {
+        let env = [
+            ("ACTIVITY_KAFKA_RDKAFKA_SECURITY_PROTOCOL".to_string(), "SASL_SSL".to_string()),
+            ("ACTIVITY_KAFKA_RDKAFKA_SASL_MECHANISMS".to_string(), "PLAIN".to_string()),
+            ("ACTIVITY_KAFKA_BROKERS".to_string(), "ignored:9092".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let cli = [("sasl.mechanisms".to_string(), "SCRAM-SHA-512".to_string())];
+        let settings = passthrough_from(env, &cli);
+        assert_eq!(
+            settings.into_iter().collect::<Vec<_>>(),
+            [
+                ("sasl.mechanisms".to_string(), "SCRAM-SHA-512".to_string()),
+                ("security.protocol".to_string(), "SASL_SSL".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn secret_settings_are_redacted_in_logs() {
+        let settings = BTreeMap::from([
+            ("sasl.password".to_string(), "hunter2".to_string()),
+            ("sasl.username".to_string(), "svc".to_string()),
+        ]);
+        let shown = describe_settings(&settings);
+        assert!(!shown.contains("hunter2"));
+        assert!(shown.contains("sasl.username=svc"));
+    }
+
+    #[test]
+    fn properties_must_be_key_value() {
+        assert_eq!(
+            parse_property("a.b=c=d"),
+            Ok(("a.b".to_string(), "c=d".to_string()))
+        );
+        assert!(parse_property("novalue").is_err());
+        assert!(parse_property("=x").is_err());
+    }
+}

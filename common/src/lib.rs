@@ -1,0 +1,10 @@
+//! What the activity log delivery services share: the event type, configuration pieces, Kafka
+//! client setup, metrics, logging, the operational HTTP routes and task supervision.
+
+pub mod config;
+pub mod event;
+pub mod kafka;
+pub mod metrics;
+pub mod ops;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,149 @@
+//! Task supervision and graceful shutdown.
+//!
+//! Every long-running task is spawned through a [`Supervisor`]: when one fails or stops on its own,
+//! it is logged and the whole service is told to stop, instead of dying silently while the rest
+//! keeps running. SIGTERM and SIGINT cancel the same token, and the final drain is bounded.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Owns the service's cancellation token and its tasks.
+#[derive(Clone, Default)]
+pub struct Supervisor {
+    token: CancellationToken,
+    tracker: TaskTracker,
+    failed: Arc<AtomicBool>,
+}
+
+/// How a supervised service ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ShutdownError {
+    #[error("a task failed; see the log line before this one")]
+    TaskFailed,
+    #[error("tasks still running {0:?} after shutdown began; exiting anyway")]
+    DrainTimedOut(Duration),
+}
+
+impl Supervisor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The token every task watches to know when to stop.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// Asks every task to stop.
+    pub fn cancel(&self) {
+        self.token.cancel();
+    }
+
+    /// Spawns an essential task: if it fails, or returns before shutdown began, the whole service
+    /// is asked to stop.
+    pub fn spawn<F>(&self, name: &'static str, task: F)
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let token = self.token.clone();
+        let failed = self.failed.clone();
+        self.tracker.spawn(async move {
+            match task.await {
+                Ok(()) if token.is_cancelled() => tracing::debug!(task = name, "task stopped"),
+                Ok(()) => {
+                    tracing::error!(task = name, "task stopped before shutdown; stopping the service");
+                    failed.store(true, Ordering::SeqCst);
+                    token.cancel();
+                }
+                Err(error) => {
+                    tracing::error!(task = name, error = format!("{error:#}"), "task failed; stopping the service");
+                    failed.store(true, Ordering::SeqCst);
+                    token.cancel();
+                }
+            }
+        });
+    }
+
+    /// Cancels the token on the first SIGTERM or SIGINT.
+    pub fn cancel_on_signals(&self) -> std::io::Result<()> {
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let token = self.token.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+                _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+                () = token.cancelled() => return,
+            }
+            token.cancel();
+        });
+        Ok(())
+    }
+
+    /// Waits until shutdown begins, then gives the tasks at most `drain` to finish.
+    pub async fn run_until_stopped(self, drain: Duration) -> Result<(), ShutdownError> {
+        self.token.cancelled().await;
+        self.tracker.close();
+        if tokio::time::timeout(drain, self.tracker.wait()).await.is_err() {
+            return Err(ShutdownError::DrainTimedOut(drain));
+        }
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(ShutdownError::TaskFailed);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failing_task_stops_the_others() {
+        let supervisor = Supervisor::new();
+        let token = supervisor.token();
+        supervisor.spawn("waits", async move {
+            token.cancelled().await;
+            Ok(())
+        });
+        supervisor.spawn("fails", async { anyhow::bail!("boom") });
+        let outcome = supervisor.run_until_stopped(Duration::from_secs(5)).await;
+        assert!(matches!(outcome, Err(ShutdownError::TaskFailed)));
+    }
+
+    #[tokio::test]
+    async fn a_clean_shutdown_waits_for_tasks_to_finish() {
+        let supervisor = Supervisor::new();
+        let token = supervisor.token();
+        let finished = Arc::new(AtomicBool::new(false));
+        let flag = finished.clone();
+        supervisor.spawn("drains", async move {
+            token.cancelled().await;
+            tokio::task::yield_now().await;
+            flag.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+        supervisor.cancel();
+        supervisor
+            .clone()
+            .run_until_stopped(Duration::from_secs(5))
+            .await
+            .expect("clean shutdown");
+        assert!(finished.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_is_bounded() {
+        let supervisor = Supervisor::new();
+        supervisor.spawn("stuck", std::future::pending());
+        supervisor.cancel();
+        let outcome = supervisor.run_until_stopped(Duration::from_secs(30)).await;
+        assert!(matches!(outcome, Err(ShutdownError::DrainTimedOut(_))));
+    }
+}

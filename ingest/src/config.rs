@@ -1,0 +1,169 @@
+//! Ingest settings: flags with `ACTIVITY_*` environment variables behind them.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use clap::Parser;
+use common::config::{ShutdownArgs, parse_positive_duration};
+use common::kafka::KafkaArgs;
+use common::telemetry::LogArgs;
+use secrecy::SecretString;
+
+/// Shortest bearer token accepted, so a typo'd or placeholder token cannot guard the API.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// Accepts activity events over HTTP and writes them to Kafka.
+///
+/// `POST /v1/events` takes NDJSON (`application/x-ndjson`) or a JSON array (`application/json`),
+/// optionally gzip-compressed, and answers `202` only once Kafka has acknowledged every event.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ingest", version)]
+pub struct IngestConfig {
+    /// Address for the events API, health checks and metrics.
+    #[arg(long, env = "ACTIVITY_INGEST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Bearer tokens accepted by the events API, comma separated; several allow rotation.
+    #[arg(
+        long = "token",
+        env = "ACTIVITY_INGEST_TOKENS",
+        value_delimiter = ',',
+        required = true,
+        hide_env_values = true,
+        value_parser = parse_token
+    )]
+    pub tokens: Vec<SecretString>,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Topic the events are written to.
+    #[arg(long, env = "ACTIVITY_KAFKA_EVENTS_TOPIC", default_value = "activity.events")]
+    pub events_topic: String,
+
+    /// Create the events topic on start if it does not exist.
+    #[arg(long, env = "ACTIVITY_KAFKA_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub create_topics: bool,
+
+    /// Partitions of the events topic when ingest creates it (a tenant's events share one).
+    #[arg(long, env = "ACTIVITY_KAFKA_EVENTS_PARTITIONS", default_value_t = 12,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub events_partitions: i32,
+
+    /// Replication factor of topics ingest creates (use 3 on a production cluster).
+    #[arg(long, env = "ACTIVITY_KAFKA_REPLICATION", default_value_t = 1,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub replication: i32,
+
+    /// Largest accepted event, in bytes of compact JSON.
+    #[arg(long, env = "ACTIVITY_INGEST_MAX_EVENT_BYTES", default_value_t = 256 * 1024)]
+    pub max_event_bytes: usize,
+
+    /// Largest accepted request body, in bytes, both as sent and after gzip decompression.
+    #[arg(long, env = "ACTIVITY_INGEST_MAX_BODY_BYTES", default_value_t = 5 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most events accepted in one request.
+    #[arg(long, env = "ACTIVITY_INGEST_MAX_EVENTS", default_value_t = 10_000)]
+    pub max_events: usize,
+
+    /// How long a request waits for Kafka to acknowledge its events before answering 503.
+    #[arg(long, env = "ACTIVITY_INGEST_PRODUCE_TIMEOUT", default_value = "10s",
+          value_parser = parse_positive_duration)]
+    pub produce_timeout: Duration,
+
+    /// The Retry-After a 503 answer carries.
+    #[arg(long, env = "ACTIVITY_INGEST_RETRY_AFTER", default_value = "5s",
+          value_parser = parse_positive_duration)]
+    pub retry_after: Duration,
+
+    /// Request bytes held in memory at once across all requests; past it, requests get 503.
+    #[arg(long, env = "ACTIVITY_INGEST_MAX_INFLIGHT_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_inflight_bytes: usize,
+
+    /// Per-tenant rate limit in events per second; unset means no limit.
+    #[arg(long, env = "ACTIVITY_INGEST_TENANT_RATE")]
+    pub tenant_rate: Option<NonZeroU32>,
+
+    /// Per-tenant burst in events (defaults to the larger of the rate and --max-events).
+    #[arg(long, env = "ACTIVITY_INGEST_TENANT_BURST", requires = "tenant_rate")]
+    pub tenant_burst: Option<NonZeroU32>,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+}
+
+fn parse_token(raw: &str) -> Result<SecretString, String> {
+    let raw = raw.trim();
+    if raw.chars().count() < MIN_TOKEN_CHARS {
+        return Err(format!("each token must be at least {MIN_TOKEN_CHARS} characters long"));
+    }
+    Ok(SecretString::from(raw))
+}
+
+impl IngestConfig {
+    /// Checks the settings that depend on each other.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_event_bytes == 0 || self.max_body_bytes == 0 || self.max_events == 0 {
+            return Err("ACTIVITY_INGEST_MAX_EVENT_BYTES, _MAX_BODY_BYTES and _MAX_EVENTS must be positive".into());
+        }
+        if self.max_inflight_bytes < self.max_body_bytes {
+            return Err(format!(
+                "ACTIVITY_INGEST_MAX_INFLIGHT_BYTES ({}) must be at least ACTIVITY_INGEST_MAX_BODY_BYTES ({})",
+                self.max_inflight_bytes, self.max_body_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// The per-tenant burst, when rate limiting is on.
+    pub fn effective_tenant_burst(&self) -> Option<NonZeroU32> {
+        let rate = self.tenant_rate?;
+        let max_events = NonZeroU32::new(u32::try_from(self.max_events).unwrap_or(u32::MAX))
+            .unwrap_or(NonZeroU32::MIN);
+        Some(self.tenant_burst.unwrap_or(rate.max(max_events)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<IngestConfig, clap::Error> {
+        let mut args = vec!["ingest", "--token", "0123456789abcdef0123"];
+        args.extend_from_slice(extra);
+        IngestConfig::try_parse_from(args)
+    }
+
+    #[test]
+    fn defaults_match_the_design_limits() {
+        let config = parse(&[]).expect("parses");
+        assert_eq!(config.max_event_bytes, 262_144);
+        assert_eq!(config.max_body_bytes, 5_242_880);
+        assert_eq!(config.max_events, 10_000);
+        assert!(config.validate().is_ok());
+        assert_eq!(config.effective_tenant_burst(), None);
+    }
+
+    #[test]
+    fn short_tokens_are_refused_with_a_reason() {
+        let error = IngestConfig::try_parse_from(["ingest", "--token", "short"]).unwrap_err();
+        assert!(error.to_string().contains("at least 16 characters"), "{error}");
+    }
+
+    #[test]
+    fn the_burst_defaults_to_one_full_request() {
+        let config = parse(&["--tenant-rate", "100"]).expect("parses");
+        assert_eq!(config.effective_tenant_burst().map(NonZeroU32::get), Some(10_000));
+    }
+
+    #[test]
+    fn inflight_memory_must_hold_one_request() {
+        let config = parse(&["--max-inflight-bytes", "1000", "--max-body-bytes", "2000"]).expect("parses");
+        assert!(config.validate().unwrap_err().contains("MAX_INFLIGHT_BYTES"));
+    }
+}

@@ -1,0 +1,33 @@
+//! Ingest's metrics, each declared once with its description.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// Requests answered, by HTTP status code.
+pub const REQUESTS: &str = "activity_ingest_requests_total";
+/// Events acknowledged by Kafka and answered with 202.
+pub const EVENTS_ACCEPTED: &str = "activity_ingest_events_accepted_total";
+/// Events of requests that were refused, by reason (the error code of the answer).
+pub const EVENTS_REJECTED: &str = "activity_ingest_events_rejected_total";
+/// Time from handing a request's events to the producer until Kafka acknowledged all of them.
+pub const PRODUCE_LATENCY: &str = "activity_ingest_produce_latency_seconds";
+/// Request body sizes after decompression.
+pub const REQUEST_BODY: &str = "activity_ingest_request_body_bytes";
+/// Request bytes held in memory right now.
+pub const INFLIGHT_BYTES: &str = "activity_ingest_inflight_bytes";
+
+pub fn describe() {
+    describe_counter!(REQUESTS, Unit::Count, "Requests answered, by HTTP status code.");
+    describe_counter!(EVENTS_ACCEPTED, Unit::Count, "Events acknowledged by Kafka and answered with 202.");
+    describe_counter!(
+        EVENTS_REJECTED,
+        Unit::Count,
+        "Events of refused requests, by reason (the answer's error code)."
+    );
+    describe_histogram!(
+        PRODUCE_LATENCY,
+        Unit::Seconds,
+        "Time from handing a request's events to the producer until Kafka acknowledged all of them."
+    );
+    describe_histogram!(REQUEST_BODY, Unit::Bytes, "Request body sizes after decompression.");
+    describe_gauge!(INFLIGHT_BYTES, Unit::Bytes, "Request bytes held in memory right now.");
+}

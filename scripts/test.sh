@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command: starts the local services (installing what is missing), then checks
+# formatting, lints, and runs the whole test suite and a short fuzzing pass. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/local-services.sh start
+
+if command -v rustup >/dev/null; then
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
+echo "== fuzzing"
+scripts/fuzz.sh "${ACTIVITY_FUZZ_SECONDS:-20}"

@@ -1,0 +1,29 @@
+//! The harness the integration tests share: real servers on loopback (started by
+//! `scripts/local-services.sh`), a fresh topic per test, and the services run in-process through
+//! their library entry points.
+
+pub mod kafka;
+pub mod services;
+
+use std::time::Duration;
+
+/// Polls `check` until it returns `Some`, or fails after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < give_up, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}

@@ -1,0 +1,166 @@
+//! Services under test, started in-process, and a private Kafka-protocol broker for tests that
+//! stop the broker.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clap::Parser;
+use common::kafka::{KafkaArgs, TopicSpec};
+use common::shutdown::Supervisor;
+use ingest::config::IngestConfig;
+
+/// The bearer token every test ingest accepts.
+pub const TEST_TOKEN: &str = "test-token-0123456789abcdef";
+
+/// An ingest service running in this process, writing to its own topic.
+pub struct TestIngest {
+    pub address: SocketAddr,
+    pub topic: String,
+    pub brokers: String,
+    supervisor: Supervisor,
+    http: reqwest::Client,
+}
+
+impl TestIngest {
+    /// Ingest on the shared test broker with a fresh topic of 3 partitions; `args` are extra
+    /// command-line flags.
+    pub async fn spawn(args: &[&str]) -> Self {
+        Self::spawn_on(&crate::kafka::brokers(), &crate::unique("activity.events"), args).await
+    }
+
+    pub async fn spawn_on(brokers: &str, topic: &str, args: &[&str]) -> Self {
+        let mut argv = vec![
+            "ingest",
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            TEST_TOKEN,
+            "--kafka-brokers",
+            brokers,
+            "--events-topic",
+            topic,
+            "--events-partitions",
+            "3",
+        ];
+        argv.extend_from_slice(args);
+        let config = IngestConfig::try_parse_from(argv).expect("test ingest arguments");
+        let supervisor = Supervisor::new();
+        let address = ingest::start(config, &supervisor).await.expect("ingest starts");
+        Self {
+            address,
+            topic: topic.to_owned(),
+            brokers: brokers.to_owned(),
+            supervisor,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// A `POST /v1/events` with the test token.
+    pub fn post_events(&self, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url("/v1/events"))
+            .bearer_auth(TEST_TOKEN)
+            .header("content-type", content_type)
+            .body(body)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(self.url(path))
+    }
+}
+
+impl Drop for TestIngest {
+    fn drop(&mut self) {
+        self.supervisor.cancel();
+    }
+}
+
+/// A Kafka-protocol broker (Tansu, in-memory) owned by one test, so the test can stop and restart
+/// it. Found at `ACTIVITY_TEST_TANSU`, else where `scripts/local-services.sh` installs it.
+pub struct PrivateBroker {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateBroker {
+    pub fn start() -> Self {
+        let port = free_port();
+        let mut broker = Self { port, child: None };
+        broker.restart();
+        broker
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker again on the same port, with empty storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(tansu_binary())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--prometheus-listener-url", &format!("tcp://127.0.0.1:{}", free_port())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the private tansu broker");
+        self.child = Some(child);
+        let give_up = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < give_up, "private broker did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the broker; connections to its port are refused until [`Self::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        let args = KafkaArgs {
+            brokers: self.brokers(),
+            properties: vec![],
+        };
+        args.ensure_topics(&[TopicSpec {
+            name: topic,
+            partitions,
+            replication: 1,
+            config: vec![],
+        }])
+        .await
+        .expect("create topic on the private broker");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("ACTIVITY_TEST_TANSU") {
+        return path.into();
+    }
+    let installed = PathBuf::from("/opt/activity-logs/tansu-0.6.0/bin/tansu");
+    if installed.exists() { installed } else { "tansu".into() }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
