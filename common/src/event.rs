@@ -268,7 +268,11 @@ fn describe_json_error(error: &serde_json::Error) -> String {
     if error.line() <= 1 {
         format!("{message} at column {}", error.column())
     } else {
-        format!("{message} at line {} column {}", error.line(), error.column())
+        format!(
+            "{message} at line {} column {}",
+            error.line(),
+            error.column()
+        )
     }
 }
 
@@ -392,7 +396,12 @@ mod tests {
 
     #[test]
     fn occurred_at_must_be_rfc3339() {
-        for bad in ["2026-11-27", "2026-11-27 10:00:00", "yesterday", "2026-13-01T00:00:00Z"] {
+        for bad in [
+            "2026-11-27",
+            "2026-11-27 10:00:00",
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+        ] {
             let mut value = valid();
             value["occurred_at"] = Value::String(bad.into());
             let errors = field_errors(value);

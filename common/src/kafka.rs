@@ -34,8 +34,12 @@ pub struct KafkaArgs {
 
 fn parse_property(raw: &str) -> Result<(String, String), String> {
     match raw.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
-        _ => Err(format!("{raw:?} is not KEY=VALUE (e.g. security.protocol=SASL_SSL)")),
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!(
+            "{raw:?} is not KEY=VALUE (e.g. security.protocol=SASL_SSL)"
+        )),
     }
 }
 
@@ -85,7 +89,11 @@ impl KafkaArgs {
             .iter()
             .map(|spec| {
                 spec.config.iter().fold(
-                    NewTopic::new(spec.name, spec.partitions, TopicReplication::Fixed(spec.replication)),
+                    NewTopic::new(
+                        spec.name,
+                        spec.partitions,
+                        TopicReplication::Fixed(spec.replication),
+                    ),
                     |topic, (key, value)| topic.set(key, value),
                 )
             })
@@ -122,7 +130,10 @@ pub enum KafkaSetupError {
     #[error("cannot create the Kafka client: {0}")]
     Client(#[source] KafkaError),
     #[error("cannot create topic {name}: {code}")]
-    CreateTopic { name: String, code: RDKafkaErrorCode },
+    CreateTopic {
+        name: String,
+        code: RDKafkaErrorCode,
+    },
 }
 
 fn passthrough_from(
@@ -162,9 +173,18 @@ mod tests {
     #[test]
     fn environment_names_map_to_librdkafka_keys_and_the_command_line_wins() {
         let env = [
-            ("ACTIVITY_KAFKA_RDKAFKA_SECURITY_PROTOCOL".to_string(), "SASL_SSL".to_string()),
-            ("ACTIVITY_KAFKA_RDKAFKA_SASL_MECHANISMS".to_string(), "PLAIN".to_string()),
-            ("ACTIVITY_KAFKA_BROKERS".to_string(), "ignored:9092".to_string()),
+            (
+                "ACTIVITY_KAFKA_RDKAFKA_SECURITY_PROTOCOL".to_string(),
+                "SASL_SSL".to_string(),
+            ),
+            (
+                "ACTIVITY_KAFKA_RDKAFKA_SASL_MECHANISMS".to_string(),
+                "PLAIN".to_string(),
+            ),
+            (
+                "ACTIVITY_KAFKA_BROKERS".to_string(),
+                "ignored:9092".to_string(),
+            ),
             ("PATH".to_string(), "/bin".to_string()),
         ];
         let cli = [("sasl.mechanisms".to_string(), "SCRAM-SHA-512".to_string())];

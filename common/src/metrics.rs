@@ -16,8 +16,7 @@ pub const SECONDS_BUCKETS: &[f64] = &[
 
 /// Buckets for payload sizes, from 256 B to 64 MiB.
 pub const BYTES_BUCKETS: &[f64] = &[
-    256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
-    67108864.0,
+    256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0,
 ];
 
 static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
@@ -25,7 +24,9 @@ static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 /// Installs the global recorder on first call and returns a handle to render it; later calls
 /// (several services in one test process) share the same recorder.
 pub fn install() -> Result<PrometheusHandle, BuildError> {
-    let mut slot = HANDLE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut slot = HANDLE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(handle) = slot.as_ref() {
         return Ok(handle.clone());
     }

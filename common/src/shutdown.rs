@@ -57,12 +57,19 @@ impl Supervisor {
             match task.await {
                 Ok(()) if token.is_cancelled() => tracing::debug!(task = name, "task stopped"),
                 Ok(()) => {
-                    tracing::error!(task = name, "task stopped before shutdown; stopping the service");
+                    tracing::error!(
+                        task = name,
+                        "task stopped before shutdown; stopping the service"
+                    );
                     failed.store(true, Ordering::SeqCst);
                     token.cancel();
                 }
                 Err(error) => {
-                    tracing::error!(task = name, error = format!("{error:#}"), "task failed; stopping the service");
+                    tracing::error!(
+                        task = name,
+                        error = format!("{error:#}"),
+                        "task failed; stopping the service"
+                    );
                     failed.store(true, Ordering::SeqCst);
                     token.cancel();
                 }
@@ -90,7 +97,10 @@ impl Supervisor {
     pub async fn run_until_stopped(self, drain: Duration) -> Result<(), ShutdownError> {
         self.token.cancelled().await;
         self.tracker.close();
-        if tokio::time::timeout(drain, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(drain, self.tracker.wait())
+            .await
+            .is_err()
+        {
             return Err(ShutdownError::DrainTimedOut(drain));
         }
         if self.failed.load(Ordering::SeqCst) {

@@ -15,7 +15,11 @@ pub enum LogFormat {
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {
     /// Log line format.
-    #[arg(long = "log-format", env = "ACTIVITY_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long = "log-format",
+        env = "ACTIVITY_LOG_FORMAT",
+        default_value = "text"
+    )]
     pub format: LogFormat,
     /// Which log lines to keep, in tracing's filter syntax (e.g. `info,ingest=debug`).
     #[arg(long = "log-filter", env = "ACTIVITY_LOG", default_value = "info")]
@@ -26,8 +30,9 @@ impl LogArgs {
     /// Installs the global subscriber. Fails if the filter does not parse or a subscriber is
     /// already installed.
     pub fn init(&self) -> anyhow::Result<()> {
-        let filter = EnvFilter::try_new(&self.filter)
-            .map_err(|e| anyhow::anyhow!("ACTIVITY_LOG {:?} is not a valid filter: {e}", self.filter))?;
+        let filter = EnvFilter::try_new(&self.filter).map_err(|e| {
+            anyhow::anyhow!("ACTIVITY_LOG {:?} is not a valid filter: {e}", self.filter)
+        })?;
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr);

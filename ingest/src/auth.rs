@@ -23,8 +23,9 @@ impl Tokens {
 
     /// Checks an `Authorization` header.
     pub fn check(&self, authorization: Option<&HeaderValue>) -> Result<(), ApiError> {
-        let header = authorization
-            .ok_or(ApiError::Unauthorized("an Authorization: Bearer <token> header is required"))?;
+        let header = authorization.ok_or(ApiError::Unauthorized(
+            "an Authorization: Bearer <token> header is required",
+        ))?;
         let presented = header
             .to_str()
             .ok()
@@ -32,13 +33,14 @@ impl Tokens {
                 let (scheme, token) = value.trim().split_once(' ')?;
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             })
-            .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <token>`"))?;
+            .ok_or(ApiError::Unauthorized(
+                "the Authorization header must be `Bearer <token>`",
+            ))?;
         let presented = digest(presented);
         // Every token is compared, so the time taken does not tell which one was close.
-        let matched = self
-            .digests
-            .iter()
-            .fold(Choice::from(0), |found, known| found | known.ct_eq(&presented));
+        let matched = self.digests.iter().fold(Choice::from(0), |found, known| {
+            found | known.ct_eq(&presented)
+        });
         if bool::from(matched) {
             Ok(())
         } else {
@@ -80,7 +82,15 @@ mod tests {
         };
         assert!(reason(None).contains("required"));
         assert!(reason(Some(&HeaderValue::from_static("Basic abc"))).contains("Bearer <token>"));
-        assert!(reason(Some(&HeaderValue::from_static("new-token-0123456789"))).contains("Bearer <token>"));
-        assert!(reason(Some(&HeaderValue::from_static("Bearer new-token-012345678"))).contains("not valid"));
+        assert!(
+            reason(Some(&HeaderValue::from_static("new-token-0123456789")))
+                .contains("Bearer <token>")
+        );
+        assert!(
+            reason(Some(&HeaderValue::from_static(
+                "Bearer new-token-012345678"
+            )))
+            .contains("not valid")
+        );
     }
 }

@@ -29,7 +29,12 @@ impl Format {
     /// Picks the format from a `Content-Type` value; parameters such as `charset` are ignored.
     pub fn from_content_type(content_type: Option<&str>) -> Result<Self, ApiError> {
         let raw = content_type.unwrap_or("");
-        let essence = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = raw
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match essence.as_str() {
             "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(Self::Ndjson),
             "application/json" => Ok(Self::JsonArray),
@@ -56,7 +61,9 @@ pub fn decode_content(
             reader
                 .take(limit as u64 + 1)
                 .read_to_end(&mut decoded)
-                .map_err(|e| ApiError::InvalidBody(format!("the gzip body cannot be decoded: {e}")))?;
+                .map_err(|e| {
+                    ApiError::InvalidBody(format!("the gzip body cannot be decoded: {e}"))
+                })?;
             if decoded.len() > limit {
                 return Err(ApiError::BodyTooLarge { limit });
             }
@@ -79,7 +86,9 @@ pub fn parse_events(body: &[u8], format: Format, limits: &Limits) -> Result<Vec<
         Format::Ndjson => ndjson_lines(body).collect(),
         Format::JsonArray => {
             let elements: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
-                ApiError::InvalidBody(format!("the body must be a JSON array of event objects: {e}"))
+                ApiError::InvalidBody(format!(
+                    "the body must be a JSON array of event objects: {e}"
+                ))
             })?;
             elements
                 .into_iter()
@@ -120,7 +129,12 @@ fn ndjson_lines(body: &[u8]) -> impl Iterator<Item = (Position, &[u8])> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     body.split(|&b| b == b'\n')
         .enumerate()
-        .map(|(index, line)| (Position::Line(index + 1), line.strip_suffix(b"\r").unwrap_or(line)))
+        .map(|(index, line)| {
+            (
+                Position::Line(index + 1),
+                line.strip_suffix(b"\r").unwrap_or(line),
+            )
+        })
         .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
 }
 
@@ -188,11 +202,28 @@ mod tests {
             .filter(|p| p.position == Position::Line(3))
             .map(|p| p.field)
             .collect();
-        assert_eq!(line3, [Some("tenant_id"), Some("type"), Some("occurred_at")]);
-        let line4 = found.iter().find(|p| p.position == Position::Line(4)).expect("line 4");
-        assert!(line4.message.contains("not valid JSON") && line4.message.contains("column"), "{}", line4.message);
-        let line5 = found.iter().find(|p| p.position == Position::Line(5)).expect("line 5");
-        assert!(line5.message.contains("must be a JSON object, not an array"));
+        assert_eq!(
+            line3,
+            [Some("tenant_id"), Some("type"), Some("occurred_at")]
+        );
+        let line4 = found
+            .iter()
+            .find(|p| p.position == Position::Line(4))
+            .expect("line 4");
+        assert!(
+            line4.message.contains("not valid JSON") && line4.message.contains("column"),
+            "{}",
+            line4.message
+        );
+        let line5 = found
+            .iter()
+            .find(|p| p.position == Position::Line(5))
+            .expect("line 5");
+        assert!(
+            line5
+                .message
+                .contains("must be a JSON object, not an array")
+        );
     }
 
     #[test]
@@ -200,7 +231,11 @@ mod tests {
         let body = format!("[{}, {{\"id\": 7}}]", event("a"));
         let found = problems(parse_events(body.as_bytes(), Format::JsonArray, &LIMITS));
         assert!(found.iter().all(|p| p.position == Position::Index(1)));
-        assert!(found.iter().any(|p| p.message == "`id` must be a string, not a number"));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.message == "`id` must be a string, not a number")
+        );
     }
 
     #[test]
@@ -211,9 +246,15 @@ mod tests {
 
     #[test]
     fn limits_give_payload_too_large() {
-        let body = (0..6).map(|i| event(&i.to_string())).collect::<Vec<_>>().join("\n");
+        let body = (0..6)
+            .map(|i| event(&i.to_string()))
+            .collect::<Vec<_>>()
+            .join("\n");
         let result = parse_events(body.as_bytes(), Format::Ndjson, &LIMITS);
-        assert!(matches!(result, Err(ApiError::TooManyEvents { count: 6, limit: 5 })));
+        assert!(matches!(
+            result,
+            Err(ApiError::TooManyEvents { count: 6, limit: 5 })
+        ));
 
         let big = format!(
             r#"{{"id":"a","tenant_id":"acme","type":"t","occurred_at":"2026-11-27T10:00:00Z","pad":"{}"}}"#,
@@ -234,8 +275,14 @@ mod tests {
 
     #[test]
     fn content_types_are_matched_by_essence() {
-        assert_eq!(Format::from_content_type(Some("application/x-ndjson; charset=utf-8")).ok(), Some(Format::Ndjson));
-        assert_eq!(Format::from_content_type(Some("Application/JSON")).ok(), Some(Format::JsonArray));
+        assert_eq!(
+            Format::from_content_type(Some("application/x-ndjson; charset=utf-8")).ok(),
+            Some(Format::Ndjson)
+        );
+        assert_eq!(
+            Format::from_content_type(Some("Application/JSON")).ok(),
+            Some(Format::JsonArray)
+        );
         assert!(matches!(
             Format::from_content_type(Some("text/plain")),
             Err(ApiError::UnsupportedMediaType { .. })

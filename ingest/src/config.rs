@@ -39,7 +39,11 @@ pub struct IngestConfig {
     pub kafka: KafkaArgs,
 
     /// Topic the events are written to.
-    #[arg(long, env = "ACTIVITY_KAFKA_EVENTS_TOPIC", default_value = "activity.events")]
+    #[arg(
+        long,
+        env = "ACTIVITY_KAFKA_EVENTS_TOPIC",
+        default_value = "activity.events"
+    )]
     pub events_topic: String,
 
     /// Create the events topic on start if it does not exist.
@@ -100,7 +104,9 @@ pub struct IngestConfig {
 fn parse_token(raw: &str) -> Result<SecretString, String> {
     let raw = raw.trim();
     if raw.chars().count() < MIN_TOKEN_CHARS {
-        return Err(format!("each token must be at least {MIN_TOKEN_CHARS} characters long"));
+        return Err(format!(
+            "each token must be at least {MIN_TOKEN_CHARS} characters long"
+        ));
     }
     Ok(SecretString::from(raw))
 }
@@ -109,7 +115,10 @@ impl IngestConfig {
     /// Checks the settings that depend on each other.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_event_bytes == 0 || self.max_body_bytes == 0 || self.max_events == 0 {
-            return Err("ACTIVITY_INGEST_MAX_EVENT_BYTES, _MAX_BODY_BYTES and _MAX_EVENTS must be positive".into());
+            return Err(
+                "ACTIVITY_INGEST_MAX_EVENT_BYTES, _MAX_BODY_BYTES and _MAX_EVENTS must be positive"
+                    .into(),
+            );
         }
         if self.max_inflight_bytes < self.max_body_bytes {
             return Err(format!(
@@ -152,18 +161,30 @@ mod tests {
     #[test]
     fn short_tokens_are_refused_with_a_reason() {
         let error = IngestConfig::try_parse_from(["ingest", "--token", "short"]).unwrap_err();
-        assert!(error.to_string().contains("at least 16 characters"), "{error}");
+        assert!(
+            error.to_string().contains("at least 16 characters"),
+            "{error}"
+        );
     }
 
     #[test]
     fn the_burst_defaults_to_one_full_request() {
         let config = parse(&["--tenant-rate", "100"]).expect("parses");
-        assert_eq!(config.effective_tenant_burst().map(NonZeroU32::get), Some(10_000));
+        assert_eq!(
+            config.effective_tenant_burst().map(NonZeroU32::get),
+            Some(10_000)
+        );
     }
 
     #[test]
     fn inflight_memory_must_hold_one_request() {
-        let config = parse(&["--max-inflight-bytes", "1000", "--max-body-bytes", "2000"]).expect("parses");
-        assert!(config.validate().unwrap_err().contains("MAX_INFLIGHT_BYTES"));
+        let config =
+            parse(&["--max-inflight-bytes", "1000", "--max-body-bytes", "2000"]).expect("parses");
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("MAX_INFLIGHT_BYTES")
+        );
     }
 }

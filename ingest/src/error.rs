@@ -55,11 +55,23 @@ pub enum ApiError {
         total: usize,
     },
     #[error("tenant {tenant} is over its rate limit; nothing was accepted")]
-    RateLimited { tenant: String, retry_after: Duration },
-    #[error("the request carries {count} events for tenant {tenant}, more than its burst of {burst}; split it")]
-    OverTenantBurst { tenant: String, count: u32, burst: u32 },
+    RateLimited {
+        tenant: String,
+        retry_after: Duration,
+    },
+    #[error(
+        "the request carries {count} events for tenant {tenant}, more than its burst of {burst}; split it"
+    )]
+    OverTenantBurst {
+        tenant: String,
+        count: u32,
+        burst: u32,
+    },
     #[error("{reason}; nothing was acknowledged, retry the whole request")]
-    Unavailable { reason: String, retry_after: Duration },
+    Unavailable {
+        reason: String,
+        retry_after: Duration,
+    },
 }
 
 fn problem_events(problems: &[EventProblem]) -> usize {
@@ -86,9 +98,9 @@ impl ApiError {
             Self::UnsupportedMediaType { .. } | Self::UnsupportedEncoding { .. } => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            Self::BodyTooLarge { .. } | Self::TooManyEvents { .. } | Self::OverTenantBurst { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            Self::BodyTooLarge { .. }
+            | Self::TooManyEvents { .. }
+            | Self::OverTenantBurst { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::InvalidEvents { problems, .. } if problems.iter().any(|p| p.too_large) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }

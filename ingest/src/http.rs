@@ -14,7 +14,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::auth::Tokens;
 use crate::body::{Format, Limits, decode_content, parse_events};
 use crate::error::ApiError;
-use crate::metrics::{EVENTS_ACCEPTED, EVENTS_REJECTED, INFLIGHT_BYTES, PRODUCE_LATENCY, REQUESTS, REQUEST_BODY};
+use crate::metrics::{
+    EVENTS_ACCEPTED, EVENTS_REJECTED, INFLIGHT_BYTES, PRODUCE_LATENCY, REQUEST_BODY, REQUESTS,
+};
 use crate::produce::EventWriter;
 use crate::rate_limit::TenantRateLimiter;
 
@@ -34,12 +36,18 @@ pub struct EventsApi {
 impl EventsApi {
     /// A budget of `max_inflight_bytes` request bytes held in memory at once.
     pub fn inflight_budget(max_inflight_bytes: usize) -> Arc<Semaphore> {
-        Arc::new(Semaphore::new((max_inflight_bytes / RESERVATION_UNIT).max(1)))
+        Arc::new(Semaphore::new(
+            (max_inflight_bytes / RESERVATION_UNIT).max(1),
+        ))
     }
 }
 
 /// `POST /v1/events`.
-pub async fn post_events(State(api): State<Arc<EventsApi>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn post_events(
+    State(api): State<Arc<EventsApi>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let response = match accept(&api, &headers, body).await {
         Ok(accepted) => (
             StatusCode::ACCEPTED,
@@ -60,7 +68,8 @@ async fn accept(api: &EventsApi, headers: &HeaderMap, body: Body) -> Result<usiz
     let format = Format::from_content_type(header_str(headers, header::CONTENT_TYPE))?;
     let encoding = header_str(headers, header::CONTENT_ENCODING);
     let max_body = api.limits.max_body_bytes;
-    let declared = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|length| length > max_body) {
         return Err(ApiError::BodyTooLarge { limit: max_body });
     }
@@ -71,13 +80,16 @@ async fn accept(api: &EventsApi, headers: &HeaderMap, body: Body) -> Result<usiz
     };
     let _reservation = InflightReservation::take(&api.inflight, reserve, api.retry_after)?;
 
-    let raw = Limited::new(body, max_body).collect().await.map_err(|error| {
-        if error.is::<LengthLimitError>() {
-            ApiError::BodyTooLarge { limit: max_body }
-        } else {
-            ApiError::InvalidBody(format!("the request body could not be read: {error}"))
-        }
-    })?;
+    let raw = Limited::new(body, max_body)
+        .collect()
+        .await
+        .map_err(|error| {
+            if error.is::<LengthLimitError>() {
+                ApiError::BodyTooLarge { limit: max_body }
+            } else {
+                ApiError::InvalidBody(format!("the request body could not be read: {error}"))
+            }
+        })?;
     let decoded = decode_content(raw.to_bytes(), encoding, max_body)?;
     histogram!(REQUEST_BODY).record(decoded.len() as f64);
 
@@ -137,14 +149,25 @@ struct InflightReservation {
 }
 
 impl InflightReservation {
-    fn take(budget: &Arc<Semaphore>, bytes: usize, retry_after: Duration) -> Result<Self, ApiError> {
+    fn take(
+        budget: &Arc<Semaphore>,
+        bytes: usize,
+        retry_after: Duration,
+    ) -> Result<Self, ApiError> {
         let units = u32::try_from(bytes.div_ceil(RESERVATION_UNIT).max(1)).unwrap_or(u32::MAX);
-        let permit = budget.clone().try_acquire_many_owned(units).map_err(|_| ApiError::Unavailable {
-            reason: "ingest is holding as many request bytes as it may".into(),
-            retry_after,
-        })?;
+        let permit =
+            budget
+                .clone()
+                .try_acquire_many_owned(units)
+                .map_err(|_| ApiError::Unavailable {
+                    reason: "ingest is holding as many request bytes as it may".into(),
+                    retry_after,
+                })?;
         gauge!(INFLIGHT_BYTES).increment(bytes as f64);
-        Ok(Self { _permit: permit, bytes })
+        Ok(Self {
+            _permit: permit,
+            bytes,
+        })
     }
 }
 

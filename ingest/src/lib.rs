@@ -109,7 +109,10 @@ pub async fn start(config: IngestConfig, supervisor: &Supervisor) -> anyhow::Res
             .context("the HTTP server failed")?;
         // Requests that already answered 503 may have left records queued; give them their
         // chance, since the client will retry and the event id makes the copy harmless.
-        writer.flush(flush_timeout).await.context("records were still queued at shutdown")?;
+        writer
+            .flush(flush_timeout)
+            .await
+            .context("records were still queued at shutdown")?;
         Ok(())
     });
     if api.rate_limiter.is_some() {

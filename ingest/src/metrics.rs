@@ -16,8 +16,16 @@ pub const REQUEST_BODY: &str = "activity_ingest_request_body_bytes";
 pub const INFLIGHT_BYTES: &str = "activity_ingest_inflight_bytes";
 
 pub fn describe() {
-    describe_counter!(REQUESTS, Unit::Count, "Requests answered, by HTTP status code.");
-    describe_counter!(EVENTS_ACCEPTED, Unit::Count, "Events acknowledged by Kafka and answered with 202.");
+    describe_counter!(
+        REQUESTS,
+        Unit::Count,
+        "Requests answered, by HTTP status code."
+    );
+    describe_counter!(
+        EVENTS_ACCEPTED,
+        Unit::Count,
+        "Events acknowledged by Kafka and answered with 202."
+    );
     describe_counter!(
         EVENTS_REJECTED,
         Unit::Count,
@@ -28,6 +36,14 @@ pub fn describe() {
         Unit::Seconds,
         "Time from handing a request's events to the producer until Kafka acknowledged all of them."
     );
-    describe_histogram!(REQUEST_BODY, Unit::Bytes, "Request body sizes after decompression.");
-    describe_gauge!(INFLIGHT_BYTES, Unit::Bytes, "Request bytes held in memory right now.");
+    describe_histogram!(
+        REQUEST_BODY,
+        Unit::Bytes,
+        "Request body sizes after decompression."
+    );
+    describe_gauge!(
+        INFLIGHT_BYTES,
+        Unit::Bytes,
+        "Request bytes held in memory right now."
+    );
 }

@@ -1,5 +1,6 @@
 //! Writing accepted events to Kafka and waiting for every acknowledgement.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -22,13 +23,19 @@ pub enum WriteError {
     TimedOut(Duration),
 }
 
+/// Failed writes in a row, while a broker answers, after which the producer is replaced.
+const REPLACE_AFTER_FAILURES: u32 = 3;
+
 /// An idempotent `acks=all` producer for the events topic.
 ///
-/// librdkafka can put an idempotent producer into a fatal state (for instance when a broker loses
-/// the producer's sequence state); the writer then replaces it, so ingest recovers without a
-/// restart.
+/// An idempotent producer can get stuck where a new one would not: librdkafka raises a fatal
+/// error, or, when a broker has lost the producer's state (seen with an in-memory broker after a
+/// restart), it answers `UNKNOWN_PRODUCER_ID` to every epoch librdkafka bumps to, forever. The
+/// writer replaces the producer in both cases, so ingest recovers without a restart. Requests
+/// that shared the old producer have already been answered 503, so nothing acknowledged is lost.
 pub struct EventWriter {
     producer: RwLock<Arc<FutureProducer>>,
+    consecutive_failures: AtomicU32,
     config: ClientConfig,
     topic: String,
     timeout: Duration,
@@ -40,6 +47,7 @@ impl EventWriter {
         let producer = Arc::new(config.create()?);
         Ok(Self {
             producer: RwLock::new(producer),
+            consecutive_failures: AtomicU32::new(0),
             config,
             topic,
             timeout,
@@ -58,8 +66,18 @@ impl EventWriter {
     pub async fn write(&self, events: &[Event], accepted_at_ms: i64) -> Result<(), WriteError> {
         let producer = self.current();
         let result = self.write_with(&producer, events, accepted_at_ms).await;
-        if result.is_err() {
-            self.replace_if_fatal(&producer);
+        if result.is_ok() {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            return result;
+        }
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            self.replace(&producer, &format!("fatal error {code:?}: {reason}"));
+        } else if failures >= REPLACE_AFTER_FAILURES && self.check_reachable().await.is_ok() {
+            self.replace(
+                &producer,
+                &format!("{failures} writes failed in a row while the cluster answers"),
+            );
         }
         result
     }
@@ -95,10 +113,7 @@ impl EventWriter {
         Ok(())
     }
 
-    fn replace_if_fatal(&self, failed: &Arc<FutureProducer>) {
-        let Some((code, reason)) = failed.client().fatal_error() else {
-            return;
-        };
+    fn replace(&self, failed: &Arc<FutureProducer>, why: &str) {
         let mut slot = self
             .producer
             .write()
@@ -108,10 +123,13 @@ impl EventWriter {
         }
         match self.config.create::<FutureProducer>() {
             Ok(fresh) => {
-                tracing::warn!(%code, %reason, "Kafka producer hit a fatal error; replaced it");
+                tracing::warn!(reason = why, "replaced the Kafka producer");
                 *slot = Arc::new(fresh);
+                self.consecutive_failures.store(0, Ordering::Relaxed);
             }
-            Err(error) => tracing::error!(%error, "cannot replace the failed Kafka producer"),
+            Err(error) => {
+                tracing::error!(%error, reason = why, "cannot replace the Kafka producer")
+            }
         }
     }
 
@@ -141,7 +159,11 @@ impl EventWriter {
         let result = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout)))
             .await
             .unwrap_or(Err(KafkaError::Canceled));
-        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "flushed the Kafka producer");
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "flushed the Kafka producer"
+        );
         result
     }
 }

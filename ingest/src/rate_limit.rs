@@ -32,7 +32,9 @@ impl TenantRateLimiter {
             *per_tenant.entry(event.tenant_id()).or_default() += 1;
         }
         for (tenant, count) in per_tenant {
-            let Some(n) = NonZeroU32::new(count) else { continue };
+            let Some(n) = NonZeroU32::new(count) else {
+                continue;
+            };
             match self.limiter.check_key_n(tenant, n) {
                 Ok(Ok(())) => {}
                 Ok(Err(not_until)) => {
@@ -86,7 +88,10 @@ mod tests {
         let limiter = TenantRateLimiter::new(nz(1), nz(10));
         assert!(limiter.admit(&events("noisy", 10)).is_ok());
         match limiter.admit(&events("noisy", 1)) {
-            Err(ApiError::RateLimited { tenant, retry_after }) => {
+            Err(ApiError::RateLimited {
+                tenant,
+                retry_after,
+            }) => {
                 assert_eq!(tenant, "noisy");
                 assert!(retry_after.as_millis() > 0);
             }
@@ -100,7 +105,11 @@ mod tests {
         let limiter = TenantRateLimiter::new(nz(5), nz(5));
         assert!(matches!(
             limiter.admit(&events("acme", 6)),
-            Err(ApiError::OverTenantBurst { count: 6, burst: 5, .. })
+            Err(ApiError::OverTenantBurst {
+                count: 6,
+                burst: 5,
+                ..
+            })
         ));
     }
 }

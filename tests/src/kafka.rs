@@ -53,11 +53,17 @@ fn read_blocking(
         let metadata = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(5))
             .expect("topic metadata");
-        let count = metadata.topics().first().map_or(0, |t| t.partitions().len());
+        let count = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len());
         if count > 0 {
             break count;
         }
-        assert!(Instant::now() < give_up, "topic {topic} never showed partitions");
+        assert!(
+            Instant::now() < give_up,
+            "topic {topic} never showed partitions"
+        );
     };
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {

@@ -27,10 +27,16 @@ impl TestIngest {
     /// Ingest on the shared test broker with a fresh topic of 3 partitions; `args` are extra
     /// command-line flags.
     pub async fn spawn(args: &[&str]) -> Self {
-        Self::spawn_on(&crate::kafka::brokers(), &crate::unique("activity.events"), args).await
+        Self::spawn_on(
+            &crate::kafka::brokers(),
+            &crate::unique("activity.events"),
+            args,
+        )
+        .await
     }
 
     pub async fn spawn_on(brokers: &str, topic: &str, args: &[&str]) -> Self {
+        init_test_logging();
         let mut argv = vec![
             "ingest",
             "--listen",
@@ -47,7 +53,9 @@ impl TestIngest {
         argv.extend_from_slice(args);
         let config = IngestConfig::try_parse_from(argv).expect("test ingest arguments");
         let supervisor = Supervisor::new();
-        let address = ingest::start(config, &supervisor).await.expect("ingest starts");
+        let address = ingest::start(config, &supervisor)
+            .await
+            .expect("ingest starts");
         Self {
             address,
             topic: topic.to_owned(),
@@ -62,7 +70,11 @@ impl TestIngest {
     }
 
     /// A `POST /v1/events` with the test token.
-    pub fn post_events(&self, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::RequestBuilder {
+    pub fn post_events(
+        &self,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::RequestBuilder {
         self.http
             .post(self.url("/v1/events"))
             .bearer_auth(TEST_TOKEN)
@@ -104,18 +116,29 @@ impl PrivateBroker {
     pub fn restart(&mut self) {
         self.stop();
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log_path = std::env::temp_dir().join(format!("private-tansu-{}.log", self.port));
+        let log = std::fs::File::create(&log_path).expect("broker log file");
         let child = Command::new(tansu_binary())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
-            .args(["--prometheus-listener-url", &format!("tcp://127.0.0.1:{}", free_port())])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start the private tansu broker");
         self.child = Some(child);
         let give_up = std::time::Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < give_up, "private broker did not listen");
+            assert!(
+                std::time::Instant::now() < give_up,
+                "private broker did not listen: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -150,12 +173,27 @@ impl Drop for PrivateBroker {
     }
 }
 
+/// Log lines of the services under test, shown when `ACTIVITY_TEST_LOG` holds a filter
+/// (e.g. `debug` or `info,librdkafka=debug`).
+fn init_test_logging() {
+    if let Ok(filter) = std::env::var("ACTIVITY_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 fn tansu_binary() -> PathBuf {
     if let Ok(path) = std::env::var("ACTIVITY_TEST_TANSU") {
         return path.into();
     }
     let installed = PathBuf::from("/opt/activity-logs/tansu-0.6.0/bin/tansu");
-    if installed.exists() { installed } else { "tansu".into() }
+    if installed.exists() {
+        installed
+    } else {
+        "tansu".into()
+    }
 }
 
 fn free_port() -> u16 {
