@@ -20,7 +20,7 @@ else
 fi
 # Fuzz builds get their own target directory: their compiler flags differ from the main build's.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}-fuzz"
-mkdir -p corpus/events_body
+mkdir -p corpus/events_body "$CARGO_TARGET_DIR"
 cp -n seeds/* corpus/events_body/ 2>/dev/null || true
 for target in $(cargo "${toolchain[@]}" fuzz list); do
   echo "[fuzz] $target for ${seconds}s" >&2
