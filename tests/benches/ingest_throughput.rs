@@ -61,12 +61,8 @@ async fn main() {
         body_bytes as f64 / 1e6
     );
 
-    let ingest = TestIngest::spawn_on(
-        &brokers,
-        &integration_tests::unique("bench.events"),
-        &[],
-    )
-    .await;
+    let ingest =
+        TestIngest::spawn_on(&brokers, &integration_tests::unique("bench.events"), &[]).await;
     // One request first, so connection set-up and topic metadata are not measured.
     let warmup = ingest
         .post_events("application/x-ndjson", bodies[0][0].clone())
