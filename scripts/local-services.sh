@@ -22,7 +22,7 @@ MOTO_PORT=${ACTIVITY_LOCAL_MOTO_PORT:-5000}
 TANSU_BIN="$PREFIX/tansu-$TANSU_VERSION/bin/tansu"
 MOTO_VENV="$PREFIX/moto-$MOTO_VERSION"
 BUILD_PACKAGES=(cmake g++ make libcurl4-openssl-dev libsasl2-dev libssl-dev zlib1g-dev libzstd-dev
-  pkg-config python3-venv ca-certificates curl)
+  pkg-config python3-venv ca-certificates curl openssl socat)
 
 log() { printf '[local-services] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

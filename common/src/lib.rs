@@ -1,6 +1,7 @@
 //! What the activity log delivery services share: the event type, configuration pieces, Kafka
 //! client setup, metrics, logging, the operational HTTP routes and task supervision.
 
+pub mod amqp;
 pub mod config;
 pub mod event;
 pub mod kafka;

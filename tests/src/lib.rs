@@ -4,6 +4,7 @@
 
 pub mod kafka;
 pub mod services;
+pub mod tls;
 
 use std::time::Duration;
 

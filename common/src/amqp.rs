@@ -1,0 +1,103 @@
+//! RabbitMQ connection setup. `amqp://` and `amqps://` URLs both work: TLS trusts the system's CA
+//! store, plus an operator-supplied PEM bundle for a private CA.
+
+use std::path::PathBuf;
+
+use lapin::tcp::OwnedTLSConfig;
+use lapin::{Connection, ConnectionProperties};
+use secrecy::{ExposeSecret, SecretString};
+
+/// How to reach RabbitMQ.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AmqpArgs {
+    /// RabbitMQ URL, `amqp://` or `amqps://` (credentials included; never logged).
+    #[arg(
+        long = "amqp-url",
+        env = "ACTIVITY_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub url: SecretString,
+    /// Extra CA certificates (PEM) to trust for `amqps://`, besides the system's.
+    #[arg(long = "amqp-ca-file", env = "ACTIVITY_AMQP_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Why RabbitMQ could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpConnectError {
+    #[error("cannot read the CA file {path}: {source}")]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to RabbitMQ at {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: lapin::Error,
+    },
+}
+
+impl AmqpArgs {
+    /// The URL without its credentials, for log lines and errors.
+    pub fn endpoint(&self) -> String {
+        redact_credentials(self.url.expose_secret())
+    }
+
+    /// Opens a connection named `name` (shown in RabbitMQ's management UI).
+    pub async fn connect(&self, name: &str) -> Result<Connection, AmqpConnectError> {
+        let cert_chain =
+            match &self.ca_file {
+                Some(path) => Some(std::fs::read_to_string(path).map_err(|source| {
+                    AmqpConnectError::CaFile {
+                        path: path.clone(),
+                        source,
+                    }
+                })?),
+                None => None,
+            };
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain,
+        };
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let failed = |source| AmqpConnectError::Connect {
+            endpoint: self.endpoint(),
+            source,
+        };
+        let runtime = lapin::runtime::default_runtime().map_err(failed)?;
+        Connection::connect_with_config(self.url.expose_secret(), properties, tls, runtime)
+            .await
+            .map_err(failed)
+    }
+}
+
+/// Replaces the `user:password@` part of a URL with `***@`.
+fn redact_credentials(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_reach_log_lines() {
+        assert_eq!(
+            redact_credentials("amqps://svc:s3cr3t@mq.internal:5671/prod"),
+            "amqps://***@mq.internal:5671/prod"
+        );
+        assert_eq!(
+            redact_credentials("amqp://mq.internal/%2f"),
+            "amqp://mq.internal/%2f"
+        );
+    }
+}
