@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 
 scripts/local-services.sh start
 
+# The S3/STS test server accepts any credentials; the SDK must find some in its standard chain and
+# must not wait for the instance metadata endpoint, which this machine refuses.
+export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-test}
+export AWS_EC2_METADATA_DISABLED=true
+
 if command -v rustup >/dev/null; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

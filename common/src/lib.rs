@@ -2,6 +2,7 @@
 //! client setup, metrics, logging, the operational HTTP routes and task supervision.
 
 pub mod amqp;
+pub mod aws;
 pub mod config;
 pub mod event;
 pub mod kafka;

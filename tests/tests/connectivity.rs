@@ -76,3 +76,29 @@ async fn amqps_urls_work_with_a_private_ca_and_fail_clearly_without_it() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn the_aws_sdk_takes_its_identity_from_the_standard_chain_and_its_endpoint_from_settings() {
+    assert!(
+        std::env::var_os("AWS_ACCESS_KEY_ID").is_some(),
+        "give the SDK test credentials (scripts/test.sh exports AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+    );
+    let endpoint = std::env::var("ACTIVITY_TEST_AWS_ENDPOINT")
+        .unwrap_or_else(|_| "http://127.0.0.1:5000".into());
+    let args = common::aws::AwsArgs {
+        region: Some("eu-west-1".into()),
+        endpoint_url: Some(endpoint),
+    };
+    let config = args.sdk_config().await;
+    assert_eq!(config.region().map(|r| r.as_ref()), Some("eu-west-1"));
+    let identity = aws_sdk_sts::Client::new(&config)
+        .get_caller_identity()
+        .send()
+        .await
+        .expect("GetCallerIdentity");
+    assert_eq!(
+        identity.account(),
+        Some("123456789012"),
+        "moto's default account answers"
+    );
+}

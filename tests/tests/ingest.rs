@@ -614,14 +614,27 @@ async fn health_readiness_and_metrics_are_served() {
     }
 }
 
+/// The shared client settings the services flatten into their own command lines.
+#[derive(clap::Parser)]
+struct SharedSettings {
+    #[command(flatten)]
+    amqp: common::amqp::AmqpArgs,
+    #[command(flatten)]
+    aws: common::aws::AwsArgs,
+}
+
 #[test]
 fn every_setting_in_help_is_documented_in_the_readme() {
     use clap::CommandFactory;
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
         .expect("README");
-    let command = ingest::config::IngestConfig::command();
-    let missing: Vec<String> = command
-        .get_arguments()
+    let commands = [
+        ingest::config::IngestConfig::command(),
+        SharedSettings::command(),
+    ];
+    let missing: Vec<String> = commands
+        .iter()
+        .flat_map(|command| command.get_arguments())
         .filter_map(|arg| arg.get_env())
         .map(|env| env.to_string_lossy().into_owned())
         .filter(|env| !readme.contains(&format!("`{env}`")))
