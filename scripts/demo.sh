@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 scripts/local-services.sh start
 echo "== building ingest"
-cargo build --locked --quiet -p ingest
+cargo build --locked --quiet -p ingest -p integration-tests --bin ingest --bin read-topic
 target_dir=${CARGO_TARGET_DIR:-$PWD/target}
 
 port=${ACTIVITY_DEMO_PORT:-18080}
@@ -52,7 +52,5 @@ printf '%s\n{"id":"x","tenant_id":"../etc","type":"t","occurred_at":"now"}\n' "$
     -H 'Content-Type: application/x-ndjson' --data-binary @- "http://127.0.0.1:$port/v1/events"
 
 echo "== stored in Kafka topic $topic (key = tenant, value = canonical JSON)"
-"/opt/activity-logs/tansu-0.6.0/bin/tansu" cat consume --broker tcp://127.0.0.1:9092 \
-  --max-wait-time-ms 2000 "$topic" 2>/dev/null | head -c 4000 || true
-echo
+"$target_dir/debug/read-topic" 127.0.0.1:9092 "$topic" 4
 echo "== the rest of the pipeline (windows, objects in S3) arrives with the batcher and uploader"
