@@ -87,6 +87,18 @@ impl TestIngest {
     }
 }
 
+impl TestIngest {
+    /// Begins shutdown, as SIGTERM does.
+    pub fn shut_down(&self) {
+        self.supervisor.cancel();
+    }
+
+    /// Waits until every task of the service has stopped.
+    pub async fn stopped(&self, within: Duration) -> Result<(), common::shutdown::ShutdownError> {
+        self.supervisor.clone().run_until_stopped(within).await
+    }
+}
+
 impl Drop for TestIngest {
     fn drop(&mut self) {
         self.supervisor.cancel();
