@@ -10,7 +10,10 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// Answers whether the service can do its work right now, or why not.
 pub type ReadinessCheck =
@@ -49,4 +52,23 @@ async fn render_metrics(State(state): State<OpsState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// Serves `router` until `shutdown` is cancelled, then stops accepting connections and waits for
+/// the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    // Without TCP_NODELAY, a response written in two segments can wait for the client's delayed
+    // ACK (up to 40 ms on Linux).
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+        }
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }

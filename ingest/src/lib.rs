@@ -103,8 +103,7 @@ pub async fn start(config: IngestConfig, supervisor: &Supervisor) -> anyhow::Res
     let address = listener.local_addr()?;
     let flush_timeout = config.shutdown.timeout;
     supervisor.spawn("http", async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(token.cancelled_owned())
+        common::ops::serve(listener, router, token)
             .await
             .context("the HTTP server failed")?;
         // Requests that already answered 503 may have left records queued; give them their

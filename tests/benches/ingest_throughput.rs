@@ -4,9 +4,12 @@
 //!   cargo bench -p integration-tests --bench ingest_throughput
 //!
 //! Settings: ACTIVITY_BENCH_CLIENTS (8), ACTIVITY_BENCH_REQUESTS per client (25),
-//! ACTIVITY_BENCH_EVENTS per request (1000), ACTIVITY_TEST_KAFKA_BROKERS (127.0.0.1:9092).
+//! ACTIVITY_BENCH_EVENTS per request (1000), ACTIVITY_BENCH_RATE in requests per second across
+//! all clients (unset: each client sends again as soon as it is answered),
+//! ACTIVITY_TEST_KAFKA_BROKERS (127.0.0.1:9092).
 
 use std::collections::VecDeque;
+
 use std::time::{Duration, Instant};
 
 use common::kafka::{KafkaArgs, TopicSpec};
@@ -44,6 +47,12 @@ async fn main() {
     let clients = setting("ACTIVITY_BENCH_CLIENTS", 8);
     let requests = setting("ACTIVITY_BENCH_REQUESTS", 25);
     let events = setting("ACTIVITY_BENCH_EVENTS", 1000);
+    // Pacing: each client sends on a fixed schedule, one request at a time as a producer flushing
+    // its buffer does; a late answer delays its next send rather than piling requests up.
+    let pace = std::env::var("ACTIVITY_BENCH_RATE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|rate| Duration::from_secs_f64(clients as f64 / rate));
     let brokers = integration_tests::kafka::brokers();
     let total_events = clients * requests * events;
 
@@ -73,12 +82,24 @@ async fn main() {
 
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for client_bodies in bodies.clone() {
+    for (client, client_bodies) in bodies.clone().into_iter().enumerate() {
         let http = reqwest::Client::new();
         let url = ingest.url("/v1/events");
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(client_bodies.len());
+            // Clients are staggered evenly over one interval, so paced load arrives spread out
+            // rather than in bursts of all clients at once.
+            let mut schedule = pace.map(|interval| {
+                let offset = interval.mul_f64(client as f64 / clients as f64);
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticks
+            });
             for body in client_bodies {
+                if let Some(ticks) = schedule.as_mut() {
+                    ticks.tick().await;
+                }
                 let sent = Instant::now();
                 let response = http
                     .post(&url)
