@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
+pub mod topology;

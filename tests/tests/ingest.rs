@@ -621,6 +621,8 @@ struct SharedSettings {
     amqp: common::amqp::AmqpArgs,
     #[command(flatten)]
     aws: common::aws::AwsArgs,
+    #[command(flatten)]
+    uploads: common::topology::UploadQueueArgs,
 }
 
 #[test]
