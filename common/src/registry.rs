@@ -1,0 +1,350 @@
+//! The live integration registry: every service materialises the compacted
+//! `activity.integrations` topic in memory and follows it (DESIGN §2).
+//!
+//! It reads every partition from the beginning outside any consumer group, so each process sees
+//! every tenant. It is *caught up* once it has read up to the end offsets it saw on start; until
+//! then a missing tenant may just not have been read yet, so services wait for it before acting.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::event::TenantId;
+use crate::integration::Integration;
+use crate::kafka::{KafkaArgs, TopicSpec};
+use crate::shutdown::Supervisor;
+
+/// Records of the integrations topic that were skipped because they could not be read.
+pub const INVALID_RECORDS: &str = "activity_integrations_invalid_records_total";
+/// Integrations currently known.
+pub const KNOWN: &str = "activity_integrations_known";
+
+/// How long start-up metadata requests may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The integrations topic as services create it: compacted, so the latest value per tenant (or
+/// its tombstone) is all that is kept.
+pub fn topic_spec(name: &str, replication: i32) -> TopicSpec<'_> {
+    TopicSpec {
+        name,
+        partitions: 1,
+        replication,
+        config: vec![("cleanup.policy", "compact")],
+    }
+}
+
+/// A cheap handle on the registry; clones share the same state.
+#[derive(Clone)]
+pub struct IntegrationRegistry {
+    integrations: Arc<RwLock<HashMap<TenantId, Integration>>>,
+    caught_up: watch::Receiver<bool>,
+}
+
+/// Why the registry could not start following the topic.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot read the integrations topic {topic}: {source}")]
+    Kafka {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("the integrations topic {0} does not exist")]
+    NoTopic(String),
+    #[error("reading the integrations topic's partitions panicked")]
+    StartPanicked,
+}
+
+impl IntegrationRegistry {
+    /// The tenant's current integration, if it has one.
+    pub fn get(&self, tenant: &TenantId) -> Option<Integration> {
+        self.integrations
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(tenant)
+            .cloned()
+    }
+
+    /// How many tenants have an integration.
+    pub fn len(&self) -> usize {
+        self.integrations
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether everything written before the registry started has been read.
+    pub fn is_caught_up(&self) -> bool {
+        *self.caught_up.borrow()
+    }
+
+    /// Waits until the registry is caught up.
+    pub async fn caught_up(&self) {
+        let mut caught_up = self.caught_up.clone();
+        // An error means the follower stopped, which the supervisor reports; nothing to wait for.
+        let _ = caught_up.wait_for(|done| *done).await;
+    }
+
+    /// Starts following `topic` under `supervisor`.
+    pub async fn follow(
+        kafka: &KafkaArgs,
+        topic: &str,
+        supervisor: &Supervisor,
+    ) -> Result<Self, RegistryError> {
+        describe_counter!(
+            INVALID_RECORDS,
+            "Integration records skipped because they could not be read."
+        );
+        describe_gauge!(KNOWN, "Integrations currently known.");
+        let kafka_error = |source| RegistryError::Kafka {
+            topic: topic.to_owned(),
+            source,
+        };
+        let consumer: StreamConsumer = kafka
+            .client_config(&[
+                ("group.id", "activity-integrations-reader"),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+            ])
+            .create()
+            .map_err(kafka_error)?;
+        let consumer = Arc::new(consumer);
+
+        // Start-up reads are blocking librdkafka calls: keep them off the runtime's threads.
+        let (consumer, end_offsets) = {
+            let owned_topic = topic.to_owned();
+            tokio::task::spawn_blocking(move || assign_from_beginning(consumer, &owned_topic))
+                .await
+                .map_err(|_| RegistryError::StartPanicked)??
+        };
+
+        let (caught_up_tx, caught_up) = watch::channel(false);
+        let registry = Self {
+            integrations: Arc::default(),
+            caught_up,
+        };
+        let mut follower = Follower {
+            registry: registry.clone(),
+            remaining: end_offsets,
+            caught_up: caught_up_tx,
+        };
+        follower.check_caught_up();
+        let token = supervisor.token();
+        supervisor.spawn("integration-registry", async move {
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return Ok(()),
+                    message = consumer.recv() => match message {
+                        Ok(message) => follower.apply(
+                            message.partition(),
+                            message.offset(),
+                            message.key(),
+                            message.payload(),
+                        ),
+                        Err(error) => tracing::warn!(%error, "reading the integrations topic failed; retrying"),
+                    },
+                }
+            }
+        });
+        Ok(registry)
+    }
+}
+
+/// Assigns every partition from its start and returns, per partition, the end offset at start.
+fn assign_from_beginning(
+    consumer: Arc<StreamConsumer>,
+    topic: &str,
+) -> Result<(Arc<StreamConsumer>, HashMap<i32, i64>), RegistryError> {
+    let kafka_error = |source| RegistryError::Kafka {
+        topic: topic.to_owned(),
+        source,
+    };
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(kafka_error)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(RegistryError::NoTopic(topic.to_owned()));
+    }
+    let mut assignment = TopicPartitionList::new();
+    let mut end_offsets = HashMap::new();
+    for partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+            .map_err(kafka_error)?;
+        if high > low {
+            end_offsets.insert(partition, high);
+        }
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .map_err(kafka_error)?;
+    }
+    consumer.assign(&assignment).map_err(kafka_error)?;
+    Ok((consumer, end_offsets))
+}
+
+/// Applies records to the registry; a pure state machine apart from the shared map.
+struct Follower {
+    registry: IntegrationRegistry,
+    /// Partitions not yet read up to their end offset at start.
+    remaining: HashMap<i32, i64>,
+    caught_up: watch::Sender<bool>,
+}
+
+impl Follower {
+    fn apply(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
+        match decode(key, value) {
+            Ok((tenant, Some(integration))) => {
+                self.write().insert(tenant, integration);
+            }
+            Ok((tenant, None)) => {
+                self.write().remove(&tenant);
+            }
+            Err(problem) => {
+                counter!(INVALID_RECORDS).increment(1);
+                tracing::error!(partition, offset, %problem, "skipped an unreadable integration record");
+            }
+        }
+        gauge!(KNOWN).set(self.registry.len() as f64);
+        if self
+            .remaining
+            .get(&partition)
+            .is_some_and(|end| offset + 1 >= *end)
+        {
+            self.remaining.remove(&partition);
+        }
+        self.check_caught_up();
+    }
+
+    fn check_caught_up(&mut self) {
+        if self.remaining.is_empty() && !*self.caught_up.borrow() {
+            self.caught_up.send_replace(true);
+            tracing::info!(
+                integrations = self.registry.len(),
+                "integration registry caught up"
+            );
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<TenantId, Integration>> {
+        self.registry
+            .integrations
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A record's tenant and its integration, or `None` for a tombstone.
+fn decode(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> Result<(TenantId, Option<Integration>), String> {
+    let key = key.ok_or("the record has no key")?;
+    let key = std::str::from_utf8(key).map_err(|_| "the key is not UTF-8".to_string())?;
+    let tenant =
+        TenantId::parse(key).map_err(|e| format!("the key {key:?} is not a tenant id: {e}"))?;
+    let Some(value) = value else {
+        return Ok((tenant, None));
+    };
+    let integration: Integration = serde_json::from_slice(value)
+        .map_err(|e| format!("the value for tenant {tenant} is not an integration: {e}"))?;
+    if integration.tenant_id != tenant {
+        return Err(format!(
+            "the value for tenant {tenant} names tenant {}",
+            integration.tenant_id
+        ));
+    }
+    Ok((tenant, Some(integration)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn follower(ends: &[(i32, i64)]) -> (Follower, IntegrationRegistry) {
+        let (caught_up, receiver) = watch::channel(false);
+        let registry = IntegrationRegistry {
+            integrations: Arc::default(),
+            caught_up: receiver,
+        };
+        let mut follower = Follower {
+            registry: registry.clone(),
+            remaining: ends.iter().copied().collect(),
+            caught_up,
+        };
+        follower.check_caught_up();
+        (follower, registry)
+    }
+
+    fn value(tenant: &str, enabled: bool) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "tenant_id": tenant, "enabled": enabled, "aws_account_id": "123456789012",
+            "bucket": "logs-bucket", "role_arn": "arn:aws:iam::123456789012:role/Writer",
+            "external_id": "ext-123", "region": "eu-west-1",
+            "connected_at": "2026-11-27T10:00:00Z", "updated_at": "2026-11-27T10:00:00Z"
+        }))
+        .expect("json")
+    }
+
+    fn tenant(raw: &str) -> TenantId {
+        TenantId::parse(raw).expect("tenant")
+    }
+
+    #[test]
+    fn updates_replace_and_tombstones_remove() {
+        let (mut follower, registry) = follower(&[]);
+        follower.apply(0, 0, Some(b"acme"), Some(&value("acme", true)));
+        follower.apply(0, 1, Some(b"acme"), Some(&value("acme", false)));
+        assert_eq!(
+            registry.get(&tenant("acme")).map(|i| i.enabled),
+            Some(false)
+        );
+        follower.apply(0, 2, Some(b"acme"), None);
+        assert!(registry.get(&tenant("acme")).is_none());
+    }
+
+    #[test]
+    fn unreadable_records_are_skipped_without_touching_the_tenant() {
+        let (mut follower, registry) = follower(&[]);
+        follower.apply(0, 0, Some(b"acme"), Some(&value("acme", true)));
+        follower.apply(0, 1, Some(b"acme"), Some(b"{not json"));
+        follower.apply(0, 2, Some(b"acme"), Some(&value("globex", true)));
+        follower.apply(0, 3, None, Some(&value("acme", false)));
+        follower.apply(0, 4, Some(b"../x"), None);
+        assert_eq!(registry.get(&tenant("acme")).map(|i| i.enabled), Some(true));
+        assert_eq!(registry.len(), 1);
+    }
+
+    #[test]
+    fn caught_up_once_every_partition_reached_its_end_at_start() {
+        let (mut follower, registry) = follower(&[(0, 2), (1, 1)]);
+        assert!(!registry.is_caught_up());
+        follower.apply(0, 0, Some(b"a"), Some(&value("a", true)));
+        follower.apply(1, 0, Some(b"b"), Some(&value("b", true)));
+        assert!(!registry.is_caught_up(), "partition 0 has one more record");
+        follower.apply(0, 1, Some(b"c"), Some(&value("c", true)));
+        assert!(registry.is_caught_up());
+    }
+
+    #[test]
+    fn an_empty_topic_is_caught_up_at_once() {
+        let (_follower, registry) = follower(&[]);
+        assert!(registry.is_caught_up());
+    }
+}
