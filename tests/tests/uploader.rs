@@ -1,0 +1,235 @@
+//! The uploader's PutObject path against the moto S3/STS server: the object lands exactly as the
+//! contract says, a second delivery is a no-op, one AssumeRole serves many uploads, and a bucket
+//! policy that denies writes is a configuration error.
+
+use aws_sdk_s3::types::ChecksumMode;
+use common::aws::AwsArgs;
+use common::integration::Integration;
+use common::job::UploadJob;
+use common::key::{Codec, ObjectKey};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use uploader::credentials::AssumedRoles;
+use uploader::destination::{S3Writer, Stored, verify_body};
+use uploader::error::ErrorClass;
+
+const REGION: &str = "us-east-1";
+
+async fn base_config() -> aws_config::SdkConfig {
+    assert!(
+        std::env::var_os("AWS_ACCESS_KEY_ID").is_some(),
+        "give the SDK test credentials (scripts/test.sh exports AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+    );
+    let endpoint = std::env::var("ACTIVITY_TEST_AWS_ENDPOINT")
+        .unwrap_or_else(|_| "http://127.0.0.1:5000".into());
+    AwsArgs {
+        region: Some(REGION.into()),
+        endpoint_url: Some(endpoint),
+    }
+    .sdk_config()
+    .await
+}
+
+/// The customer's side: a bucket in "their" account, reached with the test identity.
+async fn customer_bucket(config: &aws_config::SdkConfig) -> (aws_sdk_s3::Client, String) {
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(config)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = integration_tests::unique("b");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create the customer bucket");
+    (s3, bucket)
+}
+
+fn integration(tenant: &str, bucket: &str) -> Integration {
+    let now = OffsetDateTime::now_utc();
+    Integration {
+        tenant_id: tenant.parse().expect("tenant"),
+        enabled: true,
+        aws_account_id: "123456789012".into(),
+        bucket: bucket.into(),
+        prefix: "audit/activity".into(),
+        role_arn: "arn:aws:iam::123456789012:role/ActivityLogWriter".into(),
+        external_id: "ext-7c1d0a4f9b2e".into(),
+        region: REGION.into(),
+        compression: Codec::None,
+        connected_at: now,
+        updated_at: now,
+    }
+}
+
+fn job(tenant: &str, first_offset: i64, body: &[u8]) -> UploadJob {
+    let window_start_ms = 1_795_770_000_000;
+    let key = ObjectKey {
+        tenant_id: tenant.parse().expect("tenant"),
+        window_start: OffsetDateTime::from_unix_timestamp(window_start_ms / 1000).expect("time"),
+        partition: 0,
+        first_offset,
+        codec: Codec::None,
+    };
+    UploadJob {
+        tenant_id: key.tenant_id.clone(),
+        relative_key: key.relative(),
+        codec: Codec::None,
+        event_count: 2,
+        window_start_ms,
+        window_end_ms: window_start_ms + 3_600_000,
+        partition: 0,
+        first_offset,
+        last_offset: first_offset + 1,
+        uncompressed_bytes: body.len() as u64,
+        sha256_hex: Sha256::digest(body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        created_at_ms: window_start_ms + 3_700_000,
+        attempt: 0,
+    }
+}
+
+const BODY: &[u8] =
+    b"{\"id\":\"e1\",\"tenant_id\":\"acme\"}\n{\"id\":\"e2\",\"tenant_id\":\"acme\"}\n";
+
+#[tokio::test]
+async fn an_object_lands_with_its_headers_once_and_one_assume_role_serves_many_uploads() {
+    let config = base_config().await;
+    let (s3, bucket) = customer_bucket(&config).await;
+    let integration = integration("acme", &bucket);
+    let roles = AssumedRoles::new(config.clone());
+    let writer = S3Writer::new(config.clone());
+
+    let first = job("acme", 100, BODY);
+    let sha = verify_body(&first, BODY).expect("body matches its job");
+    let credentials = roles.credentials(&integration).await.expect("assume role");
+    let stored = writer
+        .put(
+            &integration,
+            credentials.clone(),
+            &first,
+            BODY.to_vec(),
+            sha,
+        )
+        .await
+        .expect("put");
+    assert_eq!(stored, Stored::Created);
+
+    let key = format!("audit/activity/{}", first.relative_key);
+    let object = s3
+        .get_object()
+        .bucket(&bucket)
+        .key(&key)
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await
+        .expect("the object is there");
+    assert_eq!(object.content_type(), Some("application/x-ndjson"));
+    assert_eq!(
+        object.server_side_encryption().map(|s| s.as_str()),
+        Some("AES256")
+    );
+    let metadata = object.metadata().expect("metadata");
+    assert_eq!(metadata.get("event-count").map(String::as_str), Some("2"));
+    assert_eq!(
+        metadata.get("window-start").map(String::as_str),
+        Some("2026-11-27T09:00:00Z")
+    );
+    let attributes = s3
+        .get_object_attributes()
+        .bucket(&bucket)
+        .key(&key)
+        .object_attributes(aws_sdk_s3::types::ObjectAttributes::Checksum)
+        .send()
+        .await
+        .expect("object attributes");
+    let expected_checksum = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(sha)
+    };
+    assert_eq!(
+        attributes.checksum().and_then(|c| c.checksum_sha256()),
+        Some(expected_checksum.as_str()),
+        "S3 kept the SHA-256 it was given"
+    );
+    let bytes = object.body.collect().await.expect("body").into_bytes();
+    assert_eq!(bytes.as_ref(), BODY);
+
+    let again = writer
+        .put(&integration, credentials, &first, BODY.to_vec(), sha)
+        .await
+        .expect("second put");
+    assert_eq!(again, Stored::AlreadyThere, "a repeated job is a no-op");
+
+    for offset in 0..20 {
+        let next = job("acme", 1_000 + offset, BODY);
+        let credentials = roles
+            .credentials(&integration)
+            .await
+            .expect("cached credentials");
+        writer
+            .put(&integration, credentials, &next, BODY.to_vec(), sha)
+            .await
+            .expect("put");
+    }
+    assert_eq!(
+        roles.calls(),
+        1,
+        "every upload after the first reused the assumed role"
+    );
+    let listed = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(
+        listed.key_count(),
+        Some(21),
+        "one object per job, the repeated one only once"
+    );
+}
+
+#[tokio::test]
+async fn a_bucket_policy_denying_writes_is_a_configuration_error_named_access_denied() {
+    let config = base_config().await;
+    let (s3, bucket) = customer_bucket(&config).await;
+    let policy = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
+            "Resource": format!("arn:aws:s3:::{bucket}/*")
+        }]
+    });
+    s3.put_bucket_policy()
+        .bucket(&bucket)
+        .policy(policy.to_string())
+        .send()
+        .await
+        .expect("policy");
+
+    let integration = integration("acme", &bucket);
+    let roles = AssumedRoles::new(config.clone());
+    let writer = S3Writer::new(config);
+    let job = job("acme", 7, BODY);
+    let sha = verify_body(&job, BODY).expect("body");
+    let credentials = roles.credentials(&integration).await.expect("assume role");
+    let error = writer
+        .put(&integration, credentials, &job, BODY.to_vec(), sha)
+        .await
+        .expect_err("denied");
+    assert_eq!(error.class, ErrorClass::Configuration, "{error}");
+    assert_eq!(error.code, "AccessDenied", "{error}");
+    assert_eq!(error.step, "put-object");
+}
+
+#[test]
+fn a_body_that_does_not_match_its_job_is_refused_before_upload() {
+    let job = job("acme", 1, BODY);
+    let error = verify_body(&job, b"tampered").expect_err("mismatch");
+    assert_eq!(error.class, ErrorClass::InvalidJob);
+    assert_eq!(error.code, "ChecksumMismatch");
+}
