@@ -1,0 +1,360 @@
+//! The uploader's queue consumer on real RabbitMQ, Kafka and moto: a good job is stored and acked,
+//! a denied one lands in the dead-letter queue with its error, a job for a tenant without an
+//! integration is discarded, and retryable failures climb the retry tiers before dead-lettering.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use common::amqp::AmqpArgs;
+use common::aws::AwsArgs;
+use common::job::UploadJob;
+use common::kafka::KafkaArgs;
+use common::key::{Codec, ObjectKey};
+use common::registry::{IntegrationRegistry, topic_spec};
+use common::shutdown::Supervisor;
+use common::topology::{UPLOAD_ROUTING_KEY, UploadTopology};
+use integration_tests::{unique, wait_for};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::AMQPValue;
+use lapin::{BasicProperties, Channel};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use uploader::consume::{Uploader, failure_header};
+use uploader::credentials::AssumedRoles;
+use uploader::destination::S3Writer;
+use uploader::retry::RetryPolicy;
+
+const REGION: &str = "us-east-1";
+const BODY: &[u8] = b"{\"id\":\"e1\"}\n{\"id\":\"e2\"}\n";
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    amqp: AmqpArgs,
+}
+
+async fn channel() -> (lapin::Connection, Channel) {
+    let connection = Args::try_parse_from(["test"])
+        .expect("args")
+        .amqp
+        .connect("uploader-test")
+        .await
+        .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    (connection, channel)
+}
+
+fn aws(endpoint: &str) -> AwsArgs {
+    assert!(
+        std::env::var_os("AWS_ACCESS_KEY_ID").is_some(),
+        "scripts/test.sh exports the test AWS credentials"
+    );
+    AwsArgs {
+        region: Some(REGION.into()),
+        endpoint_url: Some(endpoint.into()),
+    }
+}
+
+fn moto() -> String {
+    std::env::var("ACTIVITY_TEST_AWS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".into())
+}
+
+fn integration_json(tenant: &str, bucket: &str) -> String {
+    serde_json::json!({
+        "tenant_id": tenant, "enabled": true, "aws_account_id": "123456789012", "bucket": bucket,
+        "prefix": "audit", "role_arn": "arn:aws:iam::123456789012:role/Writer",
+        "external_id": "ext-0123456789", "region": REGION, "compression": "none",
+        "connected_at": "2026-11-27T10:00:00Z", "updated_at": "2026-11-27T10:00:00Z"
+    })
+    .to_string()
+}
+
+/// A registry holding the given (tenant, bucket) integrations.
+async fn registry(integrations: &[(&str, &str)], supervisor: &Supervisor) -> IntegrationRegistry {
+    let kafka = KafkaArgs {
+        brokers: integration_tests::kafka::brokers(),
+        properties: vec![],
+    };
+    let topic = unique("activity.integrations");
+    kafka
+        .ensure_topics(&[topic_spec(&topic, 1)])
+        .await
+        .expect("topic");
+    let producer: FutureProducer = kafka
+        .producer_config(Duration::from_secs(10))
+        .create()
+        .expect("producer");
+    for (tenant, bucket) in integrations {
+        let value = integration_json(tenant, bucket);
+        producer
+            .send(
+                FutureRecord::to(&topic).key(*tenant).payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("write integration");
+    }
+    let registry = IntegrationRegistry::follow(&kafka, &topic, supervisor)
+        .await
+        .expect("follow");
+    tokio::time::timeout(Duration::from_secs(30), registry.caught_up())
+        .await
+        .expect("caught up");
+    registry
+}
+
+fn job(tenant: &str, first_offset: i64) -> UploadJob {
+    let window_start_ms = 1_795_770_000_000;
+    let key = ObjectKey {
+        tenant_id: tenant.parse().expect("tenant"),
+        window_start: OffsetDateTime::from_unix_timestamp(window_start_ms / 1000).expect("time"),
+        partition: 0,
+        first_offset,
+        codec: Codec::None,
+    };
+    let now_ms =
+        i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).expect("ms");
+    UploadJob {
+        tenant_id: key.tenant_id.clone(),
+        relative_key: key.relative(),
+        codec: Codec::None,
+        event_count: 2,
+        window_start_ms,
+        window_end_ms: window_start_ms + 3_600_000,
+        partition: 0,
+        first_offset,
+        last_offset: first_offset + 1,
+        uncompressed_bytes: BODY.len() as u64,
+        sha256_hex: Sha256::digest(BODY)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        created_at_ms: now_ms,
+        attempt: 0,
+    }
+}
+
+async fn enqueue(channel: &Channel, topology: &UploadTopology, job: &UploadJob) {
+    channel
+        .basic_publish(
+            topology.exchange.as_str().into(),
+            UPLOAD_ROUTING_KEY.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            BODY,
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(job.relative_key.as_str().into())
+                .with_headers(job.to_headers()),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+}
+
+async fn start_uploader(
+    aws: AwsArgs,
+    registry: IntegrationRegistry,
+    topology: &UploadTopology,
+    supervisor: &Supervisor,
+) {
+    let config = aws.sdk_config().await;
+    let (connection, publisher) = channel().await;
+    let consumer = connection.create_channel().await.expect("consumer channel");
+    let uploader = Arc::new(Uploader {
+        registry,
+        roles: AssumedRoles::new(config.clone()),
+        writer: S3Writer::new(config),
+        topology: topology.clone(),
+        policy: RetryPolicy {
+            tiers: topology.retry_queues.len(),
+            max_attempts: 2,
+            max_age: Duration::from_secs(3600),
+        },
+        publisher,
+    });
+    let token = supervisor.token();
+    let running = uploader.clone();
+    supervisor.spawn("uploader", async move {
+        let _connection = connection;
+        running.run(consumer, 1, token).await
+    });
+}
+
+fn header_text(headers: &lapin::types::FieldTable, name: &str) -> Option<String> {
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn good_jobs_are_stored_denied_ones_dead_lettered_and_orphans_discarded() {
+    let config = aws(&moto()).sdk_config().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    let good_bucket = unique("b");
+    let denied_bucket = unique("b");
+    for bucket in [&good_bucket, &denied_bucket] {
+        s3.create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .expect("bucket");
+    }
+    let deny = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Principal": "*",
+        "Action": "s3:PutObject", "Resource": format!("arn:aws:s3:::{denied_bucket}/*")}]});
+    s3.put_bucket_policy()
+        .bucket(&denied_bucket)
+        .policy(deny.to_string())
+        .send()
+        .await
+        .expect("policy");
+
+    let supervisor = Supervisor::new();
+    let registry = registry(
+        &[("acme", &good_bucket), ("denied", &denied_bucket)],
+        &supervisor,
+    )
+    .await;
+    let (_connection, channel) = channel().await;
+    let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(60)]);
+    topology.declare(&channel).await.expect("declare");
+    start_uploader(aws(&moto()), registry, &topology, &supervisor).await;
+
+    let denied = job("denied", 5);
+    enqueue(&channel, &topology, &denied).await;
+    enqueue(&channel, &topology, &job("ghost", 6)).await;
+    let good = job("acme", 7);
+    enqueue(&channel, &topology, &good).await;
+
+    // One upload at a time, in order: once the good job's object exists, the others were handled.
+    let key = format!("audit/{}", good.relative_key);
+    wait_for("the good job's object", Duration::from_secs(30), || async {
+        s3.head_object()
+            .bucket(&good_bucket)
+            .key(&key)
+            .send()
+            .await
+            .ok()
+    })
+    .await;
+
+    let dead = channel
+        .basic_get(
+            topology.dead_letter_queue.as_str().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("get")
+        .expect("the denied job is in the dead-letter queue");
+    let headers = dead.delivery.properties.headers().clone().expect("headers");
+    assert_eq!(header_text(&headers, "tenant").as_deref(), Some("denied"));
+    assert_eq!(
+        header_text(&headers, failure_header::CLASS).as_deref(),
+        Some("configuration")
+    );
+    assert_eq!(
+        header_text(&headers, failure_header::CODE).as_deref(),
+        Some("AccessDenied")
+    );
+    assert_eq!(
+        dead.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str()),
+        Some(denied.relative_key.as_str())
+    );
+    assert_eq!(dead.delivery.data, BODY);
+    let nothing_else = channel
+        .basic_get(
+            topology.dead_letter_queue.as_str().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("get");
+    assert!(
+        nothing_else.is_none(),
+        "the orphan job was discarded, not dead-lettered"
+    );
+    let listed = s3
+        .list_objects_v2()
+        .bucket(&denied_bucket)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(listed.key_count(), Some(0));
+    supervisor.cancel();
+    supervisor
+        .run_until_stopped(Duration::from_secs(20))
+        .await
+        .expect("stops cleanly");
+}
+
+#[tokio::test]
+async fn retryable_failures_wait_in_the_retry_tier_then_dead_letter_with_their_attempts() {
+    let supervisor = Supervisor::new();
+    let registry = registry(&[("acme", "some-bucket")], &supervisor).await;
+    let (_connection, channel) = channel().await;
+    let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_millis(300)]);
+    topology.declare(&channel).await.expect("declare");
+    // Nothing listens there: every STS and S3 call fails as a network error.
+    let unreachable = format!(
+        "http://127.0.0.1:{}",
+        integration_tests::services::free_port()
+    );
+    start_uploader(aws(&unreachable), registry, &topology, &supervisor).await;
+
+    enqueue(&channel, &topology, &job("acme", 1)).await;
+    let dead = wait_for(
+        "the job to be dead-lettered",
+        Duration::from_secs(60),
+        || async {
+            channel
+                .basic_get(
+                    topology.dead_letter_queue.as_str().into(),
+                    BasicGetOptions { no_ack: true },
+                )
+                .await
+                .expect("get")
+        },
+    )
+    .await;
+    let headers = dead.delivery.properties.headers().clone().expect("headers");
+    assert_eq!(
+        header_text(&headers, "attempt").as_deref(),
+        Some("2"),
+        "one try, one retry"
+    );
+    assert_eq!(
+        header_text(&headers, failure_header::CLASS).as_deref(),
+        Some("retryable")
+    );
+    assert_eq!(
+        header_text(&headers, failure_header::STEP).as_deref(),
+        Some("assume-role")
+    );
+    assert!(
+        headers.inner().contains_key("x-death"),
+        "it went through the retry tier"
+    );
+    supervisor.cancel();
+    supervisor
+        .run_until_stopped(Duration::from_secs(20))
+        .await
+        .expect("stops cleanly");
+}

@@ -1,0 +1,280 @@
+//! Taking jobs off the queue: `process_one` handles one delivery (upload, or move it where its
+//! failure says and wait for RabbitMQ to confirm the move); `run` only feeds it deliveries and
+//! acks each once it returns.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::job::{UploadJob, header};
+use common::registry::IntegrationRegistry;
+use common::topology::{DEAD_ROUTING_KEY, UploadTopology};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Confirmation};
+use metrics::counter;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::credentials::AssumedRoles;
+use crate::destination::{S3Writer, Stored, resolve, verify_body};
+use crate::error::{ErrorClass, UploadError};
+use crate::metrics::UPLOADS;
+use crate::retry::{NextStep, RetryPolicy};
+
+/// Headers a moved job carries about its last failure.
+pub mod failure_header {
+    pub const CLASS: &str = "last-error-class";
+    pub const STEP: &str = "last-error-step";
+    pub const CODE: &str = "last-error-code";
+    pub const MESSAGE: &str = "last-error-message";
+}
+
+/// What became of one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Stored(Stored),
+    Retried { tier: usize, error: UploadError },
+    DeadLettered(UploadError),
+    Discarded(UploadError),
+}
+
+/// Moving a job to a retry tier or the dead-letter queue failed: the delivery must go back to the
+/// queue (nack with requeue) so nothing is lost.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("cannot publish to {exchange}: {source}")]
+    Publish {
+        exchange: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("RabbitMQ did not confirm the move to {exchange}: {confirmation:?}")]
+    NotConfirmed {
+        exchange: String,
+        confirmation: String,
+    },
+}
+
+/// Everything one uploader process needs to handle deliveries.
+pub struct Uploader {
+    pub registry: IntegrationRegistry,
+    pub roles: AssumedRoles,
+    pub writer: S3Writer,
+    pub topology: UploadTopology,
+    pub policy: RetryPolicy,
+    /// A channel in confirm mode, for moving jobs.
+    pub publisher: Channel,
+}
+
+impl Uploader {
+    /// Handles one delivery. Returns once the job is stored or its move is confirmed.
+    pub async fn process_one(
+        &self,
+        properties: &BasicProperties,
+        body: &[u8],
+    ) -> Result<Outcome, MoveError> {
+        let headers = properties.headers().clone().unwrap_or_default();
+        let job = match UploadJob::from_headers(&headers) {
+            Ok(job) => job,
+            Err(problem) => {
+                let error = UploadError::new(
+                    ErrorClass::InvalidJob,
+                    "read-job",
+                    "InvalidHeaders",
+                    problem.to_string(),
+                );
+                self.dead_letter(headers, properties, body, &error, 1)
+                    .await?;
+                return Ok(Outcome::DeadLettered(error));
+            }
+        };
+        let result = self.upload(&job, body).await;
+        let outcome = match result {
+            Ok(stored) => Outcome::Stored(stored),
+            Err(error) => {
+                let attempts = job.attempt.saturating_add(1);
+                match self.policy.next_step(error.class, attempts, age(&job)) {
+                    NextStep::Retry { tier } => {
+                        let tier_queue = &self.topology.retry_queues[tier];
+                        let headers = with_failure(headers, &error, attempts);
+                        self.publish(
+                            &self.topology.retry_exchange,
+                            &tier_queue.routing_key,
+                            headers,
+                            properties,
+                            body,
+                        )
+                        .await?;
+                        tracing::info!(key = %job, tenant = %job.tenant_id, attempts, tier = tier + 1, %error, "upload failed; retrying later");
+                        Outcome::Retried { tier, error }
+                    }
+                    NextStep::DeadLetter => {
+                        self.dead_letter(headers, properties, body, &error, attempts)
+                            .await?;
+                        tracing::warn!(key = %job, tenant = %job.tenant_id, attempts, %error, "upload dead-lettered");
+                        Outcome::DeadLettered(error)
+                    }
+                    NextStep::Discard => {
+                        tracing::warn!(key = %job, tenant = %job.tenant_id, %error, "job discarded: nobody can receive it");
+                        Outcome::Discarded(error)
+                    }
+                }
+            }
+        };
+        let (label, class) = match &outcome {
+            Outcome::Stored(Stored::Created) => ("stored", "none"),
+            Outcome::Stored(Stored::AlreadyThere) => ("already_there", "none"),
+            Outcome::Retried { error, .. } => ("retried", error.class.as_str()),
+            Outcome::DeadLettered(error) => ("dead_lettered", error.class.as_str()),
+            Outcome::Discarded(error) => ("discarded", error.class.as_str()),
+        };
+        counter!(UPLOADS, "outcome" => label, "class" => class).increment(1);
+        Ok(outcome)
+    }
+
+    async fn upload(&self, job: &UploadJob, body: &[u8]) -> Result<Stored, UploadError> {
+        let sha256 = verify_body(job, body)?;
+        let integration = resolve(&self.registry, job)?;
+        let credentials = self.roles.credentials(&integration).await?;
+        self.writer
+            .put(&integration, credentials, job, body.to_vec(), sha256)
+            .await
+    }
+
+    async fn dead_letter(
+        &self,
+        headers: FieldTable,
+        properties: &BasicProperties,
+        body: &[u8],
+        error: &UploadError,
+        attempts: u32,
+    ) -> Result<(), MoveError> {
+        let headers = with_failure(headers, error, attempts);
+        self.publish(
+            &self.topology.dead_letter_exchange,
+            DEAD_ROUTING_KEY,
+            headers,
+            properties,
+            body,
+        )
+        .await
+    }
+
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: FieldTable,
+        original: &BasicProperties,
+        body: &[u8],
+    ) -> Result<(), MoveError> {
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        if let Some(id) = original.message_id() {
+            properties = properties.with_message_id(id.clone());
+        }
+        let publish_error = |source| MoveError::Publish {
+            exchange: exchange.to_owned(),
+            source,
+        };
+        let confirmation = self
+            .publisher
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .map_err(publish_error)?
+            .await
+            .map_err(publish_error)?;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            other => Err(MoveError::NotConfirmed {
+                exchange: exchange.to_owned(),
+                confirmation: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Consumes the upload queue until `shutdown`, with at most `concurrency` uploads at once;
+    /// uploads in flight at shutdown finish before it returns.
+    pub async fn run(
+        self: Arc<Self>,
+        consumer_channel: Channel,
+        concurrency: u16,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        consumer_channel
+            .basic_qos(concurrency, BasicQosOptions::default())
+            .await?;
+        let mut deliveries = consumer_channel
+            .basic_consume(
+                self.topology.queue.as_str().into(),
+                "activity-uploader".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let slots = Arc::new(Semaphore::new(usize::from(concurrency)));
+        let in_flight = TaskTracker::new();
+        loop {
+            let delivery = tokio::select! {
+                () = shutdown.cancelled() => break,
+                next = deliveries.next() => match next {
+                    Some(delivery) => delivery?,
+                    None => anyhow::bail!("RabbitMQ closed the upload consumer"),
+                },
+            };
+            let slot = slots.clone().acquire_owned().await?;
+            let this = self.clone();
+            in_flight.spawn(async move {
+                let _slot = slot;
+                let acked = match this.process_one(&delivery.properties, &delivery.data).await {
+                    Ok(_) => delivery.acker.ack(BasicAckOptions::default()).await,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot move a failed job; returning it to the queue");
+                        delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
+                    }
+                };
+                if let Err(error) = acked {
+                    // The broker redelivers an unacknowledged job; If-None-Match makes that safe.
+                    tracing::warn!(%error, "cannot acknowledge a delivery; it will be redelivered");
+                }
+            });
+        }
+        in_flight.close();
+        in_flight.wait().await;
+        Ok(())
+    }
+}
+
+fn age(job: &UploadJob) -> Duration {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    Duration::from_millis(u64::try_from(now_ms.saturating_sub(job.created_at_ms)).unwrap_or(0))
+}
+
+fn with_failure(mut headers: FieldTable, error: &UploadError, attempts: u32) -> FieldTable {
+    let text = |value: &str| AMQPValue::LongString(LongString::from(value));
+    headers.insert(
+        header::ATTEMPT.into(),
+        AMQPValue::LongLongInt(i64::from(attempts)),
+    );
+    headers.insert(failure_header::CLASS.into(), text(error.class.as_str()));
+    headers.insert(failure_header::STEP.into(), text(error.step));
+    headers.insert(failure_header::CODE.into(), text(&error.code));
+    headers.insert(failure_header::MESSAGE.into(), text(&error.message));
+    headers
+}
