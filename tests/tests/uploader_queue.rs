@@ -358,3 +358,100 @@ async fn retryable_failures_wait_in_the_retry_tier_then_dead_letter_with_their_a
         .await
         .expect("stops cleanly");
 }
+
+#[tokio::test]
+async fn the_uploader_service_becomes_ready_once_caught_up_and_delivers() {
+    use clap::Parser;
+    let config = aws(&moto()).sdk_config().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = unique("b");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("bucket");
+    let supervisor = Supervisor::new();
+    // The registry here only creates and fills the topic; the service follows it on its own.
+    let kafka = KafkaArgs {
+        brokers: integration_tests::kafka::brokers(),
+        properties: vec![],
+    };
+    let topic = unique("activity.integrations");
+    kafka
+        .ensure_topics(&[topic_spec(&topic, 1)])
+        .await
+        .expect("topic");
+    let producer: FutureProducer = kafka
+        .producer_config(Duration::from_secs(10))
+        .create()
+        .expect("producer");
+    let value = integration_json("acme", &bucket);
+    producer
+        .send(
+            FutureRecord::to(&topic).key("acme").payload(&value),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("write");
+
+    let uploads = unique("uploads");
+    let endpoint = moto();
+    let brokers = integration_tests::kafka::brokers();
+    let service_config = uploader::config::UploaderConfig::try_parse_from([
+        "uploader",
+        "--listen",
+        "127.0.0.1:0",
+        "--integrations-topic",
+        &topic,
+        "--kafka-brokers",
+        &brokers,
+        "--uploads-name",
+        &uploads,
+        "--retry-tiers",
+        "1s",
+        "--aws-endpoint-url",
+        &endpoint,
+        "--aws-region",
+        REGION,
+    ])
+    .expect("uploader arguments");
+    let address = uploader::start(service_config, &supervisor)
+        .await
+        .expect("uploader starts");
+    let ready = format!("http://{address}/readyz");
+    wait_for(
+        "the uploader to be ready",
+        Duration::from_secs(30),
+        || async { (reqwest::get(&ready).await.ok()?.status() == 200).then_some(()) },
+    )
+    .await;
+
+    let (_connection, channel) = channel().await;
+    let topology = UploadTopology::new(&uploads, &[Duration::from_secs(1)]);
+    let good = job("acme", 11);
+    enqueue(&channel, &topology, &good).await;
+    let key = format!("audit/{}", good.relative_key);
+    wait_for("the object", Duration::from_secs(30), || async {
+        s3.head_object().bucket(&bucket).key(&key).send().await.ok()
+    })
+    .await;
+    let metrics = reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("activity_uploader_uploads_total{outcome=\"stored\""),
+        "{metrics}"
+    );
+    supervisor.cancel();
+    supervisor
+        .run_until_stopped(Duration::from_secs(20))
+        .await
+        .expect("stops cleanly");
+}

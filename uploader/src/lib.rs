@@ -1,13 +1,109 @@
 //! The uploader: puts queued activity log objects into customer buckets with the customer's
 //! assumed role (DESIGN §2–§3).
 //!
-//! Built so far: error classification, assumed-role credentials, destination resolution, the
-//! PutObject itself, and the queue consumer with retry tiers and the dead-letter queue. Delivery
-//! records, the `dlq` commands and the service binary are not built yet.
+//! Not built yet: delivery records on `activity.deliveries`, the `dlq` commands, and reconnecting
+//! to RabbitMQ in-process (today a lost connection stops the service, for its supervisor to
+//! restart).
 
+pub mod config;
 pub mod consume;
 pub mod credentials;
 pub mod destination;
 pub mod error;
 pub mod metrics;
 pub mod retry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use common::ops::ReadinessCheck;
+use common::registry::IntegrationRegistry;
+use common::shutdown::Supervisor;
+use lapin::options::ConfirmSelectOptions;
+
+use crate::config::UploaderConfig;
+use crate::consume::Uploader;
+use crate::credentials::AssumedRoles;
+use crate::destination::S3Writer;
+
+/// Starts the uploader under `supervisor` and returns the address of its health and metrics
+/// endpoints. Jobs are consumed only once the integration registry has caught up, so no job is
+/// discarded for a tenant whose integration was simply not read yet.
+pub async fn start(config: UploaderConfig, supervisor: &Supervisor) -> anyhow::Result<SocketAddr> {
+    let metrics = common::metrics::install().context("cannot install the metrics recorder")?;
+    metrics::describe();
+    let registry =
+        IntegrationRegistry::follow(&config.kafka, &config.integrations_topic, supervisor)
+            .await
+            .context("cannot follow the integrations")?;
+
+    let connection = config.amqp.connect("activity-uploader").await?;
+    let publisher = connection
+        .create_channel()
+        .await
+        .context("cannot open a RabbitMQ channel")?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("cannot enable publisher confirms")?;
+    let consumer = connection
+        .create_channel()
+        .await
+        .context("cannot open a RabbitMQ channel")?;
+    let topology = config.uploads.topology();
+    topology.declare(&publisher).await?;
+
+    let sdk = config.aws.sdk_config().await;
+    let uploader = Arc::new(Uploader {
+        registry: registry.clone(),
+        roles: AssumedRoles::new(sdk.clone()),
+        writer: S3Writer::new(sdk),
+        topology,
+        policy: config.retry_policy(),
+        publisher,
+    });
+
+    let connection = Arc::new(connection);
+    let readiness: ReadinessCheck = {
+        let registry = registry.clone();
+        let connection = connection.clone();
+        let token = supervisor.token();
+        Arc::new(move || {
+            let state = if token.is_cancelled() {
+                Err("shutting down".to_string())
+            } else if !registry.is_caught_up() {
+                Err("the integration registry is still catching up".to_string())
+            } else if !connection.status().connected() {
+                Err("not connected to RabbitMQ".to_string())
+            } else {
+                Ok(())
+            };
+            Box::pin(async move { state })
+        })
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let router = common::ops::router(readiness, metrics);
+    let token = supervisor.token();
+    supervisor.spawn("http", async move {
+        common::ops::serve(listener, router, token)
+            .await
+            .context("the HTTP server failed")
+    });
+
+    let token = supervisor.token();
+    let concurrency = config.concurrency;
+    supervisor.spawn("uploads", async move {
+        tokio::select! {
+            () = registry.caught_up() => {}
+            () = token.cancelled() => return Ok(()),
+        }
+        let _connection = connection;
+        uploader.run(consumer, concurrency, token).await
+    });
+    tracing::info!(%address, queue = %config.uploads.name, concurrency, "uploader started");
+    Ok(address)
+}
