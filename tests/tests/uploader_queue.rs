@@ -455,3 +455,101 @@ async fn the_uploader_service_becomes_ready_once_caught_up_and_delivers() {
         .await
         .expect("stops cleanly");
 }
+
+#[tokio::test]
+async fn dead_lettered_jobs_are_listed_in_place_and_redriven_per_tenant_after_the_fix() {
+    let config = aws(&moto()).sdk_config().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = unique("b");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("bucket");
+    let deny = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Principal": "*",
+        "Action": "s3:PutObject", "Resource": format!("arn:aws:s3:::{bucket}/*")}]});
+    s3.put_bucket_policy()
+        .bucket(&bucket)
+        .policy(deny.to_string())
+        .send()
+        .await
+        .expect("policy");
+
+    let supervisor = Supervisor::new();
+    let registry = registry(&[("acme", &bucket), ("globex", &bucket)], &supervisor).await;
+    let (_connection, channel) = channel().await;
+    let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(60)]);
+    topology.declare(&channel).await.expect("declare");
+    start_uploader(aws(&moto()), registry, &topology, &supervisor).await;
+    let acme = job("acme", 21);
+    enqueue(&channel, &topology, &acme).await;
+    enqueue(&channel, &topology, &job("globex", 22)).await;
+
+    let listed = wait_for(
+        "both jobs in the dead-letter queue",
+        Duration::from_secs(30),
+        || async {
+            let jobs = uploader::dlq::list(&channel, &topology, None)
+                .await
+                .expect("list");
+            (jobs.len() == 2).then_some(jobs)
+        },
+    )
+    .await;
+    assert!(
+        listed
+            .iter()
+            .all(|j| j.code == "AccessDenied" && j.class == "configuration"),
+        "{listed:?}"
+    );
+    let only_acme =
+        uploader::dlq::list(&channel, &topology, Some(&"acme".parse().expect("tenant")))
+            .await
+            .expect("list");
+    assert_eq!(
+        only_acme.len(),
+        1,
+        "listing filters by tenant and leaves the jobs in place"
+    );
+    assert_eq!(only_acme[0].key, acme.relative_key);
+
+    s3.delete_bucket_policy()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("the customer fixes the policy");
+    let summary = uploader::dlq::redrive(
+        &channel,
+        &topology,
+        Some(&"acme".parse().expect("tenant")),
+        None,
+    )
+    .await
+    .expect("redrive");
+    assert_eq!(summary.redriven.len(), 1);
+    assert_eq!(summary.kept, 1, "the other tenant's job stays");
+
+    let key = format!("audit/{}", acme.relative_key);
+    wait_for(
+        "the redriven job's object",
+        Duration::from_secs(30),
+        || async { s3.head_object().bucket(&bucket).key(&key).send().await.ok() },
+    )
+    .await;
+    let left = uploader::dlq::list(&channel, &topology, None)
+        .await
+        .expect("list");
+    assert_eq!(
+        left.iter().map(|j| j.tenant.as_str()).collect::<Vec<_>>(),
+        ["globex"]
+    );
+    supervisor.cancel();
+    supervisor
+        .run_until_stopped(Duration::from_secs(20))
+        .await
+        .expect("stops cleanly");
+}

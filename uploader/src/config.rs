@@ -3,10 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use common::amqp::AmqpArgs;
 use common::aws::AwsArgs;
 use common::config::{ShutdownArgs, parse_positive_duration};
+use common::event::TenantId;
 use common::kafka::KafkaArgs;
 use common::telemetry::LogArgs;
 use common::topology::UploadQueueArgs;
@@ -21,6 +22,10 @@ use crate::retry::RetryPolicy;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "uploader", version)]
 pub struct UploaderConfig {
+    /// Without a command, run the uploader service.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address for health checks and metrics.
     #[arg(
         long,
@@ -78,4 +83,33 @@ impl UploaderConfig {
             max_age: self.max_age,
         }
     }
+}
+
+/// One-off operations instead of running the service.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Inspect or redrive the dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DlqAction {
+    /// List dead-lettered jobs with their last error, leaving them in place.
+    List {
+        /// Only this tenant's jobs.
+        #[arg(long)]
+        tenant: Option<TenantId>,
+    },
+    /// Move dead-lettered jobs back to the upload queue with a fresh retry budget.
+    Redrive {
+        /// Only this tenant's jobs.
+        #[arg(long)]
+        tenant: Option<TenantId>,
+        /// At most this many jobs.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
 }

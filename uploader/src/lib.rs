@@ -1,7 +1,7 @@
 //! The uploader: puts queued activity log objects into customer buckets with the customer's
 //! assumed role (DESIGN §2–§3).
 //!
-//! Not built yet: delivery records on `activity.deliveries`, the `dlq` commands, and reconnecting
+//! Not built yet: delivery records on `activity.deliveries`, and reconnecting
 //! to RabbitMQ in-process (today a lost connection stops the service, for its supervisor to
 //! restart).
 
@@ -9,6 +9,7 @@ pub mod config;
 pub mod consume;
 pub mod credentials;
 pub mod destination;
+pub mod dlq;
 pub mod error;
 pub mod metrics;
 pub mod retry;

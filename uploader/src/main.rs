@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use common::shutdown::Supervisor;
-use uploader::config::UploaderConfig;
+use uploader::config::{Command, DlqAction, UploaderConfig};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -10,6 +10,15 @@ async fn main() -> ExitCode {
     if let Err(error) = config.log.init() {
         eprintln!("uploader: {error:#}");
         return ExitCode::from(2);
+    }
+    if let Some(Command::Dlq { action }) = &config.command {
+        return match run_dlq(&config, action).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("uploader dlq: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let supervisor = Supervisor::new();
     if let Err(error) = supervisor.cancel_on_signals() {
@@ -30,4 +39,41 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run_dlq(config: &UploaderConfig, action: &DlqAction) -> anyhow::Result<()> {
+    let connection = config.amqp.connect("activity-uploader-dlq").await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+    let topology = config.uploads.topology();
+    topology.declare(&channel).await?;
+    match action {
+        DlqAction::List { tenant } => {
+            let jobs = uploader::dlq::list(&channel, &topology, tenant.as_ref()).await?;
+            for job in &jobs {
+                println!(
+                    "{}\ttenant={}\tattempts={}\t{}/{}: {}",
+                    job.key, job.tenant, job.attempts, job.class, job.code, job.message
+                );
+            }
+            println!("{} job(s) in {}", jobs.len(), topology.dead_letter_queue);
+        }
+        DlqAction::Redrive { tenant, limit } => {
+            let summary =
+                uploader::dlq::redrive(&channel, &topology, tenant.as_ref(), *limit).await?;
+            for job in &summary.redriven {
+                println!("redriven\t{}\ttenant={}", job.key, job.tenant);
+            }
+            println!(
+                "redrove {} job(s) to {}; {} left in {}",
+                summary.redriven.len(),
+                topology.queue,
+                summary.kept,
+                topology.dead_letter_queue
+            );
+        }
+    }
+    Ok(())
 }
