@@ -30,6 +30,14 @@ pub struct KafkaArgs {
     /// A librdkafka setting as KEY=VALUE, repeatable; applied after ACTIVITY_KAFKA_RDKAFKA_* variables.
     #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     pub properties: Vec<(String, String)>,
+    /// Create the topics this service writes to on start when they do not exist.
+    #[arg(long = "kafka-create-topics", env = "ACTIVITY_KAFKA_CREATE_TOPICS", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub create_topics: bool,
+    /// Replication factor of topics the services create (use 3 on a production cluster).
+    #[arg(long = "kafka-replication", env = "ACTIVITY_KAFKA_REPLICATION", default_value_t = 1,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub replication: i32,
 }
 
 fn parse_property(raw: &str) -> Result<(String, String), String> {
@@ -44,6 +52,16 @@ fn parse_property(raw: &str) -> Result<(String, String), String> {
 }
 
 impl KafkaArgs {
+    /// Settings for `brokers` with every other setting at its default.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            properties: Vec::new(),
+            create_topics: true,
+            replication: 1,
+        }
+    }
+
     /// Pass-through settings from the environment and the command line, the latter winning.
     pub fn passthrough(&self) -> BTreeMap<String, String> {
         passthrough_from(std::env::vars(), &self.properties)

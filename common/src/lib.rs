@@ -4,6 +4,7 @@
 pub mod amqp;
 pub mod aws;
 pub mod config;
+pub mod delivery;
 pub mod event;
 pub mod integration;
 pub mod job;

@@ -46,19 +46,10 @@ pub struct IngestConfig {
     )]
     pub events_topic: String,
 
-    /// Create the events topic on start if it does not exist.
-    #[arg(long, env = "ACTIVITY_KAFKA_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
-    pub create_topics: bool,
-
     /// Partitions of the events topic when ingest creates it (a tenant's events share one).
     #[arg(long, env = "ACTIVITY_KAFKA_EVENTS_PARTITIONS", default_value_t = 12,
           value_parser = clap::value_parser!(i32).range(1..))]
     pub events_partitions: i32,
-
-    /// Replication factor of topics ingest creates (use 3 on a production cluster).
-    #[arg(long, env = "ACTIVITY_KAFKA_REPLICATION", default_value_t = 1,
-          value_parser = clap::value_parser!(i32).range(1..))]
-    pub replication: i32,
 
     /// Largest accepted event, in bytes of compact JSON.
     #[arg(long, env = "ACTIVITY_INGEST_MAX_EVENT_BYTES", default_value_t = 256 * 1024)]

@@ -39,13 +39,13 @@ pub async fn start(config: IngestConfig, supervisor: &Supervisor) -> anyhow::Res
     let metrics = common::metrics::install().context("cannot install the metrics recorder")?;
     metrics::describe();
 
-    if config.create_topics {
+    if config.kafka.create_topics {
         config
             .kafka
             .ensure_topics(&[TopicSpec {
                 name: &config.events_topic,
                 partitions: config.events_partitions,
-                replication: config.replication,
+                replication: config.kafka.replication,
                 config: vec![],
             }])
             .await

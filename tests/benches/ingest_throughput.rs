@@ -129,10 +129,7 @@ async fn main() {
 
     // The same messages through a bare producer with the same durability settings.
     let topic = integration_tests::unique("bench.raw");
-    let args = KafkaArgs {
-        brokers: brokers.clone(),
-        properties: vec![],
-    };
+    let args = KafkaArgs::new(brokers.clone());
     args.ensure_topics(&[TopicSpec {
         name: &topic,
         partitions: 3,

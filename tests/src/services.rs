@@ -164,10 +164,7 @@ impl PrivateBroker {
     }
 
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
-        let args = KafkaArgs {
-            brokers: self.brokers(),
-            properties: vec![],
-        };
+        let args = KafkaArgs::new(self.brokers());
         args.ensure_topics(&[TopicSpec {
             name: topic,
             partitions,

@@ -632,6 +632,7 @@ fn every_setting_in_help_is_documented_in_the_readme() {
         .expect("README");
     let commands = [
         ingest::config::IngestConfig::command(),
+        uploader::config::UploaderConfig::command(),
         SharedSettings::command(),
     ];
     let missing: Vec<String> = commands

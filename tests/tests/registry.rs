@@ -33,10 +33,7 @@ async fn write(producer: &FutureProducer, topic: &str, tenant: &str, value: Opti
 
 #[tokio::test]
 async fn the_registry_catches_up_then_follows_updates_and_tombstones() {
-    let kafka = KafkaArgs {
-        brokers: integration_tests::kafka::brokers(),
-        properties: vec![],
-    };
+    let kafka = KafkaArgs::new(integration_tests::kafka::brokers());
     let topic = unique("activity.integrations");
     kafka
         .ensure_topics(&[topic_spec(&topic, 1)])

@@ -21,7 +21,7 @@ use lapin::{BasicProperties, Channel};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use uploader::consume::{Uploader, failure_header};
+use uploader::consume::{DeliveryLog, Uploader, failure_header};
 use uploader::credentials::AssumedRoles;
 use uploader::destination::S3Writer;
 use uploader::retry::RetryPolicy;
@@ -77,10 +77,7 @@ fn integration_json(tenant: &str, bucket: &str) -> String {
 
 /// A registry holding the given (tenant, bucket) integrations.
 async fn registry(integrations: &[(&str, &str)], supervisor: &Supervisor) -> IntegrationRegistry {
-    let kafka = KafkaArgs {
-        brokers: integration_tests::kafka::brokers(),
-        properties: vec![],
-    };
+    let kafka = KafkaArgs::new(integration_tests::kafka::brokers());
     let topic = unique("activity.integrations");
     kafka
         .ensure_topics(&[topic_spec(&topic, 1)])
@@ -166,8 +163,26 @@ async fn start_uploader(
     registry: IntegrationRegistry,
     topology: &UploadTopology,
     supervisor: &Supervisor,
-) {
+) -> String {
     let config = aws.sdk_config().await;
+    let kafka = KafkaArgs::new(integration_tests::kafka::brokers());
+    let deliveries_topic = unique("activity.deliveries");
+    kafka
+        .ensure_topics(&[common::kafka::TopicSpec {
+            name: &deliveries_topic,
+            partitions: 1,
+            replication: 1,
+            config: vec![],
+        }])
+        .await
+        .expect("deliveries topic");
+    let deliveries = DeliveryLog {
+        producer: kafka
+            .producer_config(Duration::from_secs(10))
+            .create()
+            .expect("producer"),
+        topic: deliveries_topic.clone(),
+    };
     let (connection, publisher) = channel().await;
     let consumer = connection.create_channel().await.expect("consumer channel");
     let uploader = Arc::new(Uploader {
@@ -181,6 +196,7 @@ async fn start_uploader(
             max_age: Duration::from_secs(3600),
         },
         publisher,
+        deliveries,
     });
     let token = supervisor.token();
     let running = uploader.clone();
@@ -188,6 +204,7 @@ async fn start_uploader(
         let _connection = connection;
         running.run(consumer, 1, token).await
     });
+    deliveries_topic
 }
 
 fn header_text(headers: &lapin::types::FieldTable, name: &str) -> Option<String> {
@@ -233,7 +250,7 @@ async fn good_jobs_are_stored_denied_ones_dead_lettered_and_orphans_discarded() 
     let (_connection, channel) = channel().await;
     let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(60)]);
     topology.declare(&channel).await.expect("declare");
-    start_uploader(aws(&moto()), registry, &topology, &supervisor).await;
+    let deliveries = start_uploader(aws(&moto()), registry, &topology, &supervisor).await;
 
     let denied = job("denied", 5);
     enqueue(&channel, &topology, &denied).await;
@@ -298,6 +315,40 @@ async fn good_jobs_are_stored_denied_ones_dead_lettered_and_orphans_discarded() 
         .await
         .expect("list");
     assert_eq!(listed.key_count(), Some(0));
+
+    let records = integration_tests::kafka::read_until(
+        &integration_tests::kafka::brokers(),
+        &deliveries,
+        Duration::from_secs(30),
+        |r| r.len() >= 3,
+    )
+    .await;
+    let records: Vec<common::delivery::DeliveryRecord> = records
+        .iter()
+        .map(|r| serde_json::from_str(&r.value).expect("a delivery record"))
+        .collect();
+    let summary: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r.tenant_id.as_str(),
+                r.outcome.as_str(),
+                r.error_code.as_deref(),
+                r.attempt,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("denied", "dead_lettered", Some("AccessDenied"), 1),
+            ("ghost", "discarded", Some("NoIntegration"), 1),
+            ("acme", "stored", None, 1),
+        ]
+    );
+    assert_eq!(records[2].key.as_deref(), Some(key.as_str()));
+    assert_eq!(records[2].bucket.as_deref(), Some(good_bucket.as_str()));
+    assert_eq!(records[2].event_count, 2);
     supervisor.cancel();
     supervisor
         .run_until_stopped(Duration::from_secs(20))
@@ -376,10 +427,7 @@ async fn the_uploader_service_becomes_ready_once_caught_up_and_delivers() {
         .expect("bucket");
     let supervisor = Supervisor::new();
     // The registry here only creates and fills the topic; the service follows it on its own.
-    let kafka = KafkaArgs {
-        brokers: integration_tests::kafka::brokers(),
-        properties: vec![],
-    };
+    let kafka = KafkaArgs::new(integration_tests::kafka::brokers());
     let topic = unique("activity.integrations");
     kafka
         .ensure_topics(&[topic_spec(&topic, 1)])

@@ -56,6 +56,14 @@ pub struct UploaderConfig {
     )]
     pub integrations_topic: String,
 
+    /// Topic of the delivery records (created with 12 partitions when missing).
+    #[arg(
+        long,
+        env = "ACTIVITY_KAFKA_DELIVERIES_TOPIC",
+        default_value = "activity.deliveries"
+    )]
+    pub deliveries_topic: String,
+
     #[command(flatten)]
     pub kafka: KafkaArgs,
 

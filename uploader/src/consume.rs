@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::delivery::{DeliveryRecord, outcome};
+use common::integration::Integration;
 use common::job::{UploadJob, header};
+use common::key::full_key;
 use common::registry::IntegrationRegistry;
 use common::topology::{DEAD_ROUTING_KEY, UploadTopology};
 use futures_util::StreamExt;
@@ -15,6 +18,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation};
 use metrics::counter;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::credentials::AssumedRoles;
 use crate::destination::{S3Writer, Stored, resolve, verify_body};
 use crate::error::{ErrorClass, UploadError};
-use crate::metrics::UPLOADS;
+use crate::metrics::{DELIVERY_RECORDS_FAILED, UPLOADS};
 use crate::retry::{NextStep, RetryPolicy};
 
 /// Headers a moved job carries about its last failure.
@@ -59,6 +63,42 @@ pub enum MoveError {
     },
 }
 
+/// Where delivery records go.
+pub struct DeliveryLog {
+    pub producer: FutureProducer,
+    pub topic: String,
+}
+
+/// How long writing a delivery record may hold up the acknowledgement of its job.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl DeliveryLog {
+    /// Writes a record; a failure is logged and counted but does not fail the job, whose object
+    /// is already stored or whose move is already confirmed.
+    async fn write(&self, record: &DeliveryRecord) {
+        let value = match serde_json::to_vec(record) {
+            Ok(value) => value,
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a delivery record");
+                return;
+            }
+        };
+        let sent = self
+            .producer
+            .send(
+                FutureRecord::to(&self.topic)
+                    .key(&record.tenant_id)
+                    .payload(&value),
+                RECORD_TIMEOUT,
+            )
+            .await;
+        if let Err((error, _)) = sent {
+            counter!(DELIVERY_RECORDS_FAILED).increment(1);
+            tracing::error!(%error, key = %record.relative_key, "cannot write a delivery record");
+        }
+    }
+}
+
 /// Everything one uploader process needs to handle deliveries.
 pub struct Uploader {
     pub registry: IntegrationRegistry,
@@ -68,6 +108,7 @@ pub struct Uploader {
     pub policy: RetryPolicy,
     /// A channel in confirm mode, for moving jobs.
     pub publisher: Channel,
+    pub deliveries: DeliveryLog,
 }
 
 impl Uploader {
@@ -93,8 +134,12 @@ impl Uploader {
             }
         };
         let result = self.upload(&job, body).await;
+        let destination = result
+            .as_ref()
+            .ok()
+            .map(|(_, integration)| integration.clone());
         let outcome = match result {
-            Ok(stored) => Outcome::Stored(stored),
+            Ok((stored, _)) => Outcome::Stored(stored),
             Err(error) => {
                 let attempts = job.attempt.saturating_add(1);
                 match self.policy.next_step(error.class, attempts, age(&job)) {
@@ -125,24 +170,33 @@ impl Uploader {
                 }
             }
         };
-        let (label, class) = match &outcome {
-            Outcome::Stored(Stored::Created) => ("stored", "none"),
-            Outcome::Stored(Stored::AlreadyThere) => ("already_there", "none"),
-            Outcome::Retried { error, .. } => ("retried", error.class.as_str()),
-            Outcome::DeadLettered(error) => ("dead_lettered", error.class.as_str()),
-            Outcome::Discarded(error) => ("discarded", error.class.as_str()),
+        let (label, error) = match &outcome {
+            Outcome::Stored(Stored::Created) => (outcome::STORED, None),
+            Outcome::Stored(Stored::AlreadyThere) => (outcome::ALREADY_THERE, None),
+            Outcome::Retried { error, .. } => (outcome::RETRIED, Some(error)),
+            Outcome::DeadLettered(error) => (outcome::DEAD_LETTERED, Some(error)),
+            Outcome::Discarded(error) => (outcome::DISCARDED, Some(error)),
         };
+        let class = error.map_or("none", |e| e.class.as_str());
         counter!(UPLOADS, "outcome" => label, "class" => class).increment(1);
+        let record = delivery_record(&job, body.len(), label, error, destination.as_ref());
+        self.deliveries.write(&record).await;
         Ok(outcome)
     }
 
-    async fn upload(&self, job: &UploadJob, body: &[u8]) -> Result<Stored, UploadError> {
+    async fn upload(
+        &self,
+        job: &UploadJob,
+        body: &[u8],
+    ) -> Result<(Stored, Integration), UploadError> {
         let sha256 = verify_body(job, body)?;
         let integration = resolve(&self.registry, job)?;
         let credentials = self.roles.credentials(&integration).await?;
-        self.writer
+        let stored = self
+            .writer
             .put(&integration, credentials, job, body.to_vec(), sha256)
-            .await
+            .await?;
+        Ok((stored, integration))
     }
 
     async fn dead_letter(
@@ -259,11 +313,39 @@ impl Uploader {
     }
 }
 
-fn age(job: &UploadJob) -> Duration {
-    let now_ms = SystemTime::now()
+fn now_ms() -> i64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Duration::from_millis(u64::try_from(now_ms.saturating_sub(job.created_at_ms)).unwrap_or(0))
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn age(job: &UploadJob) -> Duration {
+    Duration::from_millis(u64::try_from(now_ms().saturating_sub(job.created_at_ms)).unwrap_or(0))
+}
+
+fn delivery_record(
+    job: &UploadJob,
+    bytes: usize,
+    outcome: &str,
+    error: Option<&UploadError>,
+    destination: Option<&Integration>,
+) -> DeliveryRecord {
+    DeliveryRecord {
+        tenant_id: job.tenant_id.to_string(),
+        relative_key: job.relative_key.clone(),
+        bucket: destination.map(|d| d.bucket.clone()),
+        key: destination.map(|d| full_key(&d.prefix, &job.relative_key)),
+        bytes: bytes as u64,
+        event_count: job.event_count,
+        window_start_ms: job.window_start_ms,
+        window_end_ms: job.window_end_ms,
+        outcome: outcome.to_owned(),
+        error_class: error.map(|e| e.class.as_str().to_owned()),
+        error_code: error.map(|e| e.code.clone()),
+        error_message: error.map(|e| e.message.clone()),
+        attempt: job.attempt.saturating_add(1),
+        at_ms: now_ms(),
+    }
 }
 
 fn with_failure(mut headers: FieldTable, error: &UploadError, attempts: u32) -> FieldTable {

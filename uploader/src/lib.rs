@@ -1,7 +1,7 @@
 //! The uploader: puts queued activity log objects into customer buckets with the customer's
 //! assumed role (DESIGN §2–§3).
 //!
-//! Not built yet: delivery records on `activity.deliveries`, and reconnecting
+//! Not built yet: reconnecting
 //! to RabbitMQ in-process (today a lost connection stops the service, for its supervisor to
 //! restart).
 
@@ -24,9 +24,12 @@ use common::shutdown::Supervisor;
 use lapin::options::ConfirmSelectOptions;
 
 use crate::config::UploaderConfig;
-use crate::consume::Uploader;
+use crate::consume::{DeliveryLog, Uploader};
 use crate::credentials::AssumedRoles;
 use crate::destination::S3Writer;
+
+/// Partitions of the deliveries topic when the uploader creates it.
+const DELIVERIES_PARTITIONS: i32 = 12;
 
 /// Starts the uploader under `supervisor` and returns the address of its health and metrics
 /// endpoints. Jobs are consumed only once the integration registry has caught up, so no job is
@@ -38,6 +41,27 @@ pub async fn start(config: UploaderConfig, supervisor: &Supervisor) -> anyhow::R
         IntegrationRegistry::follow(&config.kafka, &config.integrations_topic, supervisor)
             .await
             .context("cannot follow the integrations")?;
+
+    if config.kafka.create_topics {
+        config
+            .kafka
+            .ensure_topics(&[common::kafka::TopicSpec {
+                name: &config.deliveries_topic,
+                partitions: DELIVERIES_PARTITIONS,
+                replication: config.kafka.replication,
+                config: vec![],
+            }])
+            .await
+            .context("cannot make sure the deliveries topic exists")?;
+    }
+    let deliveries = DeliveryLog {
+        producer: config
+            .kafka
+            .producer_config(std::time::Duration::from_secs(30))
+            .create()
+            .context("cannot create the Kafka producer")?,
+        topic: config.deliveries_topic.clone(),
+    };
 
     let connection = config.amqp.connect("activity-uploader").await?;
     let publisher = connection
@@ -63,6 +87,7 @@ pub async fn start(config: UploaderConfig, supervisor: &Supervisor) -> anyhow::R
         topology,
         policy: config.retry_policy(),
         publisher,
+        deliveries,
     });
 
     let connection = Arc::new(connection);

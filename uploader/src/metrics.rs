@@ -4,6 +4,8 @@ use metrics::{Unit, describe_counter};
 
 /// Deliveries handled, by outcome and error class.
 pub const UPLOADS: &str = "activity_uploader_uploads_total";
+/// Delivery records that could not be written to Kafka.
+pub const DELIVERY_RECORDS_FAILED: &str = "activity_uploader_delivery_records_failed_total";
 /// AssumeRole calls made to STS.
 pub const ASSUME_ROLE_CALLS: &str = "activity_uploader_assume_role_calls_total";
 /// Uploads that reused cached assumed-role credentials.
