@@ -2,6 +2,7 @@
 //! `scripts/local-services.sh`), a fresh topic per test, and the services run in-process through
 //! their library entry points.
 
+pub mod fault_proxy;
 pub mod kafka;
 pub mod services;
 pub mod tls;

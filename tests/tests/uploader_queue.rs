@@ -601,3 +601,136 @@ async fn dead_lettered_jobs_are_listed_in_place_and_redriven_per_tenant_after_th
         .await
         .expect("stops cleanly");
 }
+
+async fn read_records(topic: &str, count: usize) -> Vec<common::delivery::DeliveryRecord> {
+    let records = integration_tests::kafka::read_until(
+        &integration_tests::kafka::brokers(),
+        topic,
+        Duration::from_secs(60),
+        move |r| r.len() >= count,
+    )
+    .await;
+    records
+        .iter()
+        .map(|r| serde_json::from_str(&r.value).expect("a delivery record"))
+        .collect()
+}
+
+#[tokio::test]
+async fn s3_slowdowns_past_the_sdk_retries_go_through_a_tier_and_the_object_lands_once() {
+    use integration_tests::fault_proxy::{FaultProxy, Faults};
+    let config = aws(&moto()).sdk_config().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = unique("b");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("bucket");
+    let proxy = FaultProxy::start(&moto()).await;
+    // The SDK itself tries a throttled PUT three times; the third 503 hands the job to a tier.
+    proxy.set(Faults {
+        failing_puts: 3,
+        ..Faults::default()
+    });
+
+    let supervisor = Supervisor::new();
+    let registry = registry(&[("acme", &bucket)], &supervisor).await;
+    let (_connection, channel) = channel().await;
+    let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_millis(300)]);
+    topology.declare(&channel).await.expect("declare");
+    let deliveries = start_uploader(aws(&proxy.url()), registry, &topology, &supervisor).await;
+    let job = job("acme", 31);
+    enqueue(&channel, &topology, &job).await;
+
+    let records = read_records(&deliveries, 2).await;
+    let summary: Vec<_> = records
+        .iter()
+        .map(|r| (r.outcome.as_str(), r.error_code.as_deref(), r.attempt))
+        .collect();
+    assert_eq!(
+        summary,
+        [("retried", Some("SlowDown"), 1), ("stored", None, 2)]
+    );
+    assert_eq!(proxy.puts_failed(), 3);
+    let listed = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(listed.key_count(), Some(1), "delivered once");
+    supervisor.cancel();
+    supervisor
+        .run_until_stopped(Duration::from_secs(20))
+        .await
+        .expect("stops cleanly");
+}
+
+#[tokio::test]
+async fn a_refused_assume_role_is_dead_lettered_as_configuration_and_redrivable() {
+    use integration_tests::fault_proxy::{FaultProxy, Faults};
+    let config = aws(&moto()).sdk_config().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = unique("b");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("bucket");
+    let proxy = FaultProxy::start(&moto()).await;
+    proxy.set(Faults {
+        deny_assume_role: true,
+        ..Faults::default()
+    });
+
+    let supervisor = Supervisor::new();
+    let registry = registry(&[("acme", &bucket)], &supervisor).await;
+    let (_connection, channel) = channel().await;
+    let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(60)]);
+    topology.declare(&channel).await.expect("declare");
+    start_uploader(aws(&proxy.url()), registry, &topology, &supervisor).await;
+    let job = job("acme", 41);
+    enqueue(&channel, &topology, &job).await;
+
+    let dead = wait_for(
+        "the job in the dead-letter queue",
+        Duration::from_secs(30),
+        || async {
+            let jobs = uploader::dlq::list(&channel, &topology, None)
+                .await
+                .expect("list");
+            jobs.into_iter().next()
+        },
+    )
+    .await;
+    assert_eq!(
+        (dead.class.as_str(), dead.code.as_str()),
+        ("configuration", "AccessDenied")
+    );
+    assert!(dead.message.contains("sts:AssumeRole"), "{dead:?}");
+
+    proxy.set(Faults::default());
+    let summary = uploader::dlq::redrive(&channel, &topology, None, None)
+        .await
+        .expect("redrive");
+    assert_eq!(summary.redriven.len(), 1);
+    let key = format!("audit/{}", job.relative_key);
+    wait_for("the redriven object", Duration::from_secs(30), || async {
+        s3.head_object().bucket(&bucket).key(&key).send().await.ok()
+    })
+    .await;
+    supervisor.cancel();
+    supervisor
+        .run_until_stopped(Duration::from_secs(20))
+        .await
+        .expect("stops cleanly");
+}

@@ -1,0 +1,154 @@
+//! A small fault-injecting HTTP proxy in front of the S3/STS server, for the faults moto cannot
+//! produce: S3 answering 503 `SlowDown`, slow answers, and STS refusing `AssumeRole`.
+//! Everything else is forwarded unchanged (moto does not check SigV4 signatures against the Host).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// Faults to inject, changed while a test runs.
+#[derive(Debug, Default, Clone)]
+pub struct Faults {
+    /// The next this many object PUTs get `503 SlowDown`.
+    pub failing_puts: usize,
+    /// Every answer is held back this long.
+    pub delay: Duration,
+    /// `AssumeRole` is refused with `403 AccessDenied`.
+    pub deny_assume_role: bool,
+}
+
+#[derive(Clone)]
+struct ProxyState {
+    upstream: String,
+    faults: Arc<Mutex<Faults>>,
+    puts_failed: Arc<Mutex<usize>>,
+    http: reqwest::Client,
+}
+
+/// The running proxy; stops when dropped.
+pub struct FaultProxy {
+    pub address: SocketAddr,
+    state: ProxyState,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: &str) -> Self {
+        let state = ProxyState {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            faults: Arc::default(),
+            puts_failed: Arc::default(),
+            http: reqwest::Client::new(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let address = listener.local_addr().expect("proxy address");
+        let router = axum::Router::new()
+            .fallback(forward)
+            .with_state(state.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Self {
+            address,
+            state,
+            server,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn set(&self, faults: Faults) {
+        *self.state.faults.lock().expect("faults") = faults;
+    }
+
+    /// Object PUTs answered with 503 so far.
+    pub fn puts_failed(&self) -> usize {
+        *self.state.puts_failed.lock().expect("counter")
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn forward(State(state): State<ProxyState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 256 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let faults = state.faults.lock().expect("faults").clone();
+    if !faults.delay.is_zero() {
+        tokio::time::sleep(faults.delay).await;
+    }
+    if faults.deny_assume_role
+        && parts.method == Method::POST
+        && contains(&body, b"Action=AssumeRole")
+    {
+        return xml(StatusCode::FORBIDDEN, STS_ACCESS_DENIED);
+    }
+    let is_object_put = parts.method == Method::PUT && parts.uri.path().matches('/').count() >= 2;
+    if is_object_put {
+        let mut remaining = state.faults.lock().expect("faults");
+        if remaining.failing_puts > 0 {
+            remaining.failing_puts -= 1;
+            *state.puts_failed.lock().expect("counter") += 1;
+            return xml(StatusCode::SERVICE_UNAVAILABLE, S3_SLOW_DOWN);
+        }
+    }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut headers = parts.headers.clone();
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    let upstream = state
+        .http
+        .request(parts.method.clone(), format!("{}{path}", state.upstream))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    match upstream {
+        Ok(answer) => {
+            let status = answer.status();
+            let mut headers = HeaderMap::new();
+            for (name, value) in answer.headers() {
+                if name != header::TRANSFER_ENCODING
+                    && name != header::CONNECTION
+                    && name != header::CONTENT_LENGTH
+                {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+            let bytes = answer.bytes().await.unwrap_or_else(|_| Bytes::new());
+            (status, headers, Body::from(bytes)).into_response()
+        }
+        Err(error) => (StatusCode::BAD_GATEWAY, error.to_string()).into_response(),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+fn xml(status: StatusCode, body: &'static str) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/xml")], body).into_response()
+}
+
+const S3_SLOW_DOWN: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message><RequestId>FAULTPROXY</RequestId></Error>"#;
+
+const STS_ACCESS_DENIED: &str = r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+<Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User is not authorized to perform: sts:AssumeRole on the role</Message></Error>
+<RequestId>FAULTPROXY</RequestId></ErrorResponse>"#;
