@@ -493,10 +493,16 @@ async fn the_uploader_service_becomes_ready_once_caught_up_and_delivers() {
         .text()
         .await
         .expect("text");
-    assert!(
-        metrics.contains("activity_uploader_uploads_total{outcome=\"stored\""),
-        "{metrics}"
-    );
+    for name in [
+        "activity_uploader_uploads_total{outcome=\"stored\"",
+        "activity_uploader_upload_latency_seconds_bucket",
+        "activity_uploader_object_size_bytes_bucket",
+        "activity_uploader_in_flight_uploads",
+        "activity_uploader_dlq_depth_messages",
+        "activity_uploader_assume_role_calls_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
     supervisor.cancel();
     supervisor
         .run_until_stopped(Duration::from_secs(20))

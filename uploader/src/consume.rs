@@ -17,7 +17,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation};
-use metrics::counter;
+use metrics::{counter, gauge, histogram};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,9 @@ use tokio_util::task::TaskTracker;
 use crate::credentials::AssumedRoles;
 use crate::destination::{S3Writer, Stored, resolve, verify_body};
 use crate::error::{ErrorClass, UploadError};
-use crate::metrics::{DELIVERY_RECORDS_FAILED, UPLOADS};
+use crate::metrics::{
+    DELIVERY_RECORDS_FAILED, IN_FLIGHT, OBJECT_SIZE, RETRIES, UPLOAD_LATENCY, UPLOADS,
+};
 use crate::retry::{NextStep, RetryPolicy};
 
 /// Headers a moved job carries about its last failure.
@@ -133,7 +135,12 @@ impl Uploader {
                 return Ok(Outcome::DeadLettered(error));
             }
         };
+        let started = std::time::Instant::now();
         let result = self.upload(&job, body).await;
+        if result.is_ok() {
+            histogram!(UPLOAD_LATENCY).record(started.elapsed().as_secs_f64());
+            histogram!(OBJECT_SIZE).record(body.len() as f64);
+        }
         let destination = result
             .as_ref()
             .ok()
@@ -154,6 +161,7 @@ impl Uploader {
                             body,
                         )
                         .await?;
+                        counter!(RETRIES, "tier" => (tier + 1).to_string()).increment(1);
                         tracing::info!(key = %job, tenant = %job.tenant_id, attempts, tier = tier + 1, %error, "upload failed; retrying later");
                         Outcome::Retried { tier, error }
                     }
@@ -294,6 +302,7 @@ impl Uploader {
             let this = self.clone();
             in_flight.spawn(async move {
                 let _slot = slot;
+                gauge!(IN_FLIGHT).increment(1.0);
                 let acked = match this.process_one(&delivery.properties, &delivery.data).await {
                     Ok(_) => delivery.acker.ack(BasicAckOptions::default()).await,
                     Err(error) => {
@@ -305,6 +314,7 @@ impl Uploader {
                     // The broker redelivers an unacknowledged job; If-None-Match makes that safe.
                     tracing::warn!(%error, "cannot acknowledge a delivery; it will be redelivered");
                 }
+                gauge!(IN_FLIGHT).decrement(1.0);
             });
         }
         in_flight.close();

@@ -28,6 +28,9 @@ use crate::consume::{DeliveryLog, Uploader};
 use crate::credentials::AssumedRoles;
 use crate::destination::S3Writer;
 
+/// How often the dead-letter queue's depth is read for its gauge.
+const DLQ_DEPTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Partitions of the deliveries topic when the uploader creates it.
 const DELIVERIES_PARTITIONS: i32 = 12;
 
@@ -118,6 +121,29 @@ pub async fn start(config: UploaderConfig, supervisor: &Supervisor) -> anyhow::R
         common::ops::serve(listener, router, token)
             .await
             .context("the HTTP server failed")
+    });
+
+    let depth_channel = connection
+        .create_channel()
+        .await
+        .context("cannot open a RabbitMQ channel")?;
+    let dead_letter_queue = config.uploads.topology().dead_letter_queue;
+    let token = supervisor.token();
+    supervisor.spawn("dlq-depth", async move {
+        let mut tick = tokio::time::interval(DLQ_DEPTH_INTERVAL);
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                _ = tick.tick() => {
+                    let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+                    let queue = depth_channel
+                        .queue_declare(dead_letter_queue.as_str().into(), options, lapin::types::FieldTable::default())
+                        .await
+                        .context("cannot read the dead-letter queue's depth")?;
+                    ::metrics::gauge!(crate::metrics::DLQ_DEPTH).set(f64::from(queue.message_count()));
+                }
+            }
+        }
     });
 
     let token = supervisor.token();

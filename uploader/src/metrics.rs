@@ -1,9 +1,19 @@
 //! The uploader's metrics, each declared once with its description.
 
-use metrics::{Unit, describe_counter};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 /// Deliveries handled, by outcome and error class.
 pub const UPLOADS: &str = "activity_uploader_uploads_total";
+/// Time from taking a job off the queue until it is stored (successful uploads only).
+pub const UPLOAD_LATENCY: &str = "activity_uploader_upload_latency_seconds";
+/// Sizes of stored objects.
+pub const OBJECT_SIZE: &str = "activity_uploader_object_size_bytes";
+/// Jobs sent to a retry tier, by tier (1-based).
+pub const RETRIES: &str = "activity_uploader_retries_total";
+/// Uploads in progress in this process.
+pub const IN_FLIGHT: &str = "activity_uploader_in_flight_uploads";
+/// Messages waiting in the dead-letter queue, as last polled.
+pub const DLQ_DEPTH: &str = "activity_uploader_dlq_depth_messages";
 /// Delivery records that could not be written to Kafka.
 pub const DELIVERY_RECORDS_FAILED: &str = "activity_uploader_delivery_records_failed_total";
 /// AssumeRole calls made to STS.
@@ -12,6 +22,27 @@ pub const ASSUME_ROLE_CALLS: &str = "activity_uploader_assume_role_calls_total";
 pub const ASSUME_ROLE_CACHE_HITS: &str = "activity_uploader_assume_role_cache_hits_total";
 
 pub fn describe() {
+    describe_histogram!(
+        UPLOAD_LATENCY,
+        Unit::Seconds,
+        "Time from taking a job off the queue until it is stored (successful uploads only)."
+    );
+    describe_histogram!(OBJECT_SIZE, Unit::Bytes, "Sizes of stored objects.");
+    describe_counter!(
+        RETRIES,
+        Unit::Count,
+        "Jobs sent to a retry tier, by tier (1-based)."
+    );
+    describe_gauge!(
+        IN_FLIGHT,
+        Unit::Count,
+        "Uploads in progress in this process."
+    );
+    describe_gauge!(
+        DLQ_DEPTH,
+        Unit::Count,
+        "Messages waiting in the dead-letter queue, as last polled."
+    );
     describe_counter!(
         UPLOADS,
         Unit::Count,
