@@ -3,6 +3,7 @@
 //! their library entry points.
 
 pub mod fault_proxy;
+pub mod fixtures;
 pub mod kafka;
 pub mod services;
 pub mod tls;

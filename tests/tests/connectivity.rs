@@ -1,23 +1,10 @@
 //! Production connectivity of the shared client setup: RabbitMQ over plain AMQP and over TLS with
 //! a private CA.
 
-use clap::Parser;
-use common::amqp::AmqpArgs;
+use integration_tests::fixtures::{amqp_args, aws_args, moto_endpoint};
 use integration_tests::tls::TlsFront;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
-
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    amqp: AmqpArgs,
-}
-
-fn amqp_args(extra: &[&str]) -> AmqpArgs {
-    let mut argv = vec!["test"];
-    argv.extend_from_slice(extra);
-    Args::try_parse_from(argv).expect("amqp arguments").amqp
-}
 
 /// Declares and deletes a queue: proof that the connection carries AMQP, not just TCP.
 async fn round_trip(connection: &lapin::Connection) {
@@ -79,15 +66,9 @@ async fn amqps_urls_work_with_a_private_ca_and_fail_clearly_without_it() {
 
 #[tokio::test]
 async fn the_aws_sdk_takes_its_identity_from_the_standard_chain_and_its_endpoint_from_settings() {
-    assert!(
-        std::env::var_os("AWS_ACCESS_KEY_ID").is_some(),
-        "give the SDK test credentials (scripts/test.sh exports AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
-    );
-    let endpoint = std::env::var("ACTIVITY_TEST_AWS_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:5000".into());
     let args = common::aws::AwsArgs {
         region: Some("eu-west-1".into()),
-        endpoint_url: Some(endpoint),
+        ..aws_args(&moto_endpoint())
     };
     let config = args.sdk_config().await;
     assert_eq!(config.region().map(|r| r.as_ref()), Some("eu-west-1"));

@@ -3,34 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use common::amqp::AmqpArgs;
 use common::topology::{DEAD_ROUTING_KEY, UploadTopology};
+use integration_tests::fixtures::confirm_channel;
 use integration_tests::{unique, wait_for};
 use lapin::Confirmation;
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-    QueueDeleteOptions,
+    BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
-
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    amqp: AmqpArgs,
-}
-
-async fn open_channel() -> (lapin::Connection, Channel) {
-    let args = Args::try_parse_from(["test"]).expect("arguments").amqp;
-    let connection = args.connect("topology-test").await.expect("connect");
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    (connection, channel)
-}
 
 /// Removes a test's queues and exchanges.
 async fn delete(channel: &Channel, topology: &UploadTopology) {
@@ -88,7 +69,7 @@ async fn get(channel: &Channel, queue: &str) -> Option<lapin::message::BasicGetM
 
 #[tokio::test]
 async fn declaring_twice_is_harmless_and_conflicting_settings_are_named() {
-    let (_connection, channel) = open_channel().await;
+    let (_connection, channel) = confirm_channel("topology-test").await;
     let name = unique("uploads");
     let topology = UploadTopology::new(&name, &[Duration::from_secs(10), Duration::from_secs(60)]);
     topology.declare(&channel).await.expect("first declaration");
@@ -97,7 +78,7 @@ async fn declaring_twice_is_harmless_and_conflicting_settings_are_named() {
         .await
         .expect("second declaration");
 
-    let (_other, conflicting_channel) = open_channel().await;
+    let (_other, conflicting_channel) = confirm_channel("topology-test").await;
     let conflicting = UploadTopology::new(&name, &[Duration::from_secs(5)]);
     let error = conflicting
         .declare(&conflicting_channel)
@@ -114,7 +95,7 @@ async fn declaring_twice_is_harmless_and_conflicting_settings_are_named() {
 
 #[tokio::test]
 async fn a_job_in_a_retry_tier_returns_to_the_main_queue_after_its_delay() {
-    let (_connection, channel) = open_channel().await;
+    let (_connection, channel) = confirm_channel("topology-test").await;
     let topology = UploadTopology::new(
         &unique("uploads"),
         &[Duration::from_millis(300), Duration::from_secs(60)],
@@ -160,7 +141,7 @@ async fn a_job_in_a_retry_tier_returns_to_the_main_queue_after_its_delay() {
 
 #[tokio::test]
 async fn the_dead_letter_queue_keeps_what_is_sent_to_it() {
-    let (_connection, channel) = open_channel().await;
+    let (_connection, channel) = confirm_channel("topology-test").await;
     let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(10)]);
     topology.declare(&channel).await.expect("declare");
     publish(

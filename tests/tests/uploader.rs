@@ -3,48 +3,15 @@
 //! policy that denies writes is a configuration error.
 
 use aws_sdk_s3::types::ChecksumMode;
-use common::aws::AwsArgs;
 use common::integration::Integration;
-use common::job::UploadJob;
-use common::key::{Codec, ObjectKey};
-use sha2::{Digest, Sha256};
+use common::key::Codec;
+use integration_tests::fixtures::{
+    REGION, aws_config, deny_on_objects, moto_endpoint, new_bucket, s3_client, upload_job,
+};
 use time::OffsetDateTime;
 use uploader::credentials::AssumedRoles;
 use uploader::destination::{S3Writer, Stored, verify_body};
 use uploader::error::ErrorClass;
-
-const REGION: &str = "us-east-1";
-
-async fn base_config() -> aws_config::SdkConfig {
-    assert!(
-        std::env::var_os("AWS_ACCESS_KEY_ID").is_some(),
-        "give the SDK test credentials (scripts/test.sh exports AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
-    );
-    let endpoint = std::env::var("ACTIVITY_TEST_AWS_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:5000".into());
-    AwsArgs {
-        region: Some(REGION.into()),
-        endpoint_url: Some(endpoint),
-    }
-    .sdk_config()
-    .await
-}
-
-/// The customer's side: a bucket in "their" account, reached with the test identity.
-async fn customer_bucket(config: &aws_config::SdkConfig) -> (aws_sdk_s3::Client, String) {
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(config)
-            .force_path_style(true)
-            .build(),
-    );
-    let bucket = integration_tests::unique("b");
-    s3.create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("create the customer bucket");
-    (s3, bucket)
-}
 
 fn integration(tenant: &str, bucket: &str) -> Integration {
     let now = OffsetDateTime::now_utc();
@@ -63,47 +30,19 @@ fn integration(tenant: &str, bucket: &str) -> Integration {
     }
 }
 
-fn job(tenant: &str, first_offset: i64, body: &[u8]) -> UploadJob {
-    let window_start_ms = 1_795_770_000_000;
-    let key = ObjectKey {
-        tenant_id: tenant.parse().expect("tenant"),
-        window_start: OffsetDateTime::from_unix_timestamp(window_start_ms / 1000).expect("time"),
-        partition: 0,
-        first_offset,
-        codec: Codec::None,
-    };
-    UploadJob {
-        tenant_id: key.tenant_id.clone(),
-        relative_key: key.relative(),
-        codec: Codec::None,
-        event_count: 2,
-        window_start_ms,
-        window_end_ms: window_start_ms + 3_600_000,
-        partition: 0,
-        first_offset,
-        last_offset: first_offset + 1,
-        uncompressed_bytes: body.len() as u64,
-        sha256_hex: Sha256::digest(body)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        created_at_ms: window_start_ms + 3_700_000,
-        attempt: 0,
-    }
-}
-
 const BODY: &[u8] =
     b"{\"id\":\"e1\",\"tenant_id\":\"acme\"}\n{\"id\":\"e2\",\"tenant_id\":\"acme\"}\n";
 
 #[tokio::test]
 async fn an_object_lands_with_its_headers_once_and_one_assume_role_serves_many_uploads() {
-    let config = base_config().await;
-    let (s3, bucket) = customer_bucket(&config).await;
+    let config = aws_config(&moto_endpoint()).await;
+    let s3 = s3_client(&config);
+    let bucket = new_bucket(&s3).await;
     let integration = integration("acme", &bucket);
     let roles = AssumedRoles::new(config.clone());
     let writer = S3Writer::new(config.clone());
 
-    let first = job("acme", 100, BODY);
+    let first = upload_job("acme", 100, BODY);
     let sha = verify_body(&first, BODY).expect("body matches its job");
     let credentials = roles.credentials(&integration).await.expect("assume role");
     let stored = writer
@@ -165,7 +104,7 @@ async fn an_object_lands_with_its_headers_once_and_one_assume_role_serves_many_u
     assert_eq!(again, Stored::AlreadyThere, "a repeated job is a no-op");
 
     for offset in 0..20 {
-        let next = job("acme", 1_000 + offset, BODY);
+        let next = upload_job("acme", 1_000 + offset, BODY);
         let credentials = roles
             .credentials(&integration)
             .await
@@ -195,26 +134,15 @@ async fn an_object_lands_with_its_headers_once_and_one_assume_role_serves_many_u
 
 #[tokio::test]
 async fn a_bucket_policy_denying_writes_is_a_configuration_error_named_access_denied() {
-    let config = base_config().await;
-    let (s3, bucket) = customer_bucket(&config).await;
-    let policy = serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
-            "Resource": format!("arn:aws:s3:::{bucket}/*")
-        }]
-    });
-    s3.put_bucket_policy()
-        .bucket(&bucket)
-        .policy(policy.to_string())
-        .send()
-        .await
-        .expect("policy");
+    let config = aws_config(&moto_endpoint()).await;
+    let s3 = s3_client(&config);
+    let bucket = new_bucket(&s3).await;
+    deny_on_objects(&s3, &bucket, "s3:PutObject").await;
 
     let integration = integration("acme", &bucket);
     let roles = AssumedRoles::new(config.clone());
     let writer = S3Writer::new(config);
-    let job = job("acme", 7, BODY);
+    let job = upload_job("acme", 7, BODY);
     let sha = verify_body(&job, BODY).expect("body");
     let credentials = roles.credentials(&integration).await.expect("assume role");
     let error = writer
@@ -228,7 +156,7 @@ async fn a_bucket_policy_denying_writes_is_a_configuration_error_named_access_de
 
 #[test]
 fn a_body_that_does_not_match_its_job_is_refused_before_upload() {
-    let job = job("acme", 1, BODY);
+    let job = upload_job("acme", 1, BODY);
     let error = verify_body(&job, b"tampered").expect_err("mismatch");
     assert_eq!(error.class, ErrorClass::InvalidJob);
     assert_eq!(error.code, "ChecksumMismatch");

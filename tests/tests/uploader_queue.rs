@@ -6,64 +6,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use common::amqp::AmqpArgs;
 use common::aws::AwsArgs;
 use common::job::UploadJob;
 use common::kafka::KafkaArgs;
-use common::key::{Codec, ObjectKey};
 use common::registry::{IntegrationRegistry, topic_spec};
 use common::shutdown::Supervisor;
 use common::topology::{UPLOAD_ROUTING_KEY, UploadTopology};
+use integration_tests::fixtures::{
+    REGION, aws_args, aws_config, confirm_channel, deny_on_objects, moto_endpoint, new_bucket,
+    s3_client, upload_job,
+};
 use integration_tests::{unique, wait_for};
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 use uploader::consume::{DeliveryLog, Uploader, failure_header};
 use uploader::credentials::AssumedRoles;
 use uploader::destination::S3Writer;
 use uploader::retry::RetryPolicy;
 
-const REGION: &str = "us-east-1";
 const BODY: &[u8] = b"{\"id\":\"e1\"}\n{\"id\":\"e2\"}\n";
-
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    amqp: AmqpArgs,
-}
-
-async fn channel() -> (lapin::Connection, Channel) {
-    let connection = Args::try_parse_from(["test"])
-        .expect("args")
-        .amqp
-        .connect("uploader-test")
-        .await
-        .expect("connect");
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    (connection, channel)
-}
-
-fn aws(endpoint: &str) -> AwsArgs {
-    assert!(
-        std::env::var_os("AWS_ACCESS_KEY_ID").is_some(),
-        "scripts/test.sh exports the test AWS credentials"
-    );
-    AwsArgs {
-        region: Some(REGION.into()),
-        endpoint_url: Some(endpoint.into()),
-    }
-}
-
-fn moto() -> String {
-    std::env::var("ACTIVITY_TEST_AWS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".into())
-}
 
 fn integration_json(tenant: &str, bucket: &str) -> String {
     serde_json::json!({
@@ -104,37 +67,6 @@ async fn registry(integrations: &[(&str, &str)], supervisor: &Supervisor) -> Int
         .await
         .expect("caught up");
     registry
-}
-
-fn job(tenant: &str, first_offset: i64) -> UploadJob {
-    let window_start_ms = 1_795_770_000_000;
-    let key = ObjectKey {
-        tenant_id: tenant.parse().expect("tenant"),
-        window_start: OffsetDateTime::from_unix_timestamp(window_start_ms / 1000).expect("time"),
-        partition: 0,
-        first_offset,
-        codec: Codec::None,
-    };
-    let now_ms =
-        i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).expect("ms");
-    UploadJob {
-        tenant_id: key.tenant_id.clone(),
-        relative_key: key.relative(),
-        codec: Codec::None,
-        event_count: 2,
-        window_start_ms,
-        window_end_ms: window_start_ms + 3_600_000,
-        partition: 0,
-        first_offset,
-        last_offset: first_offset + 1,
-        uncompressed_bytes: BODY.len() as u64,
-        sha256_hex: Sha256::digest(BODY)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        created_at_ms: now_ms,
-        attempt: 0,
-    }
 }
 
 async fn enqueue(channel: &Channel, topology: &UploadTopology, job: &UploadJob) {
@@ -183,7 +115,7 @@ async fn start_uploader(
             .expect("producer"),
         topic: deliveries_topic.clone(),
     };
-    let (connection, publisher) = channel().await;
+    let (connection, publisher) = confirm_channel("uploader-test").await;
     let consumer = connection.create_channel().await.expect("consumer channel");
     let uploader = Arc::new(Uploader {
         registry,
@@ -217,29 +149,11 @@ fn header_text(headers: &lapin::types::FieldTable, name: &str) -> Option<String>
 
 #[tokio::test]
 async fn good_jobs_are_stored_denied_ones_dead_lettered_and_orphans_discarded() {
-    let config = aws(&moto()).sdk_config().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&config)
-            .force_path_style(true)
-            .build(),
-    );
-    let good_bucket = unique("b");
-    let denied_bucket = unique("b");
-    for bucket in [&good_bucket, &denied_bucket] {
-        s3.create_bucket()
-            .bucket(bucket)
-            .send()
-            .await
-            .expect("bucket");
-    }
-    let deny = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Principal": "*",
-        "Action": "s3:PutObject", "Resource": format!("arn:aws:s3:::{denied_bucket}/*")}]});
-    s3.put_bucket_policy()
-        .bucket(&denied_bucket)
-        .policy(deny.to_string())
-        .send()
-        .await
-        .expect("policy");
+    let config = aws_config(&moto_endpoint()).await;
+    let s3 = s3_client(&config);
+    let good_bucket = new_bucket(&s3).await;
+    let denied_bucket = new_bucket(&s3).await;
+    deny_on_objects(&s3, &denied_bucket, "s3:PutObject").await;
 
     let supervisor = Supervisor::new();
     let registry = registry(
@@ -247,15 +161,16 @@ async fn good_jobs_are_stored_denied_ones_dead_lettered_and_orphans_discarded() 
         &supervisor,
     )
     .await;
-    let (_connection, channel) = channel().await;
+    let (_connection, channel) = confirm_channel("uploader-test").await;
     let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(60)]);
     topology.declare(&channel).await.expect("declare");
-    let deliveries = start_uploader(aws(&moto()), registry, &topology, &supervisor).await;
+    let deliveries =
+        start_uploader(aws_args(&moto_endpoint()), registry, &topology, &supervisor).await;
 
-    let denied = job("denied", 5);
+    let denied = upload_job("denied", 5, BODY);
     enqueue(&channel, &topology, &denied).await;
-    enqueue(&channel, &topology, &job("ghost", 6)).await;
-    let good = job("acme", 7);
+    enqueue(&channel, &topology, &upload_job("ghost", 6, BODY)).await;
+    let good = upload_job("acme", 7, BODY);
     enqueue(&channel, &topology, &good).await;
 
     // One upload at a time, in order: once the good job's object exists, the others were handled.
@@ -360,7 +275,7 @@ async fn good_jobs_are_stored_denied_ones_dead_lettered_and_orphans_discarded() 
 async fn retryable_failures_wait_in_the_retry_tier_then_dead_letter_with_their_attempts() {
     let supervisor = Supervisor::new();
     let registry = registry(&[("acme", "some-bucket")], &supervisor).await;
-    let (_connection, channel) = channel().await;
+    let (_connection, channel) = confirm_channel("uploader-test").await;
     let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_millis(300)]);
     topology.declare(&channel).await.expect("declare");
     // Nothing listens there: every STS and S3 call fails as a network error.
@@ -368,9 +283,9 @@ async fn retryable_failures_wait_in_the_retry_tier_then_dead_letter_with_their_a
         "http://127.0.0.1:{}",
         integration_tests::services::free_port()
     );
-    start_uploader(aws(&unreachable), registry, &topology, &supervisor).await;
+    start_uploader(aws_args(&unreachable), registry, &topology, &supervisor).await;
 
-    enqueue(&channel, &topology, &job("acme", 1)).await;
+    enqueue(&channel, &topology, &upload_job("acme", 1, BODY)).await;
     let dead = wait_for(
         "the job to be dead-lettered",
         Duration::from_secs(60),
@@ -412,19 +327,9 @@ async fn retryable_failures_wait_in_the_retry_tier_then_dead_letter_with_their_a
 
 #[tokio::test]
 async fn the_uploader_service_becomes_ready_once_caught_up_and_delivers() {
-    use clap::Parser;
-    let config = aws(&moto()).sdk_config().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&config)
-            .force_path_style(true)
-            .build(),
-    );
-    let bucket = unique("b");
-    s3.create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("bucket");
+    let config = aws_config(&moto_endpoint()).await;
+    let s3 = s3_client(&config);
+    let bucket = new_bucket(&s3).await;
     let supervisor = Supervisor::new();
     // The registry here only creates and fills the topic; the service follows it on its own.
     let kafka = KafkaArgs::new(integration_tests::kafka::brokers());
@@ -447,7 +352,7 @@ async fn the_uploader_service_becomes_ready_once_caught_up_and_delivers() {
         .expect("write");
 
     let uploads = unique("uploads");
-    let endpoint = moto();
+    let endpoint = moto_endpoint();
     let brokers = integration_tests::kafka::brokers();
     let service_config = uploader::config::UploaderConfig::try_parse_from([
         "uploader",
@@ -478,9 +383,9 @@ async fn the_uploader_service_becomes_ready_once_caught_up_and_delivers() {
     )
     .await;
 
-    let (_connection, channel) = channel().await;
+    let (_connection, channel) = confirm_channel("uploader-test").await;
     let topology = UploadTopology::new(&uploads, &[Duration::from_secs(1)]);
-    let good = job("acme", 11);
+    let good = upload_job("acme", 11, BODY);
     enqueue(&channel, &topology, &good).await;
     let key = format!("audit/{}", good.relative_key);
     wait_for("the object", Duration::from_secs(30), || async {
@@ -512,36 +417,20 @@ async fn the_uploader_service_becomes_ready_once_caught_up_and_delivers() {
 
 #[tokio::test]
 async fn dead_lettered_jobs_are_listed_in_place_and_redriven_per_tenant_after_the_fix() {
-    let config = aws(&moto()).sdk_config().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&config)
-            .force_path_style(true)
-            .build(),
-    );
-    let bucket = unique("b");
-    s3.create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("bucket");
-    let deny = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Principal": "*",
-        "Action": "s3:PutObject", "Resource": format!("arn:aws:s3:::{bucket}/*")}]});
-    s3.put_bucket_policy()
-        .bucket(&bucket)
-        .policy(deny.to_string())
-        .send()
-        .await
-        .expect("policy");
+    let config = aws_config(&moto_endpoint()).await;
+    let s3 = s3_client(&config);
+    let bucket = new_bucket(&s3).await;
+    deny_on_objects(&s3, &bucket, "s3:PutObject").await;
 
     let supervisor = Supervisor::new();
     let registry = registry(&[("acme", &bucket), ("globex", &bucket)], &supervisor).await;
-    let (_connection, channel) = channel().await;
+    let (_connection, channel) = confirm_channel("uploader-test").await;
     let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(60)]);
     topology.declare(&channel).await.expect("declare");
-    start_uploader(aws(&moto()), registry, &topology, &supervisor).await;
-    let acme = job("acme", 21);
+    start_uploader(aws_args(&moto_endpoint()), registry, &topology, &supervisor).await;
+    let acme = upload_job("acme", 21, BODY);
     enqueue(&channel, &topology, &acme).await;
-    enqueue(&channel, &topology, &job("globex", 22)).await;
+    enqueue(&channel, &topology, &upload_job("globex", 22, BODY)).await;
 
     let listed = wait_for(
         "both jobs in the dead-letter queue",
@@ -625,19 +514,10 @@ async fn read_records(topic: &str, count: usize) -> Vec<common::delivery::Delive
 #[tokio::test]
 async fn s3_slowdowns_past_the_sdk_retries_go_through_a_tier_and_the_object_lands_once() {
     use integration_tests::fault_proxy::{FaultProxy, Faults};
-    let config = aws(&moto()).sdk_config().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&config)
-            .force_path_style(true)
-            .build(),
-    );
-    let bucket = unique("b");
-    s3.create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("bucket");
-    let proxy = FaultProxy::start(&moto()).await;
+    let config = aws_config(&moto_endpoint()).await;
+    let s3 = s3_client(&config);
+    let bucket = new_bucket(&s3).await;
+    let proxy = FaultProxy::start(&moto_endpoint()).await;
     // The SDK itself tries a throttled PUT three times; the third 503 hands the job to a tier.
     proxy.set(Faults {
         failing_puts: 3,
@@ -646,11 +526,11 @@ async fn s3_slowdowns_past_the_sdk_retries_go_through_a_tier_and_the_object_land
 
     let supervisor = Supervisor::new();
     let registry = registry(&[("acme", &bucket)], &supervisor).await;
-    let (_connection, channel) = channel().await;
+    let (_connection, channel) = confirm_channel("uploader-test").await;
     let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_millis(300)]);
     topology.declare(&channel).await.expect("declare");
-    let deliveries = start_uploader(aws(&proxy.url()), registry, &topology, &supervisor).await;
-    let job = job("acme", 31);
+    let deliveries = start_uploader(aws_args(&proxy.url()), registry, &topology, &supervisor).await;
+    let job = upload_job("acme", 31, BODY);
     enqueue(&channel, &topology, &job).await;
 
     let records = read_records(&deliveries, 2).await;
@@ -680,19 +560,10 @@ async fn s3_slowdowns_past_the_sdk_retries_go_through_a_tier_and_the_object_land
 #[tokio::test]
 async fn a_refused_assume_role_is_dead_lettered_as_configuration_and_redrivable() {
     use integration_tests::fault_proxy::{FaultProxy, Faults};
-    let config = aws(&moto()).sdk_config().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&config)
-            .force_path_style(true)
-            .build(),
-    );
-    let bucket = unique("b");
-    s3.create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("bucket");
-    let proxy = FaultProxy::start(&moto()).await;
+    let config = aws_config(&moto_endpoint()).await;
+    let s3 = s3_client(&config);
+    let bucket = new_bucket(&s3).await;
+    let proxy = FaultProxy::start(&moto_endpoint()).await;
     proxy.set(Faults {
         deny_assume_role: true,
         ..Faults::default()
@@ -700,11 +571,11 @@ async fn a_refused_assume_role_is_dead_lettered_as_configuration_and_redrivable(
 
     let supervisor = Supervisor::new();
     let registry = registry(&[("acme", &bucket)], &supervisor).await;
-    let (_connection, channel) = channel().await;
+    let (_connection, channel) = confirm_channel("uploader-test").await;
     let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(60)]);
     topology.declare(&channel).await.expect("declare");
-    start_uploader(aws(&proxy.url()), registry, &topology, &supervisor).await;
-    let job = job("acme", 41);
+    start_uploader(aws_args(&proxy.url()), registry, &topology, &supervisor).await;
+    let job = upload_job("acme", 41, BODY);
     enqueue(&channel, &topology, &job).await;
 
     let dead = wait_for(
