@@ -5,6 +5,7 @@
 //! keeps running. SIGTERM and SIGINT cancel the same token, and the final drain is bounded.
 
 use std::future::Future;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -107,6 +108,47 @@ impl Supervisor {
             return Err(ShutdownError::TaskFailed);
         }
         Ok(())
+    }
+}
+
+/// A service's `main` after its settings are parsed: installs logging, starts the service under a
+/// supervisor that SIGTERM and SIGINT cancel, and waits for it to stop within `drain`.
+pub async fn run_service<Start, Started>(
+    name: &str,
+    log: &crate::telemetry::LogArgs,
+    drain: Duration,
+    start: Start,
+) -> ExitCode
+where
+    Start: FnOnce(Supervisor) -> Started,
+    Started: Future<Output = anyhow::Result<std::net::SocketAddr>>,
+{
+    if let Err(error) = log.init() {
+        eprintln!("{name}: {error:#}");
+        return ExitCode::from(2);
+    }
+    let supervisor = Supervisor::new();
+    if let Err(error) = supervisor.cancel_on_signals() {
+        tracing::error!(%error, "cannot listen for signals");
+        return ExitCode::FAILURE;
+    }
+    if let Err(error) = start(supervisor.clone()).await {
+        tracing::error!(
+            service = name,
+            error = format!("{error:#}"),
+            "could not start"
+        );
+        return ExitCode::FAILURE;
+    }
+    match supervisor.run_until_stopped(drain).await {
+        Ok(()) => {
+            tracing::info!(service = name, "stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(service = name, %error, "stopped uncleanly");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -7,7 +7,8 @@ use common::amqp::AmqpArgs;
 use common::aws::AwsArgs;
 use common::job::UploadJob;
 use common::key::{Codec, ObjectKey};
-use lapin::options::ConfirmSelectOptions;
+use common::topology::UploadTopology;
+use lapin::options::{ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Channel, Connection};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -129,5 +130,26 @@ pub fn upload_job(tenant: &str, first_offset: i64, body: &[u8]) -> UploadJob {
             .collect(),
         created_at_ms: now_ms,
         attempt: 0,
+    }
+}
+
+/// Removes a test's upload queues and exchanges, so test runs leave no quorum queues behind.
+pub async fn delete_topology(channel: &Channel, topology: &UploadTopology) {
+    let queues = [&topology.queue, &topology.dead_letter_queue]
+        .into_iter()
+        .chain(topology.retry_queues.iter().map(|t| &t.queue));
+    for queue in queues {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in [
+        &topology.exchange,
+        &topology.retry_exchange,
+        &topology.dead_letter_exchange,
+    ] {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
     }
 }

@@ -4,35 +4,12 @@
 use std::time::{Duration, Instant};
 
 use common::topology::{DEAD_ROUTING_KEY, UploadTopology};
-use integration_tests::fixtures::confirm_channel;
+use integration_tests::fixtures::{confirm_channel, delete_topology};
 use integration_tests::{unique, wait_for};
 use lapin::Confirmation;
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
-
-/// Removes a test's queues and exchanges.
-async fn delete(channel: &Channel, topology: &UploadTopology) {
-    let queues = [&topology.queue, &topology.dead_letter_queue]
-        .into_iter()
-        .chain(topology.retry_queues.iter().map(|t| &t.queue));
-    for queue in queues {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for exchange in [
-        &topology.exchange,
-        &topology.retry_exchange,
-        &topology.dead_letter_exchange,
-    ] {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
-}
 
 async fn publish(channel: &Channel, exchange: &str, routing_key: &str, body: &[u8]) {
     let mut headers = FieldTable::default();
@@ -90,7 +67,7 @@ async fn declaring_twice_is_harmless_and_conflicting_settings_are_named() {
         "{message}"
     );
     assert!(message.contains("ACTIVITY_UPLOADS_NAME"), "{message}");
-    delete(&channel, &topology).await;
+    delete_topology(&channel, &topology).await;
 }
 
 #[tokio::test]
@@ -136,7 +113,7 @@ async fn a_job_in_a_retry_tier_returns_to_the_main_queue_after_its_delay() {
         headers.inner().contains_key("x-death"),
         "RabbitMQ records the dead-lettering"
     );
-    delete(&channel, &topology).await;
+    delete_topology(&channel, &topology).await;
 }
 
 #[tokio::test]
@@ -155,5 +132,5 @@ async fn the_dead_letter_queue_keeps_what_is_sent_to_it() {
         .await
         .expect("in the DLQ");
     assert_eq!(message.delivery.data, b"dead job");
-    delete(&channel, &topology).await;
+    delete_topology(&channel, &topology).await;
 }

@@ -13,8 +13,8 @@ use common::registry::{IntegrationRegistry, topic_spec};
 use common::shutdown::Supervisor;
 use common::topology::{UPLOAD_ROUTING_KEY, UploadTopology};
 use integration_tests::fixtures::{
-    REGION, aws_args, aws_config, confirm_channel, deny_on_objects, moto_endpoint, new_bucket,
-    s3_client, upload_job,
+    REGION, aws_args, aws_config, confirm_channel, delete_topology, deny_on_objects, moto_endpoint,
+    new_bucket, s3_client, upload_job,
 };
 use integration_tests::{unique, wait_for};
 use lapin::options::{BasicGetOptions, BasicPublishOptions};
@@ -265,6 +265,7 @@ async fn good_jobs_are_stored_denied_ones_dead_lettered_and_orphans_discarded() 
     assert_eq!(records[2].bucket.as_deref(), Some(good_bucket.as_str()));
     assert_eq!(records[2].event_count, 2);
     supervisor.cancel();
+    delete_topology(&channel, &topology).await;
     supervisor
         .run_until_stopped(Duration::from_secs(20))
         .await
@@ -319,6 +320,7 @@ async fn retryable_failures_wait_in_the_retry_tier_then_dead_letter_with_their_a
         "it went through the retry tier"
     );
     supervisor.cancel();
+    delete_topology(&channel, &topology).await;
     supervisor
         .run_until_stopped(Duration::from_secs(20))
         .await
@@ -409,6 +411,7 @@ async fn the_uploader_service_becomes_ready_once_caught_up_and_delivers() {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     supervisor.cancel();
+    delete_topology(&channel, &topology).await;
     supervisor
         .run_until_stopped(Duration::from_secs(20))
         .await
@@ -491,6 +494,7 @@ async fn dead_lettered_jobs_are_listed_in_place_and_redriven_per_tenant_after_th
         ["globex"]
     );
     supervisor.cancel();
+    delete_topology(&channel, &topology).await;
     supervisor
         .run_until_stopped(Duration::from_secs(20))
         .await
@@ -551,6 +555,7 @@ async fn s3_slowdowns_past_the_sdk_retries_go_through_a_tier_and_the_object_land
         .expect("list");
     assert_eq!(listed.key_count(), Some(1), "delivered once");
     supervisor.cancel();
+    delete_topology(&channel, &topology).await;
     supervisor
         .run_until_stopped(Duration::from_secs(20))
         .await
@@ -606,6 +611,7 @@ async fn a_refused_assume_role_is_dead_lettered_as_configuration_and_redrivable(
     })
     .await;
     supervisor.cancel();
+    delete_topology(&channel, &topology).await;
     supervisor
         .run_until_stopped(Duration::from_secs(20))
         .await

@@ -40,23 +40,26 @@ const DELIVERIES_PARTITIONS: i32 = 12;
 pub async fn start(config: UploaderConfig, supervisor: &Supervisor) -> anyhow::Result<SocketAddr> {
     let metrics = common::metrics::install().context("cannot install the metrics recorder")?;
     metrics::describe();
+    if config.kafka.create_topics {
+        config
+            .kafka
+            .ensure_topics(&[
+                common::kafka::TopicSpec {
+                    name: &config.deliveries_topic,
+                    partitions: DELIVERIES_PARTITIONS,
+                    replication: config.kafka.replication,
+                    config: vec![],
+                },
+                common::registry::topic_spec(&config.integrations_topic, config.kafka.replication),
+            ])
+            .await
+            .context("cannot make sure the deliveries and integrations topics exist")?;
+    }
     let registry =
         IntegrationRegistry::follow(&config.kafka, &config.integrations_topic, supervisor)
             .await
             .context("cannot follow the integrations")?;
 
-    if config.kafka.create_topics {
-        config
-            .kafka
-            .ensure_topics(&[common::kafka::TopicSpec {
-                name: &config.deliveries_topic,
-                partitions: DELIVERIES_PARTITIONS,
-                replication: config.kafka.replication,
-                config: vec![],
-            }])
-            .await
-            .context("cannot make sure the deliveries topic exists")?;
-    }
     let deliveries = DeliveryLog {
         producer: config
             .kafka
