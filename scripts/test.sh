@@ -21,6 +21,8 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
+# Some tests run the service binaries as separate processes.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked
 echo "== fuzzing"
 scripts/fuzz.sh "${ACTIVITY_FUZZ_SECONDS:-20}"
