@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
+use lapin::options::BasicPublishOptions;
 use lapin::tcp::OwnedTLSConfig;
-use lapin::{Connection, ConnectionProperties};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 
 /// How to reach RabbitMQ.
@@ -72,6 +74,67 @@ impl AmqpArgs {
         Connection::connect_with_config(self.url.expose_secret(), properties, tls, runtime)
             .await
             .map_err(failed)
+    }
+}
+
+/// A message that RabbitMQ did not take for sure.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cannot publish to {exchange}: {source}")]
+    Publish {
+        exchange: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("RabbitMQ did not confirm the message on {exchange}: {confirmation}")]
+    NotConfirmed {
+        exchange: String,
+        confirmation: String,
+    },
+}
+
+/// Publishes a persistent message as `mandatory` on a channel in confirm mode and waits for the
+/// broker's confirm. A nack, or a message returned because nothing was bound to take it, is an
+/// error: the caller still owns the message.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    headers: FieldTable,
+    message_id: Option<ShortString>,
+) -> Result<(), PublishError> {
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    if let Some(id) = message_id {
+        properties = properties.with_message_id(id);
+    }
+    let publish_error = |source| PublishError::Publish {
+        exchange: exchange.to_owned(),
+        source,
+    };
+    let confirmation = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            properties,
+        )
+        .await
+        .map_err(publish_error)?
+        .await
+        .map_err(publish_error)?;
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        other => Err(PublishError::NotConfirmed {
+            exchange: exchange.to_owned(),
+            confirmation: format!("{other:?}"),
+        }),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod amqp;
 pub mod aws;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod event;

@@ -1,7 +1,7 @@
 //! The events endpoint.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -117,7 +117,7 @@ async fn accept(api: &EventsApi, headers: &HeaderMap, body: Body) -> Result<usiz
 
     let started = Instant::now();
     api.writer
-        .write(&events, now_millis())
+        .write(&events, common::clock::now_unix_ms())
         .await
         .map_err(|error| {
             tracing::warn!(%error, events = events.len(), "answering 503: the events were not acknowledged");
@@ -133,13 +133,6 @@ async fn accept(api: &EventsApi, headers: &HeaderMap, body: Body) -> Result<usiz
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// The acceptance time that becomes every record's Kafka timestamp.
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Request bytes counted against the in-flight budget until dropped.

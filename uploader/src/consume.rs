@@ -3,8 +3,10 @@
 //! acks each once it returns.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use common::amqp::{PublishError, publish_confirmed};
+use common::clock::now_unix_ms;
 use common::delivery::{DeliveryRecord, outcome};
 use common::integration::Integration;
 use common::job::{UploadJob, header};
@@ -12,11 +14,9 @@ use common::key::full_key;
 use common::registry::IntegrationRegistry;
 use common::topology::{DEAD_ROUTING_KEY, UploadTopology};
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel};
 use metrics::{counter, gauge, histogram};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::Semaphore;
@@ -46,23 +46,6 @@ pub enum Outcome {
     Retried { tier: usize, error: UploadError },
     DeadLettered(UploadError),
     Discarded(UploadError),
-}
-
-/// Moving a job to a retry tier or the dead-letter queue failed: the delivery must go back to the
-/// queue (nack with requeue) so nothing is lost.
-#[derive(Debug, thiserror::Error)]
-pub enum MoveError {
-    #[error("cannot publish to {exchange}: {source}")]
-    Publish {
-        exchange: String,
-        #[source]
-        source: lapin::Error,
-    },
-    #[error("RabbitMQ did not confirm the move to {exchange}: {confirmation:?}")]
-    NotConfirmed {
-        exchange: String,
-        confirmation: String,
-    },
 }
 
 /// Where delivery records go.
@@ -119,7 +102,7 @@ impl Uploader {
         &self,
         properties: &BasicProperties,
         body: &[u8],
-    ) -> Result<Outcome, MoveError> {
+    ) -> Result<Outcome, PublishError> {
         let headers = properties.headers().clone().unwrap_or_default();
         let job = match UploadJob::from_headers(&headers) {
             Ok(job) => job,
@@ -214,7 +197,7 @@ impl Uploader {
         body: &[u8],
         error: &UploadError,
         attempts: u32,
-    ) -> Result<(), MoveError> {
+    ) -> Result<(), PublishError> {
         let headers = with_failure(headers, error, attempts);
         self.publish(
             &self.topology.dead_letter_exchange,
@@ -226,6 +209,8 @@ impl Uploader {
         .await
     }
 
+    /// Moves the job's message; until RabbitMQ confirms, the delivery stays unacknowledged and
+    /// goes back to the queue on failure, so nothing is lost.
     async fn publish(
         &self,
         exchange: &str,
@@ -233,40 +218,16 @@ impl Uploader {
         headers: FieldTable,
         original: &BasicProperties,
         body: &[u8],
-    ) -> Result<(), MoveError> {
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_headers(headers);
-        if let Some(id) = original.message_id() {
-            properties = properties.with_message_id(id.clone());
-        }
-        let publish_error = |source| MoveError::Publish {
-            exchange: exchange.to_owned(),
-            source,
-        };
-        let confirmation = self
-            .publisher
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                properties,
-            )
-            .await
-            .map_err(publish_error)?
-            .await
-            .map_err(publish_error)?;
-        match confirmation {
-            Confirmation::Ack(None) => Ok(()),
-            other => Err(MoveError::NotConfirmed {
-                exchange: exchange.to_owned(),
-                confirmation: format!("{other:?}"),
-            }),
-        }
+    ) -> Result<(), PublishError> {
+        publish_confirmed(
+            &self.publisher,
+            exchange,
+            routing_key,
+            body,
+            headers,
+            original.message_id().clone(),
+        )
+        .await
     }
 
     /// Consumes the upload queue until `shutdown`, with at most `concurrency` uploads at once;
@@ -323,14 +284,10 @@ impl Uploader {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 fn age(job: &UploadJob) -> Duration {
-    Duration::from_millis(u64::try_from(now_ms().saturating_sub(job.created_at_ms)).unwrap_or(0))
+    Duration::from_millis(
+        u64::try_from(now_unix_ms().saturating_sub(job.created_at_ms)).unwrap_or(0),
+    )
 }
 
 fn delivery_record(
@@ -354,7 +311,7 @@ fn delivery_record(
         error_code: error.map(|e| e.code.clone()),
         error_message: error.map(|e| e.message.clone()),
         attempt: job.attempt.saturating_add(1),
-        at_ms: now_ms(),
+        at_ms: now_unix_ms(),
     }
 }
 

@@ -5,15 +5,15 @@
 //! between leaves a duplicate job (harmless: `If-None-Match`), never a lost one. Messages that are
 //! not redriven are returned to the queue.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
+use common::amqp::publish_confirmed;
+use common::clock::now_unix_ms;
 use common::event::TenantId;
 use common::job::header;
 use common::topology::{UPLOAD_ROUTING_KEY, UploadTopology};
+use lapin::Channel;
 use lapin::message::BasicGetMessage;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation};
 
 use crate::consume::failure_header;
 
@@ -170,13 +170,13 @@ async fn republish(
     topology: &UploadTopology,
     message: &BasicGetMessage,
 ) -> anyhow::Result<()> {
-    let mut headers = message
+    let mut entries = message
         .delivery
         .properties
         .headers()
-        .clone()
+        .as_ref()
+        .map(|headers| headers.inner().clone())
         .unwrap_or_default();
-    let mut entries = headers.inner().clone();
     for name in [
         failure_header::CLASS,
         failure_header::STEP,
@@ -186,33 +186,19 @@ async fn republish(
     ] {
         entries.remove(name);
     }
-    headers = FieldTable::from(entries);
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    headers.insert(header::ATTEMPT.into(), AMQPValue::LongLongInt(0));
-    headers.insert(header::CREATED_AT.into(), AMQPValue::LongLongInt(now_ms));
-    let mut properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_headers(headers);
-    if let Some(id) = message.delivery.properties.message_id() {
-        properties = properties.with_message_id(id.clone());
-    }
-    let confirmation = channel
-        .basic_publish(
-            topology.exchange.as_str().into(),
-            UPLOAD_ROUTING_KEY.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            &message.delivery.data,
-            properties,
-        )
-        .await?
-        .await?;
-    match confirmation {
-        Confirmation::Ack(None) => Ok(()),
-        other => anyhow::bail!("RabbitMQ did not confirm the copy: {other:?}"),
-    }
+    entries.insert(header::ATTEMPT.into(), AMQPValue::LongLongInt(0));
+    entries.insert(
+        header::CREATED_AT.into(),
+        AMQPValue::LongLongInt(now_unix_ms()),
+    );
+    publish_confirmed(
+        channel,
+        &topology.exchange,
+        UPLOAD_ROUTING_KEY,
+        &message.delivery.data,
+        FieldTable::from(entries),
+        message.delivery.properties.message_id().clone(),
+    )
+    .await?;
+    Ok(())
 }

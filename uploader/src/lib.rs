@@ -84,6 +84,7 @@ pub async fn start(config: UploaderConfig, supervisor: &Supervisor) -> anyhow::R
         .context("cannot open a RabbitMQ channel")?;
     let topology = config.uploads.topology();
     topology.declare(&publisher).await?;
+    let dead_letter_queue = topology.dead_letter_queue.clone();
 
     let sdk = config.aws.sdk_config().await;
     let uploader = Arc::new(Uploader {
@@ -130,7 +131,6 @@ pub async fn start(config: UploaderConfig, supervisor: &Supervisor) -> anyhow::R
         .create_channel()
         .await
         .context("cannot open a RabbitMQ channel")?;
-    let dead_letter_queue = config.uploads.topology().dead_letter_queue;
     let token = supervisor.token();
     supervisor.spawn("dlq-depth", async move {
         let mut tick = tokio::time::interval(DLQ_DEPTH_INTERVAL);
