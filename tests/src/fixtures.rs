@@ -4,13 +4,20 @@
 use aws_config::SdkConfig;
 use clap::Parser;
 use common::amqp::AmqpArgs;
+use common::amqp::publish_confirmed;
 use common::aws::AwsArgs;
+use common::clock::now_unix_ms;
 use common::job::UploadJob;
+use common::kafka::KafkaArgs;
 use common::key::{Codec, ObjectKey};
-use common::topology::UploadTopology;
+use common::registry::topic_spec;
+use common::shutdown::Supervisor;
+use common::topology::{UPLOAD_ROUTING_KEY, UploadTopology};
 use lapin::options::{ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Channel, Connection};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use sha2::{Digest, Sha256};
+use std::time::Duration;
 use time::OffsetDateTime;
 
 /// The region every test integration uses.
@@ -111,8 +118,6 @@ pub fn upload_job(tenant: &str, first_offset: i64, body: &[u8]) -> UploadJob {
         first_offset,
         codec: Codec::None,
     };
-    let now_ms =
-        i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).expect("ms");
     UploadJob {
         tenant_id: key.tenant_id.clone(),
         relative_key: key.relative(),
@@ -128,7 +133,7 @@ pub fn upload_job(tenant: &str, first_offset: i64, body: &[u8]) -> UploadJob {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect(),
-        created_at_ms: now_ms,
+        created_at_ms: now_unix_ms(),
         attempt: 0,
     }
 }
@@ -150,6 +155,110 @@ pub async fn delete_topology(channel: &Channel, topology: &UploadTopology) {
     ] {
         let _ = channel
             .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}
+
+/// Publishes `job` with `body` to the upload exchange, as the batcher does.
+pub async fn enqueue_job(
+    channel: &Channel,
+    topology: &UploadTopology,
+    job: &UploadJob,
+    body: &[u8],
+) {
+    publish_confirmed(
+        channel,
+        &topology.exchange,
+        UPLOAD_ROUTING_KEY,
+        body,
+        job.to_headers(),
+        Some(job.relative_key.as_str().into()),
+    )
+    .await
+    .expect("enqueue the job");
+}
+
+/// Waits up to `deadline` until the object `key` exists in `bucket`.
+pub async fn wait_for_object(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, deadline: Duration) {
+    crate::wait_for(&format!("object {key}"), deadline, || async {
+        s3.head_object().bucket(bucket).key(key).send().await.ok()
+    })
+    .await;
+}
+
+/// How many objects `bucket` holds.
+pub async fn object_count(s3: &aws_sdk_s3::Client, bucket: &str) -> Option<i32> {
+    s3.list_objects_v2()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("list the bucket")
+        .key_count()
+}
+
+/// Stops a test's services, removes its queues, and checks that everything stopped cleanly.
+pub async fn finish(supervisor: Supervisor, channel: &Channel, topology: &UploadTopology) {
+    supervisor.cancel();
+    delete_topology(channel, topology).await;
+    supervisor
+        .run_until_stopped(Duration::from_secs(20))
+        .await
+        .expect("stops cleanly");
+}
+
+/// The integration JSON the tests write: `tenant` delivering to `bucket` under `audit/`.
+pub fn integration_json(tenant: &str, bucket: &str) -> String {
+    serde_json::json!({
+        "tenant_id": tenant, "enabled": true, "aws_account_id": "123456789012", "bucket": bucket,
+        "prefix": "audit", "role_arn": "arn:aws:iam::123456789012:role/Writer",
+        "external_id": "ext-0123456789", "region": REGION, "compression": "none",
+        "connected_at": "2026-11-27T10:00:00Z", "updated_at": "2026-11-27T10:00:00Z"
+    })
+    .to_string()
+}
+
+/// A fresh compacted integrations topic and a producer writing to it.
+pub struct IntegrationsTopic {
+    pub kafka: KafkaArgs,
+    pub name: String,
+    producer: FutureProducer,
+}
+
+impl IntegrationsTopic {
+    pub async fn create() -> Self {
+        let kafka = KafkaArgs::new(crate::kafka::brokers());
+        let name = crate::unique("activity.integrations");
+        kafka
+            .ensure_topics(&[topic_spec(&name, 1)])
+            .await
+            .expect("integrations topic");
+        let producer = kafka
+            .producer_config(Duration::from_secs(10))
+            .create()
+            .expect("producer");
+        Self {
+            kafka,
+            name,
+            producer,
+        }
+    }
+
+    /// Writes a record as-is: a value, or a tombstone for `None`.
+    pub async fn write(&self, tenant: &str, value: Option<&str>) {
+        let record = FutureRecord::<str, str>::to(&self.name).key(tenant);
+        let record = match value {
+            Some(value) => record.payload(value),
+            None => record,
+        };
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("write an integration record");
+    }
+
+    /// Connects `tenant` to `bucket` (see [`integration_json`]).
+    pub async fn connect(&self, tenant: &str, bucket: &str) {
+        self.write(tenant, Some(&integration_json(tenant, bucket)))
             .await;
     }
 }

@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use common::kafka::KafkaArgs;
-use common::registry::{IntegrationRegistry, topic_spec};
+use common::registry::IntegrationRegistry;
 use common::shutdown::Supervisor;
-use integration_tests::{unique, wait_for};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use integration_tests::fixtures::IntegrationsTopic;
+use integration_tests::wait_for;
 
 fn integration(tenant: &str, enabled: bool) -> String {
     serde_json::json!({
@@ -19,49 +18,20 @@ fn integration(tenant: &str, enabled: bool) -> String {
     .to_string()
 }
 
-async fn write(producer: &FutureProducer, topic: &str, tenant: &str, value: Option<&str>) {
-    let record = FutureRecord::<str, str>::to(topic).key(tenant);
-    let record = match value {
-        Some(value) => record.payload(value),
-        None => record,
-    };
-    producer
-        .send(record, Duration::from_secs(10))
-        .await
-        .expect("write an integration record");
-}
-
 #[tokio::test]
 async fn the_registry_catches_up_then_follows_updates_and_tombstones() {
-    let kafka = KafkaArgs::new(integration_tests::kafka::brokers());
-    let topic = unique("activity.integrations");
-    kafka
-        .ensure_topics(&[topic_spec(&topic, 1)])
-        .await
-        .expect("topic");
-    let producer: FutureProducer = kafka
-        .producer_config(Duration::from_secs(10))
-        .create()
-        .expect("producer");
-    write(&producer, &topic, "acme", Some(&integration("acme", true))).await;
-    write(
-        &producer,
-        &topic,
-        "globex",
-        Some(&integration("globex", true)),
-    )
-    .await;
-    write(&producer, &topic, "broken", Some("{not an integration")).await;
-    write(
-        &producer,
-        &topic,
-        "initech",
-        Some(&integration("initech", true)),
-    )
-    .await;
+    let topic = IntegrationsTopic::create().await;
+    topic.write("acme", Some(&integration("acme", true))).await;
+    topic
+        .write("globex", Some(&integration("globex", true)))
+        .await;
+    topic.write("broken", Some("{not an integration")).await;
+    topic
+        .write("initech", Some(&integration("initech", true)))
+        .await;
 
     let supervisor = Supervisor::new();
-    let registry = IntegrationRegistry::follow(&kafka, &topic, &supervisor)
+    let registry = IntegrationRegistry::follow(&topic.kafka, &topic.name, &supervisor)
         .await
         .expect("follow");
     tokio::time::timeout(Duration::from_secs(30), registry.caught_up())
@@ -76,8 +46,8 @@ async fn the_registry_catches_up_then_follows_updates_and_tombstones() {
         ("logs-bucket", "audit")
     );
 
-    write(&producer, &topic, "acme", Some(&integration("acme", false))).await;
-    write(&producer, &topic, "globex", None).await;
+    topic.write("acme", Some(&integration("acme", false))).await;
+    topic.write("globex", None).await;
     wait_for(
         "the update and the tombstone",
         Duration::from_secs(30),

@@ -3,38 +3,20 @@
 
 use std::time::{Duration, Instant};
 
+use common::amqp::publish_confirmed;
 use common::topology::{DEAD_ROUTING_KEY, UploadTopology};
 use integration_tests::fixtures::{confirm_channel, delete_topology};
 use integration_tests::{unique, wait_for};
-use lapin::Confirmation;
-use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use lapin::Channel;
+use lapin::options::BasicGetOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel};
 
 async fn publish(channel: &Channel, exchange: &str, routing_key: &str, body: &[u8]) {
     let mut headers = FieldTable::default();
     headers.insert("tenant".into(), AMQPValue::LongString("acme".into()));
-    let confirmation = channel
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            body,
-            BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_headers(headers),
-        )
+    publish_confirmed(channel, exchange, routing_key, body, headers, None)
         .await
-        .expect("publish")
-        .await
-        .expect("confirmation");
-    assert!(
-        matches!(confirmation, Confirmation::Ack(None)),
-        "not routed and confirmed: {confirmation:?}"
-    );
+        .expect("routed and confirmed");
 }
 
 async fn get(channel: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {

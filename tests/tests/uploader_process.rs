@@ -5,19 +5,16 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::kafka::KafkaArgs;
-use common::registry::topic_spec;
-use common::topology::{UPLOAD_ROUTING_KEY, UploadTopology};
+use common::topology::UploadTopology;
 use integration_tests::fault_proxy::{FaultProxy, Faults};
 use integration_tests::fixtures::{
-    aws_config, confirm_channel, delete_topology, moto_endpoint, new_bucket, s3_client, upload_job,
+    IntegrationsTopic, aws_config, confirm_channel, delete_topology, enqueue_job, moto_endpoint,
+    new_bucket, object_count, s3_client, upload_job, wait_for_object,
 };
 use integration_tests::services::free_port;
 use integration_tests::{unique, wait_for};
-use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const BODY: &[u8] = b"{\"id\":\"k1\"}\n{\"id\":\"k2\"}\n";
 
@@ -103,57 +100,18 @@ async fn an_uploader_killed_mid_upload_hands_the_job_to_the_next_and_the_object_
         ..Faults::default()
     });
 
-    let kafka = KafkaArgs::new(integration_tests::kafka::brokers());
-    let topic = unique("activity.integrations");
-    kafka
-        .ensure_topics(&[topic_spec(&topic, 1)])
-        .await
-        .expect("topic");
-    let producer: FutureProducer = kafka
-        .producer_config(Duration::from_secs(10))
-        .create()
-        .expect("producer");
-    let integration = serde_json::json!({
-        "tenant_id": "acme", "enabled": true, "aws_account_id": "123456789012", "bucket": bucket,
-        "prefix": "audit", "role_arn": "arn:aws:iam::123456789012:role/Writer",
-        "external_id": "ext-0123456789", "region": "us-east-1", "compression": "none",
-        "connected_at": "2026-11-27T10:00:00Z", "updated_at": "2026-11-27T10:00:00Z"
-    })
-    .to_string();
-    producer
-        .send(
-            FutureRecord::to(&topic).key("acme").payload(&integration),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("write the integration");
+    let topic = IntegrationsTopic::create().await;
+    topic.connect("acme", &bucket).await;
 
     let uploads = unique("uploads");
     let topology = UploadTopology::new(&uploads, &[Duration::from_secs(1)]);
     let (_connection, channel) = confirm_channel("uploader-process-test").await;
     topology.declare(&channel).await.expect("declare");
 
-    let first = UploaderProcess::spawn(&topic, &uploads, &proxy.url());
+    let first = UploaderProcess::spawn(&topic.name, &uploads, &proxy.url());
     first.ready().await;
     let job = upload_job("acme", 51, BODY);
-    channel
-        .basic_publish(
-            topology.exchange.as_str().into(),
-            UPLOAD_ROUTING_KEY.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            BODY,
-            BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_message_id(job.relative_key.as_str().into())
-                .with_headers(job.to_headers()),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
+    enqueue_job(&channel, &topology, &job, BODY).await;
 
     // Taken by the uploader: no longer ready in the queue, not yet acknowledged.
     wait_for(
@@ -188,21 +146,14 @@ async fn an_uploader_killed_mid_upload_hands_the_job_to_the_next_and_the_object_
     );
 
     proxy.set(Faults::default());
-    let second = UploaderProcess::spawn(&topic, &uploads, &proxy.url());
+    let second = UploaderProcess::spawn(&topic.name, &uploads, &proxy.url());
     second.ready().await;
-    wait_for(
-        "the redelivered job's object",
-        Duration::from_secs(60),
-        || async { s3.head_object().bucket(&bucket).key(&key).send().await.ok() },
-    )
-    .await;
-    let listed = s3
-        .list_objects_v2()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("list");
-    assert_eq!(listed.key_count(), Some(1), "the object exists once");
+    wait_for_object(&s3, &bucket, &key, Duration::from_secs(60)).await;
+    assert_eq!(
+        object_count(&s3, &bucket).await,
+        Some(1),
+        "the object exists once"
+    );
     drop(second);
     delete_topology(&channel, &topology).await;
 }

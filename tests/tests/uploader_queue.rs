@@ -7,20 +7,17 @@ use std::time::Duration;
 
 use clap::Parser;
 use common::aws::AwsArgs;
-use common::job::UploadJob;
 use common::kafka::KafkaArgs;
-use common::registry::{IntegrationRegistry, topic_spec};
+use common::registry::IntegrationRegistry;
 use common::shutdown::Supervisor;
-use common::topology::{UPLOAD_ROUTING_KEY, UploadTopology};
+use common::topology::UploadTopology;
 use integration_tests::fixtures::{
-    REGION, aws_args, aws_config, confirm_channel, delete_topology, deny_on_objects, moto_endpoint,
-    new_bucket, s3_client, upload_job,
+    IntegrationsTopic, REGION, aws_args, aws_config, confirm_channel, deny_on_objects, enqueue_job,
+    finish, moto_endpoint, new_bucket, object_count, s3_client, upload_job, wait_for_object,
 };
 use integration_tests::{unique, wait_for};
-use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
-use lapin::{BasicProperties, Channel};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use uploader::consume::{DeliveryLog, Uploader, failure_header};
 use uploader::credentials::AssumedRoles;
 use uploader::destination::S3Writer;
@@ -28,66 +25,19 @@ use uploader::retry::RetryPolicy;
 
 const BODY: &[u8] = b"{\"id\":\"e1\"}\n{\"id\":\"e2\"}\n";
 
-fn integration_json(tenant: &str, bucket: &str) -> String {
-    serde_json::json!({
-        "tenant_id": tenant, "enabled": true, "aws_account_id": "123456789012", "bucket": bucket,
-        "prefix": "audit", "role_arn": "arn:aws:iam::123456789012:role/Writer",
-        "external_id": "ext-0123456789", "region": REGION, "compression": "none",
-        "connected_at": "2026-11-27T10:00:00Z", "updated_at": "2026-11-27T10:00:00Z"
-    })
-    .to_string()
-}
-
 /// A registry holding the given (tenant, bucket) integrations.
 async fn registry(integrations: &[(&str, &str)], supervisor: &Supervisor) -> IntegrationRegistry {
-    let kafka = KafkaArgs::new(integration_tests::kafka::brokers());
-    let topic = unique("activity.integrations");
-    kafka
-        .ensure_topics(&[topic_spec(&topic, 1)])
-        .await
-        .expect("topic");
-    let producer: FutureProducer = kafka
-        .producer_config(Duration::from_secs(10))
-        .create()
-        .expect("producer");
+    let topic = IntegrationsTopic::create().await;
     for (tenant, bucket) in integrations {
-        let value = integration_json(tenant, bucket);
-        producer
-            .send(
-                FutureRecord::to(&topic).key(*tenant).payload(&value),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("write integration");
+        topic.connect(tenant, bucket).await;
     }
-    let registry = IntegrationRegistry::follow(&kafka, &topic, supervisor)
+    let registry = IntegrationRegistry::follow(&topic.kafka, &topic.name, supervisor)
         .await
         .expect("follow");
     tokio::time::timeout(Duration::from_secs(30), registry.caught_up())
         .await
         .expect("caught up");
     registry
-}
-
-async fn enqueue(channel: &Channel, topology: &UploadTopology, job: &UploadJob) {
-    channel
-        .basic_publish(
-            topology.exchange.as_str().into(),
-            UPLOAD_ROUTING_KEY.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            BODY,
-            BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_message_id(job.relative_key.as_str().into())
-                .with_headers(job.to_headers()),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
 }
 
 async fn start_uploader(
@@ -168,22 +118,14 @@ async fn good_jobs_are_stored_denied_ones_dead_lettered_and_orphans_discarded() 
         start_uploader(aws_args(&moto_endpoint()), registry, &topology, &supervisor).await;
 
     let denied = upload_job("denied", 5, BODY);
-    enqueue(&channel, &topology, &denied).await;
-    enqueue(&channel, &topology, &upload_job("ghost", 6, BODY)).await;
+    enqueue_job(&channel, &topology, &denied, BODY).await;
+    enqueue_job(&channel, &topology, &upload_job("ghost", 6, BODY), BODY).await;
     let good = upload_job("acme", 7, BODY);
-    enqueue(&channel, &topology, &good).await;
+    enqueue_job(&channel, &topology, &good, BODY).await;
 
     // One upload at a time, in order: once the good job's object exists, the others were handled.
     let key = format!("audit/{}", good.relative_key);
-    wait_for("the good job's object", Duration::from_secs(30), || async {
-        s3.head_object()
-            .bucket(&good_bucket)
-            .key(&key)
-            .send()
-            .await
-            .ok()
-    })
-    .await;
+    wait_for_object(&s3, &good_bucket, &key, Duration::from_secs(30)).await;
 
     let dead = channel
         .basic_get(
@@ -223,13 +165,7 @@ async fn good_jobs_are_stored_denied_ones_dead_lettered_and_orphans_discarded() 
         nothing_else.is_none(),
         "the orphan job was discarded, not dead-lettered"
     );
-    let listed = s3
-        .list_objects_v2()
-        .bucket(&denied_bucket)
-        .send()
-        .await
-        .expect("list");
-    assert_eq!(listed.key_count(), Some(0));
+    assert_eq!(object_count(&s3, &denied_bucket).await, Some(0));
 
     let records = integration_tests::kafka::read_until(
         &integration_tests::kafka::brokers(),
@@ -264,12 +200,7 @@ async fn good_jobs_are_stored_denied_ones_dead_lettered_and_orphans_discarded() 
     assert_eq!(records[2].key.as_deref(), Some(key.as_str()));
     assert_eq!(records[2].bucket.as_deref(), Some(good_bucket.as_str()));
     assert_eq!(records[2].event_count, 2);
-    supervisor.cancel();
-    delete_topology(&channel, &topology).await;
-    supervisor
-        .run_until_stopped(Duration::from_secs(20))
-        .await
-        .expect("stops cleanly");
+    finish(supervisor, &channel, &topology).await;
 }
 
 #[tokio::test]
@@ -286,7 +217,7 @@ async fn retryable_failures_wait_in_the_retry_tier_then_dead_letter_with_their_a
     );
     start_uploader(aws_args(&unreachable), registry, &topology, &supervisor).await;
 
-    enqueue(&channel, &topology, &upload_job("acme", 1, BODY)).await;
+    enqueue_job(&channel, &topology, &upload_job("acme", 1, BODY), BODY).await;
     let dead = wait_for(
         "the job to be dead-lettered",
         Duration::from_secs(60),
@@ -319,12 +250,7 @@ async fn retryable_failures_wait_in_the_retry_tier_then_dead_letter_with_their_a
         headers.inner().contains_key("x-death"),
         "it went through the retry tier"
     );
-    supervisor.cancel();
-    delete_topology(&channel, &topology).await;
-    supervisor
-        .run_until_stopped(Duration::from_secs(20))
-        .await
-        .expect("stops cleanly");
+    finish(supervisor, &channel, &topology).await;
 }
 
 #[tokio::test]
@@ -333,25 +259,9 @@ async fn the_uploader_service_becomes_ready_once_caught_up_and_delivers() {
     let s3 = s3_client(&config);
     let bucket = new_bucket(&s3).await;
     let supervisor = Supervisor::new();
-    // The registry here only creates and fills the topic; the service follows it on its own.
-    let kafka = KafkaArgs::new(integration_tests::kafka::brokers());
-    let topic = unique("activity.integrations");
-    kafka
-        .ensure_topics(&[topic_spec(&topic, 1)])
-        .await
-        .expect("topic");
-    let producer: FutureProducer = kafka
-        .producer_config(Duration::from_secs(10))
-        .create()
-        .expect("producer");
-    let value = integration_json("acme", &bucket);
-    producer
-        .send(
-            FutureRecord::to(&topic).key("acme").payload(&value),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("write");
+    // The service follows this topic itself.
+    let topic = IntegrationsTopic::create().await;
+    topic.connect("acme", &bucket).await;
 
     let uploads = unique("uploads");
     let endpoint = moto_endpoint();
@@ -361,7 +271,7 @@ async fn the_uploader_service_becomes_ready_once_caught_up_and_delivers() {
         "--listen",
         "127.0.0.1:0",
         "--integrations-topic",
-        &topic,
+        &topic.name,
         "--kafka-brokers",
         &brokers,
         "--uploads-name",
@@ -388,12 +298,9 @@ async fn the_uploader_service_becomes_ready_once_caught_up_and_delivers() {
     let (_connection, channel) = confirm_channel("uploader-test").await;
     let topology = UploadTopology::new(&uploads, &[Duration::from_secs(1)]);
     let good = upload_job("acme", 11, BODY);
-    enqueue(&channel, &topology, &good).await;
+    enqueue_job(&channel, &topology, &good, BODY).await;
     let key = format!("audit/{}", good.relative_key);
-    wait_for("the object", Duration::from_secs(30), || async {
-        s3.head_object().bucket(&bucket).key(&key).send().await.ok()
-    })
-    .await;
+    wait_for_object(&s3, &bucket, &key, Duration::from_secs(30)).await;
     let metrics = reqwest::get(format!("http://{address}/metrics"))
         .await
         .expect("metrics")
@@ -410,12 +317,7 @@ async fn the_uploader_service_becomes_ready_once_caught_up_and_delivers() {
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
-    supervisor.cancel();
-    delete_topology(&channel, &topology).await;
-    supervisor
-        .run_until_stopped(Duration::from_secs(20))
-        .await
-        .expect("stops cleanly");
+    finish(supervisor, &channel, &topology).await;
 }
 
 #[tokio::test]
@@ -432,8 +334,8 @@ async fn dead_lettered_jobs_are_listed_in_place_and_redriven_per_tenant_after_th
     topology.declare(&channel).await.expect("declare");
     start_uploader(aws_args(&moto_endpoint()), registry, &topology, &supervisor).await;
     let acme = upload_job("acme", 21, BODY);
-    enqueue(&channel, &topology, &acme).await;
-    enqueue(&channel, &topology, &upload_job("globex", 22, BODY)).await;
+    enqueue_job(&channel, &topology, &acme, BODY).await;
+    enqueue_job(&channel, &topology, &upload_job("globex", 22, BODY), BODY).await;
 
     let listed = wait_for(
         "both jobs in the dead-letter queue",
@@ -480,12 +382,7 @@ async fn dead_lettered_jobs_are_listed_in_place_and_redriven_per_tenant_after_th
     assert_eq!(summary.kept, 1, "the other tenant's job stays");
 
     let key = format!("audit/{}", acme.relative_key);
-    wait_for(
-        "the redriven job's object",
-        Duration::from_secs(30),
-        || async { s3.head_object().bucket(&bucket).key(&key).send().await.ok() },
-    )
-    .await;
+    wait_for_object(&s3, &bucket, &key, Duration::from_secs(30)).await;
     let left = uploader::dlq::list(&channel, &topology, None)
         .await
         .expect("list");
@@ -493,12 +390,7 @@ async fn dead_lettered_jobs_are_listed_in_place_and_redriven_per_tenant_after_th
         left.iter().map(|j| j.tenant.as_str()).collect::<Vec<_>>(),
         ["globex"]
     );
-    supervisor.cancel();
-    delete_topology(&channel, &topology).await;
-    supervisor
-        .run_until_stopped(Duration::from_secs(20))
-        .await
-        .expect("stops cleanly");
+    finish(supervisor, &channel, &topology).await;
 }
 
 async fn read_records(topic: &str, count: usize) -> Vec<common::delivery::DeliveryRecord> {
@@ -535,7 +427,7 @@ async fn s3_slowdowns_past_the_sdk_retries_go_through_a_tier_and_the_object_land
     topology.declare(&channel).await.expect("declare");
     let deliveries = start_uploader(aws_args(&proxy.url()), registry, &topology, &supervisor).await;
     let job = upload_job("acme", 31, BODY);
-    enqueue(&channel, &topology, &job).await;
+    enqueue_job(&channel, &topology, &job, BODY).await;
 
     let records = read_records(&deliveries, 2).await;
     let summary: Vec<_> = records
@@ -547,19 +439,8 @@ async fn s3_slowdowns_past_the_sdk_retries_go_through_a_tier_and_the_object_land
         [("retried", Some("SlowDown"), 1), ("stored", None, 2)]
     );
     assert_eq!(proxy.puts_failed(), 3);
-    let listed = s3
-        .list_objects_v2()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("list");
-    assert_eq!(listed.key_count(), Some(1), "delivered once");
-    supervisor.cancel();
-    delete_topology(&channel, &topology).await;
-    supervisor
-        .run_until_stopped(Duration::from_secs(20))
-        .await
-        .expect("stops cleanly");
+    assert_eq!(object_count(&s3, &bucket).await, Some(1), "delivered once");
+    finish(supervisor, &channel, &topology).await;
 }
 
 #[tokio::test]
@@ -581,7 +462,7 @@ async fn a_refused_assume_role_is_dead_lettered_as_configuration_and_redrivable(
     topology.declare(&channel).await.expect("declare");
     start_uploader(aws_args(&proxy.url()), registry, &topology, &supervisor).await;
     let job = upload_job("acme", 41, BODY);
-    enqueue(&channel, &topology, &job).await;
+    enqueue_job(&channel, &topology, &job, BODY).await;
 
     let dead = wait_for(
         "the job in the dead-letter queue",
@@ -606,14 +487,6 @@ async fn a_refused_assume_role_is_dead_lettered_as_configuration_and_redrivable(
         .expect("redrive");
     assert_eq!(summary.redriven.len(), 1);
     let key = format!("audit/{}", job.relative_key);
-    wait_for("the redriven object", Duration::from_secs(30), || async {
-        s3.head_object().bucket(&bucket).key(&key).send().await.ok()
-    })
-    .await;
-    supervisor.cancel();
-    delete_topology(&channel, &topology).await;
-    supervisor
-        .run_until_stopped(Duration::from_secs(20))
-        .await
-        .expect("stops cleanly");
+    wait_for_object(&s3, &bucket, &key, Duration::from_secs(30)).await;
+    finish(supervisor, &channel, &topology).await;
 }
