@@ -2,12 +2,14 @@
 //! store, plus an operator-supplied PEM bundle for a private CA.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
+use tokio_util::sync::CancellationToken;
 
 /// How to reach RabbitMQ.
 #[derive(Debug, Clone, clap::Args)]
@@ -74,6 +76,39 @@ impl AmqpArgs {
         Connection::connect_with_config(self.url.expose_secret(), properties, tls, runtime)
             .await
             .map_err(failed)
+    }
+}
+
+/// First and longest wait between attempts to reach RabbitMQ.
+const RECONNECT_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(250), Duration::from_secs(15));
+
+impl AmqpArgs {
+    /// Connects, retrying with capped exponential backoff for as long as RabbitMQ is away.
+    /// Returns `None` only when `shutdown` fires first.
+    pub async fn connect_with_retry(
+        &self,
+        name: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<Connection> {
+        let (mut wait, longest) = RECONNECT_BACKOFF;
+        loop {
+            let attempt = tokio::select! {
+                () = shutdown.cancelled() => return None,
+                attempt = self.connect(name) => attempt,
+            };
+            match attempt {
+                Ok(connection) => return Some(connection),
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?wait, "RabbitMQ is unreachable");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(longest);
+        }
     }
 }
 

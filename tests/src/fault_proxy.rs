@@ -16,8 +16,9 @@ use axum::response::{IntoResponse, Response};
 pub struct Faults {
     /// The next this many object PUTs get `503 SlowDown`.
     pub failing_puts: usize,
-    /// Every answer is held back this long.
+    /// Every answer is held back this long (only those about `delayed_bucket`, when set).
     pub delay: Duration,
+    pub delayed_bucket: Option<String>,
     /// `AssumeRole` is refused with `403 AccessDenied`.
     pub deny_assume_role: bool,
 }
@@ -88,7 +89,15 @@ async fn forward(State(state): State<ProxyState>, request: Request) -> Response 
         .await
         .unwrap_or_default();
     let faults = state.faults.lock().expect("faults").clone();
-    if !faults.delay.is_zero() {
+    let delayed = faults.delayed_bucket.as_ref().is_none_or(|bucket| {
+        parts
+            .uri
+            .path()
+            .strip_prefix('/')
+            .and_then(|path| path.strip_prefix(bucket.as_str()))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    });
+    if delayed && !faults.delay.is_zero() {
         tokio::time::sleep(faults.delay).await;
     }
     if faults.deny_assume_role

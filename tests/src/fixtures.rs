@@ -34,10 +34,21 @@ pub fn aws_args(endpoint: &str) -> AwsArgs {
         std::env::var_os("AWS_ACCESS_KEY_ID").is_some(),
         "give the SDK test credentials (scripts/test.sh exports AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
     );
-    AwsArgs {
-        region: Some(REGION.into()),
-        endpoint_url: Some(endpoint.into()),
-    }
+    AwsOnly::try_parse_from([
+        "test",
+        "--aws-region",
+        REGION,
+        "--aws-endpoint-url",
+        endpoint,
+    ])
+    .expect("aws arguments")
+    .aws
+}
+
+#[derive(clap::Parser)]
+struct AwsOnly {
+    #[command(flatten)]
+    aws: AwsArgs,
 }
 
 pub async fn aws_config(endpoint: &str) -> SdkConfig {

@@ -5,6 +5,7 @@
 pub mod fault_proxy;
 pub mod fixtures;
 pub mod kafka;
+pub mod process;
 pub mod services;
 pub mod tls;
 

@@ -1,8 +1,6 @@
 //! The uploader as a separate process: SIGKILLed in the middle of an upload, its unacknowledged job
 //! is redelivered to the next process and the object exists exactly once.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::topology::UploadTopology;
@@ -11,82 +9,12 @@ use integration_tests::fixtures::{
     IntegrationsTopic, aws_config, confirm_channel, delete_topology, enqueue_job, moto_endpoint,
     new_bucket, object_count, s3_client, upload_job, wait_for_object,
 };
-use integration_tests::services::free_port;
+use integration_tests::process::spawn_uploader;
 use integration_tests::{unique, wait_for};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 
 const BODY: &[u8] = b"{\"id\":\"k1\"}\n{\"id\":\"k2\"}\n";
-
-/// The uploader binary cargo built beside this test.
-fn uploader_binary() -> PathBuf {
-    let deps = std::env::current_exe().expect("test binary path");
-    let binary = deps
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|debug| debug.join("uploader"))
-        .expect("target directory");
-    assert!(
-        binary.exists(),
-        "{} is not built (cargo test --workspace builds it)",
-        binary.display()
-    );
-    binary
-}
-
-struct UploaderProcess {
-    child: Child,
-    ready_url: String,
-}
-
-impl UploaderProcess {
-    fn spawn(topic: &str, uploads: &str, aws_endpoint: &str) -> Self {
-        let port = free_port();
-        let child = Command::new(uploader_binary())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args([
-                "--integrations-topic",
-                topic,
-                "--uploads-name",
-                uploads,
-                "--retry-tiers",
-                "1s",
-            ])
-            .args([
-                "--aws-endpoint-url",
-                aws_endpoint,
-                "--aws-region",
-                "us-east-1",
-            ])
-            .args(["--kafka-brokers", &integration_tests::kafka::brokers()])
-            .env("ACTIVITY_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the uploader");
-        Self {
-            child,
-            ready_url: format!("http://127.0.0.1:{port}/readyz"),
-        }
-    }
-
-    async fn ready(&self) {
-        let url = self.ready_url.clone();
-        wait_for(
-            "the uploader to be ready",
-            Duration::from_secs(60),
-            || async { (reqwest::get(&url).await.ok()?.status() == 200).then_some(()) },
-        )
-        .await;
-    }
-}
-
-impl Drop for UploaderProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn an_uploader_killed_mid_upload_hands_the_job_to_the_next_and_the_object_exists_once() {
@@ -108,7 +36,7 @@ async fn an_uploader_killed_mid_upload_hands_the_job_to_the_next_and_the_object_
     let (_connection, channel) = confirm_channel("uploader-process-test").await;
     topology.declare(&channel).await.expect("declare");
 
-    let first = UploaderProcess::spawn(&topic.name, &uploads, &proxy.url());
+    let first = spawn_uploader(&topic.name, &uploads, &proxy.url(), &[]);
     first.ready().await;
     let job = upload_job("acme", 51, BODY);
     enqueue_job(&channel, &topology, &job, BODY).await;
@@ -146,7 +74,7 @@ async fn an_uploader_killed_mid_upload_hands_the_job_to_the_next_and_the_object_
     );
 
     proxy.set(Faults::default());
-    let second = UploaderProcess::spawn(&topic.name, &uploads, &proxy.url());
+    let second = spawn_uploader(&topic.name, &uploads, &proxy.url(), &[]);
     second.ready().await;
     wait_for_object(&s3, &bucket, &key, Duration::from_secs(60)).await;
     assert_eq!(

@@ -12,8 +12,9 @@ use common::registry::IntegrationRegistry;
 use common::shutdown::Supervisor;
 use common::topology::UploadTopology;
 use integration_tests::fixtures::{
-    IntegrationsTopic, REGION, aws_args, aws_config, confirm_channel, deny_on_objects, enqueue_job,
-    finish, moto_endpoint, new_bucket, object_count, s3_client, upload_job, wait_for_object,
+    IntegrationsTopic, REGION, amqp_args, aws_args, aws_config, confirm_channel, deny_on_objects,
+    enqueue_job, finish, moto_endpoint, new_bucket, object_count, s3_client, upload_job,
+    wait_for_object,
 };
 use integration_tests::{unique, wait_for};
 use lapin::options::BasicGetOptions;
@@ -65,8 +66,6 @@ async fn start_uploader(
             .expect("producer"),
         topic: deliveries_topic.clone(),
     };
-    let (connection, publisher) = confirm_channel("uploader-test").await;
-    let consumer = connection.create_channel().await.expect("consumer channel");
     let uploader = Arc::new(Uploader {
         registry,
         roles: AssumedRoles::new(config.clone()),
@@ -77,14 +76,14 @@ async fn start_uploader(
             max_attempts: 2,
             max_age: Duration::from_secs(3600),
         },
-        publisher,
         deliveries,
+        concurrency: 1,
+        tenant_concurrency: 1,
+        connected: Arc::default(),
     });
     let token = supervisor.token();
-    let running = uploader.clone();
     supervisor.spawn("uploader", async move {
-        let _connection = connection;
-        running.run(consumer, 1, token).await
+        uploader.run(&amqp_args(&[]), token).await
     });
     deliveries_topic
 }

@@ -39,6 +39,13 @@ pub struct UploaderConfig {
           value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub concurrency: u16,
 
+    /// Uploads in flight at once for a tenant whose bucket has not shown itself fast; its
+    /// further jobs wait in the first retry tier (not counted as attempts), so a slow customer
+    /// bucket cannot take every slot.
+    #[arg(long, env = "ACTIVITY_UPLOADER_TENANT_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub tenant_concurrency: u16,
+
     /// Most attempts per job, the first included; then the job is dead-lettered.
     #[arg(long, env = "ACTIVITY_UPLOADER_MAX_ATTEMPTS", default_value_t = 6,
           value_parser = clap::value_parser!(u32).range(1..))]

@@ -3,9 +3,12 @@
 //! acks each once it returns.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::amqp::{PublishError, publish_confirmed};
+use anyhow::Context;
+
+use common::amqp::{AmqpArgs, PublishError, publish_confirmed};
 use common::clock::now_unix_ms;
 use common::delivery::{DeliveryRecord, outcome};
 use common::integration::Integration;
@@ -14,7 +17,10 @@ use common::key::full_key;
 use common::registry::IntegrationRegistry;
 use common::topology::{DEAD_ROUTING_KEY, UploadTopology};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
 use metrics::{counter, gauge, histogram};
@@ -26,8 +32,10 @@ use tokio_util::task::TaskTracker;
 use crate::credentials::AssumedRoles;
 use crate::destination::{S3Writer, Stored, resolve, verify_body};
 use crate::error::{ErrorClass, UploadError};
+use crate::fairness::{TenantSlot, TenantSlots};
 use crate::metrics::{
-    DELIVERY_RECORDS_FAILED, IN_FLIGHT, OBJECT_SIZE, RETRIES, UPLOAD_LATENCY, UPLOADS,
+    DEFERRED, DELIVERY_RECORDS_FAILED, DLQ_DEPTH, IN_FLIGHT, OBJECT_SIZE, RECONNECTS, RETRIES,
+    UPLOAD_LATENCY, UPLOADS,
 };
 use crate::retry::{NextStep, RetryPolicy};
 
@@ -91,17 +99,24 @@ pub struct Uploader {
     pub writer: S3Writer,
     pub topology: UploadTopology,
     pub policy: RetryPolicy,
-    /// A channel in confirm mode, for moving jobs.
-    pub publisher: Channel,
     pub deliveries: DeliveryLog,
+    /// At most this many uploads at once in this process, across reconnections.
+    pub concurrency: u16,
+    /// At most this many of them for one tenant.
+    pub tenant_concurrency: u16,
+    /// Whether a RabbitMQ session is up, for readiness.
+    pub connected: Arc<AtomicBool>,
 }
 
 impl Uploader {
-    /// Handles one delivery. Returns once the job is stored or its move is confirmed.
+    /// Handles one delivery. Returns once the job is stored or its move, published on
+    /// `publisher` (a channel in confirm mode), is confirmed.
     pub async fn process_one(
         &self,
+        publisher: &Channel,
         properties: &BasicProperties,
         body: &[u8],
+        tenant_slot: Option<TenantSlot>,
     ) -> Result<Outcome, PublishError> {
         let headers = properties.headers().clone().unwrap_or_default();
         let job = match UploadJob::from_headers(&headers) {
@@ -113,13 +128,16 @@ impl Uploader {
                     "InvalidHeaders",
                     problem.to_string(),
                 );
-                self.dead_letter(headers, properties, body, &error, 1)
+                self.dead_letter(publisher, headers, properties, body, &error, 1)
                     .await?;
                 return Ok(Outcome::DeadLettered(error));
             }
         };
         let started = std::time::Instant::now();
         let result = self.upload(&job, body).await;
+        if let Some(slot) = tenant_slot {
+            slot.finish(result.is_ok(), std::time::Instant::now());
+        }
         if result.is_ok() {
             histogram!(UPLOAD_LATENCY).record(started.elapsed().as_secs_f64());
             histogram!(OBJECT_SIZE).record(body.len() as f64);
@@ -136,7 +154,8 @@ impl Uploader {
                     NextStep::Retry { tier } => {
                         let tier_queue = &self.topology.retry_queues[tier];
                         let headers = with_failure(headers, &error, attempts);
-                        self.publish(
+                        publish_moved(
+                            publisher,
                             &self.topology.retry_exchange,
                             &tier_queue.routing_key,
                             headers,
@@ -149,7 +168,7 @@ impl Uploader {
                         Outcome::Retried { tier, error }
                     }
                     NextStep::DeadLetter => {
-                        self.dead_letter(headers, properties, body, &error, attempts)
+                        self.dead_letter(publisher, headers, properties, body, &error, attempts)
                             .await?;
                         tracing::warn!(key = %job, tenant = %job.tenant_id, attempts, %error, "upload dead-lettered");
                         Outcome::DeadLettered(error)
@@ -192,6 +211,7 @@ impl Uploader {
 
     async fn dead_letter(
         &self,
+        publisher: &Channel,
         headers: FieldTable,
         properties: &BasicProperties,
         body: &[u8],
@@ -199,7 +219,8 @@ impl Uploader {
         attempts: u32,
     ) -> Result<(), PublishError> {
         let headers = with_failure(headers, error, attempts);
-        self.publish(
+        publish_moved(
+            publisher,
             &self.topology.dead_letter_exchange,
             DEAD_ROUTING_KEY,
             headers,
@@ -209,79 +230,233 @@ impl Uploader {
         .await
     }
 
-    /// Moves the job's message; until RabbitMQ confirms, the delivery stays unacknowledged and
-    /// goes back to the queue on failure, so nothing is lost.
-    async fn publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        headers: FieldTable,
-        original: &BasicProperties,
-        body: &[u8],
-    ) -> Result<(), PublishError> {
-        publish_confirmed(
-            &self.publisher,
-            exchange,
-            routing_key,
-            body,
-            headers,
-            original.message_id().clone(),
-        )
-        .await
-    }
-
-    /// Consumes the upload queue until `shutdown`, with at most `concurrency` uploads at once;
-    /// uploads in flight at shutdown finish before it returns.
+    /// Consumes the upload queue until `shutdown`, reconnecting whenever the RabbitMQ
+    /// connection is lost. Unacknowledged jobs of a lost connection go back to the queue on the
+    /// broker's side; an upload still running for one is harmless (`If-None-Match`).
     pub async fn run(
         self: Arc<Self>,
-        consumer_channel: Channel,
-        concurrency: u16,
+        amqp: &AmqpArgs,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        consumer_channel
-            .basic_qos(concurrency, BasicQosOptions::default())
-            .await?;
-        let mut deliveries = consumer_channel
+        let in_flight = TaskTracker::new();
+        let slots = Slots {
+            process: Arc::new(Semaphore::new(usize::from(self.concurrency))),
+            tenants: TenantSlots::new(usize::from(self.tenant_concurrency)),
+        };
+        while let Some(connection) = amqp
+            .connect_with_retry("activity-uploader", &shutdown)
+            .await
+        {
+            let session = self
+                .clone()
+                .session(&connection, &slots, &in_flight, &shutdown)
+                .await;
+            self.connected.store(false, Ordering::Relaxed);
+            match session {
+                Ok(()) => break,
+                Err(error) => {
+                    counter!(RECONNECTS).increment(1);
+                    tracing::warn!(error = format!("{error:#}"), "lost RabbitMQ; reconnecting");
+                }
+            }
+        }
+        in_flight.close();
+        in_flight.wait().await;
+        Ok(())
+    }
+
+    /// One connection's life: declare the topology, consume, and keep the DLQ depth gauge
+    /// current. Returns `Ok` on shutdown and an error when the connection fails.
+    async fn session(
+        self: Arc<Self>,
+        connection: &lapin::Connection,
+        slots: &Slots,
+        in_flight: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let publisher = connection
+            .create_channel()
+            .await
+            .context("cannot open a RabbitMQ channel")?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .context("cannot enable publisher confirms")?;
+        self.topology.declare(&publisher).await?;
+        let consumer = connection
+            .create_channel()
+            .await
+            .context("cannot open a RabbitMQ channel")?;
+        consumer
+            .basic_qos(self.concurrency, BasicQosOptions::default())
+            .await
+            .context("cannot set the consumer prefetch")?;
+        let mut deliveries = consumer
             .basic_consume(
                 self.topology.queue.as_str().into(),
                 "activity-uploader".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
-        let slots = Arc::new(Semaphore::new(usize::from(concurrency)));
-        let in_flight = TaskTracker::new();
+            .await
+            .context("cannot consume the upload queue")?;
+        let depth = connection
+            .create_channel()
+            .await
+            .context("cannot open a RabbitMQ channel")?;
+        self.connected.store(true, Ordering::Relaxed);
+        tracing::info!(queue = %self.topology.queue, "consuming uploads");
+        let mut depth_tick = tokio::time::interval(DLQ_DEPTH_INTERVAL);
         loop {
             let delivery = tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => return Ok(()),
+                _ = depth_tick.tick() => {
+                    let depth = queue_depth(&depth, &self.topology.dead_letter_queue).await?;
+                    gauge!(DLQ_DEPTH).set(f64::from(depth));
+                    continue;
+                }
                 next = deliveries.next() => match next {
-                    Some(delivery) => delivery?,
+                    Some(delivery) => delivery.context("the upload consumer failed")?,
                     None => anyhow::bail!("RabbitMQ closed the upload consumer"),
                 },
             };
-            let slot = slots.clone().acquire_owned().await?;
+            let slot = slots.process.clone().acquire_owned().await?;
             let this = self.clone();
+            let publisher = publisher.clone();
+            let tenant = delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|headers| headers.inner().get(header::TENANT))
+                .and_then(|tenant| tenant.as_long_string())
+                .map(|tenant| String::from_utf8_lossy(tenant.as_bytes()).into_owned());
+            let tenant_slot = tenant
+                .as_deref()
+                .map(|t| slots.tenants.try_take(t, std::time::Instant::now()));
+            if let Some(None) = tenant_slot
+                && !self.topology.retry_queues.is_empty()
+            {
+                in_flight.spawn(async move {
+                    let _slot = slot;
+                    let deferred = this
+                        .defer(&publisher, &delivery.properties, &delivery.data)
+                        .await;
+                    if deferred.is_ok() {
+                        counter!(DEFERRED).increment(1);
+                    }
+                    settle(delivery, deferred).await;
+                });
+                continue;
+            }
             in_flight.spawn(async move {
                 let _slot = slot;
                 gauge!(IN_FLIGHT).increment(1.0);
-                let acked = match this.process_one(&delivery.properties, &delivery.data).await {
-                    Ok(_) => delivery.acker.ack(BasicAckOptions::default()).await,
-                    Err(error) => {
-                        tracing::error!(%error, "cannot move a failed job; returning it to the queue");
-                        delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
-                    }
-                };
-                if let Err(error) = acked {
-                    // The broker redelivers an unacknowledged job; If-None-Match makes that safe.
-                    tracing::warn!(%error, "cannot acknowledge a delivery; it will be redelivered");
-                }
+                let processed = this
+                    .process_one(
+                        &publisher,
+                        &delivery.properties,
+                        &delivery.data,
+                        tenant_slot.flatten(),
+                    )
+                    .await;
+                settle(delivery, processed.map(drop)).await;
                 gauge!(IN_FLIGHT).decrement(1.0);
             });
         }
-        in_flight.close();
-        in_flight.wait().await;
-        Ok(())
     }
+
+    /// Puts a job of a tenant already at its share of uploads in the first retry tier, without
+    /// counting an attempt.
+    async fn defer(
+        &self,
+        publisher: &Channel,
+        properties: &BasicProperties,
+        body: &[u8],
+    ) -> Result<(), PublishError> {
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        let deferrals = match headers.inner().get(DEFERRALS) {
+            Some(AMQPValue::LongLongInt(n)) => n.saturating_add(1),
+            _ => 1,
+        };
+        headers.insert(DEFERRALS.into(), AMQPValue::LongLongInt(deferrals));
+        publish_moved(
+            publisher,
+            &self.topology.retry_exchange,
+            &self.topology.retry_queues[0].routing_key,
+            headers,
+            properties,
+            body,
+        )
+        .await
+    }
+}
+
+/// Header counting how often a job waited because its tenant had its share of uploads running.
+pub const DEFERRALS: &str = "deferrals";
+
+/// The process's upload slots and each tenant's share of them.
+struct Slots {
+    process: Arc<Semaphore>,
+    tenants: TenantSlots,
+}
+
+/// Acknowledges a delivery that was handled, or returns it to the queue when its move was not
+/// confirmed, so nothing is lost.
+async fn settle(delivery: lapin::message::Delivery, handled: Result<(), PublishError>) {
+    let settled = match handled {
+        Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+        Err(error) => {
+            tracing::error!(%error, "cannot move a job; returning it to the queue");
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    if let Err(error) = settled {
+        // The broker redelivers an unacknowledged job; If-None-Match makes that safe.
+        tracing::warn!(%error, "cannot acknowledge a delivery; it will be redelivered");
+    }
+}
+
+/// How often the dead-letter queue's depth is read for its gauge.
+const DLQ_DEPTH_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Messages ready in `queue`, read with a passive declare.
+async fn queue_depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let queue = channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .with_context(|| format!("cannot read the depth of {queue}"))?;
+    Ok(queue.message_count())
+}
+
+/// Moves a job's message; until RabbitMQ confirms, the delivery stays unacknowledged and goes
+/// back to the queue on failure, so nothing is lost.
+async fn publish_moved(
+    publisher: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    headers: FieldTable,
+    original: &BasicProperties,
+    body: &[u8],
+) -> Result<(), PublishError> {
+    publish_confirmed(
+        publisher,
+        exchange,
+        routing_key,
+        body,
+        headers,
+        original.message_id().clone(),
+    )
+    .await
 }
 
 fn age(job: &UploadJob) -> Duration {

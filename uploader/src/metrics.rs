@@ -16,6 +16,10 @@ pub const IN_FLIGHT: &str = "activity_uploader_in_flight_uploads";
 pub const DLQ_DEPTH: &str = "activity_uploader_dlq_depth_messages";
 /// Delivery records that could not be written to Kafka.
 pub const DELIVERY_RECORDS_FAILED: &str = "activity_uploader_delivery_records_failed_total";
+/// Jobs put in the first retry tier because their tenant had its share of uploads running.
+pub const DEFERRED: &str = "activity_uploader_deferred_total";
+/// RabbitMQ sessions lost and reopened.
+pub const RECONNECTS: &str = "activity_uploader_amqp_reconnects_total";
 /// AssumeRole calls made to STS.
 pub const ASSUME_ROLE_CALLS: &str = "activity_uploader_assume_role_calls_total";
 /// Uploads that reused cached assumed-role credentials.
@@ -47,6 +51,16 @@ pub fn describe() {
         UPLOADS,
         Unit::Count,
         "Deliveries handled, by outcome and error class."
+    );
+    describe_counter!(
+        DEFERRED,
+        Unit::Count,
+        "Jobs put in the first retry tier because their tenant had its share of uploads running."
+    );
+    describe_counter!(
+        RECONNECTS,
+        Unit::Count,
+        "RabbitMQ sessions lost and reopened."
     );
     describe_counter!(
         ASSUME_ROLE_CALLS,

@@ -1,0 +1,126 @@
+//! The services' own binaries run as separate processes, for tests that kill, signal or outlive
+//! them.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::services::free_port;
+
+/// A binary cargo built beside the running test (`cargo test --workspace` builds them all).
+pub fn binary(name: &str) -> PathBuf {
+    let test = std::env::current_exe().expect("test binary path");
+    let binary = test
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join(name))
+        .expect("target directory");
+    assert!(
+        binary.exists(),
+        "{} is not built (cargo test --workspace builds it)",
+        binary.display()
+    );
+    binary
+}
+
+/// A service process with its health endpoints on a free loopback port; SIGKILLed when dropped.
+pub struct ServiceProcess {
+    child: Child,
+    base_url: String,
+}
+
+impl ServiceProcess {
+    /// Starts the service binary `name` with `args`, logging warnings and errors to the test's
+    /// stderr.
+    pub fn spawn(name: &str, args: &[&str]) -> Self {
+        let port = free_port();
+        let child = Command::new(binary(name))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("ACTIVITY_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {name}: {error}"));
+        Self {
+            child,
+            base_url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// The HTTP status of `/readyz`, or `None` while nothing answers.
+    pub async fn readiness(&self) -> Option<u16> {
+        let answer = reqwest::get(self.url("/readyz")).await.ok()?;
+        Some(answer.status().as_u16())
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn ready(&self) {
+        crate::wait_for(
+            "the service to be ready",
+            Duration::from_secs(60),
+            || async { (self.readiness().await? == 200).then_some(()) },
+        )
+        .await;
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("scrape /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An uploader process on `uploads`, following `topic`, talking to AWS through `aws_endpoint`,
+/// with `extra` flags.
+pub fn spawn_uploader(
+    topic: &str,
+    uploads: &str,
+    aws_endpoint: &str,
+    extra: &[&str],
+) -> ServiceProcess {
+    let brokers = crate::kafka::brokers();
+    let mut args = vec![
+        "--integrations-topic",
+        topic,
+        "--uploads-name",
+        uploads,
+        "--retry-tiers",
+        "1s",
+        "--aws-endpoint-url",
+        aws_endpoint,
+        "--aws-region",
+        "us-east-1",
+        "--kafka-brokers",
+        &brokers,
+    ];
+    args.extend_from_slice(extra);
+    ServiceProcess::spawn("uploader", &args)
+}
+
+/// The value of the first sample of `metric` in a Prometheus text exposition (labels ignored).
+pub fn metric_value(exposition: &str, metric: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            line.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
