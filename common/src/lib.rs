@@ -4,6 +4,7 @@
 pub mod amqp;
 pub mod aws;
 pub mod clock;
+pub mod codec;
 pub mod config;
 pub mod delivery;
 pub mod event;

@@ -83,11 +83,7 @@ async fn main() {
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut offset = 0_i64;
     for (size, label) in SIZES {
-        let body: Arc<Vec<u8>> = Arc::new(
-            (0..size)
-                .map(|i| b"abcdefghijklmnopqrstuvwxyz\n"[i % 27])
-                .collect(),
-        );
+        let body = Arc::new(events_of_size(size));
         for concurrency in CONCURRENCY {
             let count = (cap_mb * 1024 * 1024 / size).clamp(concurrency.max(8), 400);
             // Fresh buckets per cell, so neither side writes over the other's keys.
@@ -156,4 +152,20 @@ async fn main() {
         }
     }
     println!("AssumeRole calls: {}", roles.calls());
+}
+
+/// NDJSON events of the bench tenant, about `size` bytes in all.
+fn events_of_size(size: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(size + 256);
+    let mut n = 0;
+    while body.len() < size {
+        n += 1;
+        body.extend_from_slice(
+            format!(
+                "{{\"id\":\"e{n}\",\"tenant_id\":\"bench\",\"type\":\"device.lock\",\"occurred_at\":\"2026-11-27T09:00:00Z\",\"actor\":{{\"id\":\"u-{n}\"}}}}\n"
+            )
+            .as_bytes(),
+        );
+    }
+    body
 }

@@ -119,7 +119,17 @@ pub async fn confirm_channel(name: &str) -> (Connection, Channel) {
     (connection, channel)
 }
 
-/// A valid upload job for `body`, of the 2026-11-27 09:00 UTC window, created now.
+/// The NDJSON of two events of `tenant`, as the batcher writes it.
+pub fn payload(tenant: &str) -> Vec<u8> {
+    format!(
+        "{{\"id\":\"e1\",\"tenant_id\":\"{tenant}\",\"type\":\"device.lock\"}}\n\
+         {{\"id\":\"e2\",\"tenant_id\":\"{tenant}\",\"type\":\"user.invite\"}}\n"
+    )
+    .into_bytes()
+}
+
+/// A valid upload job for the NDJSON `body` (uncompressed), of the 2026-11-27 09:00 UTC window,
+/// created now.
 pub fn upload_job(tenant: &str, first_offset: i64, body: &[u8]) -> UploadJob {
     let window_start_ms = 1_795_770_000_000;
     let key = ObjectKey {
@@ -133,7 +143,7 @@ pub fn upload_job(tenant: &str, first_offset: i64, body: &[u8]) -> UploadJob {
         tenant_id: key.tenant_id.clone(),
         relative_key: key.relative(),
         codec: Codec::None,
-        event_count: 2,
+        event_count: body.iter().filter(|b| **b == b'\n').count() as u64,
         window_start_ms,
         window_end_ms: window_start_ms + 3_600_000,
         partition: 0,

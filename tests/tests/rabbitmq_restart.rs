@@ -7,12 +7,10 @@ use std::time::Duration;
 use common::topology::UploadTopology;
 use integration_tests::fixtures::{
     IntegrationsTopic, aws_config, confirm_channel, delete_topology, enqueue_job, moto_endpoint,
-    new_bucket, object_count, s3_client, upload_job, wait_for_object,
+    new_bucket, object_count, payload, s3_client, upload_job, wait_for_object,
 };
 use integration_tests::process::{ServiceProcess, metric_value, spawn_uploader};
 use integration_tests::{unique, wait_for};
-
-const BODY: &[u8] = b"{\"id\":\"r1\"}\n{\"id\":\"r2\"}\n";
 
 /// Stops the RabbitMQ application, runs `while_down` and starts it again, waiting until it serves.
 async fn restart_rabbitmq(while_down: impl AsyncFnOnce()) {
@@ -62,8 +60,14 @@ async fn the_uploader_reconnects_after_rabbitmq_restarts_and_goes_on_uploading()
     let uploader = spawn_uploader(&topic.name, &uploads, &moto_endpoint(), &[]);
     uploader.ready().await;
     let (_connection, channel) = confirm_channel("restart-test").await;
-    let before = upload_job("acme", 10, BODY);
-    enqueue_job(&channel, &topology, &before, BODY).await;
+    let before = upload_job("acme", 10, &payload("acme"));
+    enqueue_job(
+        &channel,
+        &topology,
+        &before,
+        &payload(before.tenant_id.as_str()),
+    )
+    .await;
     let before_key = format!("audit/{}", before.relative_key);
     wait_for_object(&s3, &bucket, &before_key, Duration::from_secs(60)).await;
 
@@ -71,8 +75,14 @@ async fn the_uploader_reconnects_after_rabbitmq_restarts_and_goes_on_uploading()
     readiness_becomes(&uploader, 200).await;
 
     let (_connection, channel) = confirm_channel("restart-test").await;
-    let after = upload_job("acme", 20, BODY);
-    enqueue_job(&channel, &topology, &after, BODY).await;
+    let after = upload_job("acme", 20, &payload("acme"));
+    enqueue_job(
+        &channel,
+        &topology,
+        &after,
+        &payload(after.tenant_id.as_str()),
+    )
+    .await;
     let after_key = format!("audit/{}", after.relative_key);
     wait_for_object(&s3, &bucket, &after_key, Duration::from_secs(60)).await;
     assert_eq!(object_count(&s3, &bucket).await, Some(2));

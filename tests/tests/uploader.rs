@@ -3,11 +3,13 @@
 //! policy that denies writes is a configuration error.
 
 use aws_sdk_s3::types::ChecksumMode;
+use common::codec::compress;
 use common::integration::Integration;
 use common::key::Codec;
 use integration_tests::fixtures::{
-    REGION, aws_config, deny_on_objects, moto_endpoint, new_bucket, s3_client, upload_job,
+    REGION, aws_config, deny_on_objects, moto_endpoint, new_bucket, payload, s3_client, upload_job,
 };
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uploader::credentials::AssumedRoles;
 use uploader::destination::{S3Writer, Stored, verify_body};
@@ -160,4 +162,46 @@ fn a_body_that_does_not_match_its_job_is_refused_before_upload() {
     let error = verify_body(&job, b"tampered").expect_err("mismatch");
     assert_eq!(error.class, ErrorClass::InvalidJob);
     assert_eq!(error.code, "ChecksumMismatch");
+}
+
+#[test]
+fn a_body_holding_another_tenants_events_never_passes() {
+    let foreign = payload("globex");
+    let job = upload_job("acme", 1, &foreign);
+    let error = verify_body(&job, &foreign).expect_err("foreign events");
+    assert_eq!(error.class, ErrorClass::InvalidJob);
+    assert_eq!(error.code, "TenantMismatch", "{error}");
+    assert!(error.message.contains("globex"), "{error}");
+}
+
+#[test]
+fn a_body_that_disagrees_with_its_event_count_or_size_is_refused() {
+    let body = payload("acme");
+    let mut job = upload_job("acme", 1, &body);
+    job.event_count = 3;
+    assert_eq!(
+        verify_body(&job, &body).expect_err("count").code,
+        "EventCountMismatch"
+    );
+    job.event_count = 2;
+    job.uncompressed_bytes += 1;
+    assert_eq!(
+        verify_body(&job, &body).expect_err("size").code,
+        "SizeMismatch"
+    );
+}
+
+#[test]
+fn a_compressed_body_of_concatenated_frames_is_verified_after_decompression() {
+    let raw = payload("acme");
+    let (first, second) = raw.split_at(raw.len() / 2 + 1);
+    let mut body = compress(Codec::Zstd, first, 3).expect("frame");
+    body.extend(compress(Codec::Zstd, second, 3).expect("frame"));
+    let mut job = upload_job("acme", 1, &raw);
+    job.codec = Codec::Zstd;
+    job.sha256_hex = Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    verify_body(&job, &body).expect("a valid zstd part");
 }

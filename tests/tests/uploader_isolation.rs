@@ -7,12 +7,11 @@ use common::topology::UploadTopology;
 use integration_tests::fault_proxy::{FaultProxy, Faults};
 use integration_tests::fixtures::{
     IntegrationsTopic, aws_config, confirm_channel, delete_topology, enqueue_job, moto_endpoint,
-    new_bucket, object_count, s3_client, upload_job,
+    new_bucket, object_count, payload, s3_client, upload_job,
 };
 use integration_tests::process::{metric_value, spawn_uploader};
 use integration_tests::{unique, wait_for};
 
-const BODY: &[u8] = b"{\"id\":\"i1\"}\n{\"id\":\"i2\"}\n";
 const JOBS: i64 = 16;
 /// A hung bucket's attempt ends after this; without a per-tenant share every upload slot would
 /// wait this long behind the hung tenant's jobs.
@@ -21,8 +20,9 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Enqueues `JOBS` jobs for `tenant`, first offsets from `first`.
 async fn enqueue(channel: &lapin::Channel, topology: &UploadTopology, tenant: &str, first: i64) {
     for n in 0..JOBS {
-        let job = upload_job(tenant, first + n * 10, BODY);
-        enqueue_job(channel, topology, &job, BODY).await;
+        let body = payload(tenant);
+        let job = upload_job(tenant, first + n * 10, &body);
+        enqueue_job(channel, topology, &job, &body).await;
     }
 }
 
@@ -68,8 +68,14 @@ async fn a_hung_bucket_does_not_delay_another_tenants_uploads() {
     };
 
     // One upload first, so both measured rounds see a tenant whose bucket has shown itself fast.
-    let warm_up = upload_job("healthy", 1, BODY);
-    enqueue_job(&channel, &topology, &warm_up, BODY).await;
+    let warm_up = upload_job("healthy", 1, &payload("healthy"));
+    enqueue_job(
+        &channel,
+        &topology,
+        &warm_up,
+        &payload(warm_up.tenant_id.as_str()),
+    )
+    .await;
     wait_for("the warm-up upload", Duration::from_secs(60), || async {
         let handled = metric_value(&uploader.metrics().await, "activity_uploader_uploads_total");
         (handled >= Some(1.0)).then_some(())

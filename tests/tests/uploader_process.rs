@@ -7,14 +7,12 @@ use common::topology::UploadTopology;
 use integration_tests::fault_proxy::{FaultProxy, Faults};
 use integration_tests::fixtures::{
     IntegrationsTopic, aws_config, confirm_channel, delete_topology, enqueue_job, moto_endpoint,
-    new_bucket, object_count, s3_client, upload_job, wait_for_object,
+    new_bucket, object_count, payload, s3_client, upload_job, wait_for_object,
 };
-use integration_tests::process::spawn_uploader;
+use integration_tests::process::{metric_value, spawn_uploader};
 use integration_tests::{unique, wait_for};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-
-const BODY: &[u8] = b"{\"id\":\"k1\"}\n{\"id\":\"k2\"}\n";
 
 #[tokio::test]
 async fn an_uploader_killed_mid_upload_hands_the_job_to_the_next_and_the_object_exists_once() {
@@ -38,8 +36,8 @@ async fn an_uploader_killed_mid_upload_hands_the_job_to_the_next_and_the_object_
 
     let first = spawn_uploader(&topic.name, &uploads, &proxy.url(), &[]);
     first.ready().await;
-    let job = upload_job("acme", 51, BODY);
-    enqueue_job(&channel, &topology, &job, BODY).await;
+    let job = upload_job("acme", 51, &payload("acme"));
+    enqueue_job(&channel, &topology, &job, &payload(job.tenant_id.as_str())).await;
 
     // Taken by the uploader: no longer ready in the queue, not yet acknowledged.
     wait_for(
@@ -83,5 +81,50 @@ async fn an_uploader_killed_mid_upload_hands_the_job_to_the_next_and_the_object_
         "the object exists once"
     );
     drop(second);
+    delete_topology(&channel, &topology).await;
+}
+
+#[tokio::test]
+async fn a_thousand_uploads_for_one_tenant_assume_its_role_once() {
+    const JOBS: i64 = 1_000;
+    let s3 = s3_client(&aws_config(&moto_endpoint()).await);
+    let bucket = new_bucket(&s3).await;
+    let topic = IntegrationsTopic::create().await;
+    topic.connect("acme", &bucket).await;
+    let uploads = unique("uploads");
+    let topology = UploadTopology::new(&uploads, &[Duration::from_secs(1)]);
+    let uploader = spawn_uploader(
+        &topic.name,
+        &uploads,
+        &moto_endpoint(),
+        &["--concurrency", "16"],
+    );
+    uploader.ready().await;
+
+    let (_connection, channel) = confirm_channel("assume-role-test").await;
+    let body = payload("acme");
+    for n in 0..JOBS {
+        let job = upload_job("acme", n * 2, &body);
+        enqueue_job(&channel, &topology, &job, &body).await;
+    }
+    let stored = wait_for("a thousand uploads", Duration::from_secs(180), || async {
+        let metrics = uploader.metrics().await;
+        let stored = metric_value(&metrics, "activity_uploader_uploads_total")?;
+        (stored >= JOBS as f64).then_some(metrics)
+    })
+    .await;
+    assert_eq!(
+        metric_value(&stored, "activity_uploader_assume_role_calls_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&stored, "activity_uploader_assume_role_cache_hits_total"),
+        Some((JOBS - 1) as f64)
+    );
+    assert_eq!(
+        object_count(&s3, &bucket).await,
+        Some(i32::try_from(JOBS).expect("count"))
+    );
+    drop(uploader);
     delete_topology(&channel, &topology).await;
 }

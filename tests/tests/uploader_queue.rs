@@ -13,7 +13,7 @@ use common::shutdown::Supervisor;
 use common::topology::UploadTopology;
 use integration_tests::fixtures::{
     IntegrationsTopic, REGION, amqp_args, aws_args, aws_config, confirm_channel, deny_on_objects,
-    enqueue_job, finish, moto_endpoint, new_bucket, object_count, s3_client, upload_job,
+    enqueue_job, finish, moto_endpoint, new_bucket, object_count, payload, s3_client, upload_job,
     wait_for_object,
 };
 use integration_tests::{unique, wait_for};
@@ -23,8 +23,6 @@ use uploader::consume::{DeliveryLog, Uploader, failure_header};
 use uploader::credentials::AssumedRoles;
 use uploader::destination::S3Writer;
 use uploader::retry::RetryPolicy;
-
-const BODY: &[u8] = b"{\"id\":\"e1\"}\n{\"id\":\"e2\"}\n";
 
 /// A registry holding the given (tenant, bucket) integrations.
 async fn registry(integrations: &[(&str, &str)], supervisor: &Supervisor) -> IntegrationRegistry {
@@ -116,11 +114,29 @@ async fn good_jobs_are_stored_denied_ones_dead_lettered_and_orphans_discarded() 
     let deliveries =
         start_uploader(aws_args(&moto_endpoint()), registry, &topology, &supervisor).await;
 
-    let denied = upload_job("denied", 5, BODY);
-    enqueue_job(&channel, &topology, &denied, BODY).await;
-    enqueue_job(&channel, &topology, &upload_job("ghost", 6, BODY), BODY).await;
-    let good = upload_job("acme", 7, BODY);
-    enqueue_job(&channel, &topology, &good, BODY).await;
+    let denied = upload_job("denied", 5, &payload("denied"));
+    enqueue_job(
+        &channel,
+        &topology,
+        &denied,
+        &payload(denied.tenant_id.as_str()),
+    )
+    .await;
+    enqueue_job(
+        &channel,
+        &topology,
+        &upload_job("ghost", 6, &payload("ghost")),
+        &payload("ghost"),
+    )
+    .await;
+    let good = upload_job("acme", 7, &payload("acme"));
+    enqueue_job(
+        &channel,
+        &topology,
+        &good,
+        &payload(good.tenant_id.as_str()),
+    )
+    .await;
 
     // One upload at a time, in order: once the good job's object exists, the others were handled.
     let key = format!("audit/{}", good.relative_key);
@@ -152,7 +168,7 @@ async fn good_jobs_are_stored_denied_ones_dead_lettered_and_orphans_discarded() 
             .map(|m| m.as_str()),
         Some(denied.relative_key.as_str())
     );
-    assert_eq!(dead.delivery.data, BODY);
+    assert_eq!(dead.delivery.data, payload("denied"));
     let nothing_else = channel
         .basic_get(
             topology.dead_letter_queue.as_str().into(),
@@ -216,7 +232,13 @@ async fn retryable_failures_wait_in_the_retry_tier_then_dead_letter_with_their_a
     );
     start_uploader(aws_args(&unreachable), registry, &topology, &supervisor).await;
 
-    enqueue_job(&channel, &topology, &upload_job("acme", 1, BODY), BODY).await;
+    enqueue_job(
+        &channel,
+        &topology,
+        &upload_job("acme", 1, &payload("acme")),
+        &payload("acme"),
+    )
+    .await;
     let dead = wait_for(
         "the job to be dead-lettered",
         Duration::from_secs(60),
@@ -296,8 +318,14 @@ async fn the_uploader_service_becomes_ready_once_caught_up_and_delivers() {
 
     let (_connection, channel) = confirm_channel("uploader-test").await;
     let topology = UploadTopology::new(&uploads, &[Duration::from_secs(1)]);
-    let good = upload_job("acme", 11, BODY);
-    enqueue_job(&channel, &topology, &good, BODY).await;
+    let good = upload_job("acme", 11, &payload("acme"));
+    enqueue_job(
+        &channel,
+        &topology,
+        &good,
+        &payload(good.tenant_id.as_str()),
+    )
+    .await;
     let key = format!("audit/{}", good.relative_key);
     wait_for_object(&s3, &bucket, &key, Duration::from_secs(30)).await;
     let metrics = reqwest::get(format!("http://{address}/metrics"))
@@ -332,9 +360,21 @@ async fn dead_lettered_jobs_are_listed_in_place_and_redriven_per_tenant_after_th
     let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(60)]);
     topology.declare(&channel).await.expect("declare");
     start_uploader(aws_args(&moto_endpoint()), registry, &topology, &supervisor).await;
-    let acme = upload_job("acme", 21, BODY);
-    enqueue_job(&channel, &topology, &acme, BODY).await;
-    enqueue_job(&channel, &topology, &upload_job("globex", 22, BODY), BODY).await;
+    let acme = upload_job("acme", 21, &payload("acme"));
+    enqueue_job(
+        &channel,
+        &topology,
+        &acme,
+        &payload(acme.tenant_id.as_str()),
+    )
+    .await;
+    enqueue_job(
+        &channel,
+        &topology,
+        &upload_job("globex", 22, &payload("globex")),
+        &payload("globex"),
+    )
+    .await;
 
     let listed = wait_for(
         "both jobs in the dead-letter queue",
@@ -425,8 +465,8 @@ async fn s3_slowdowns_past_the_sdk_retries_go_through_a_tier_and_the_object_land
     let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_millis(300)]);
     topology.declare(&channel).await.expect("declare");
     let deliveries = start_uploader(aws_args(&proxy.url()), registry, &topology, &supervisor).await;
-    let job = upload_job("acme", 31, BODY);
-    enqueue_job(&channel, &topology, &job, BODY).await;
+    let job = upload_job("acme", 31, &payload("acme"));
+    enqueue_job(&channel, &topology, &job, &payload(job.tenant_id.as_str())).await;
 
     let records = read_records(&deliveries, 2).await;
     let summary: Vec<_> = records
@@ -460,8 +500,8 @@ async fn a_refused_assume_role_is_dead_lettered_as_configuration_and_redrivable(
     let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(60)]);
     topology.declare(&channel).await.expect("declare");
     start_uploader(aws_args(&proxy.url()), registry, &topology, &supervisor).await;
-    let job = upload_job("acme", 41, BODY);
-    enqueue_job(&channel, &topology, &job, BODY).await;
+    let job = upload_job("acme", 41, &payload("acme"));
+    enqueue_job(&channel, &topology, &job, &payload(job.tenant_id.as_str())).await;
 
     let dead = wait_for(
         "the job in the dead-letter queue",
@@ -487,5 +527,53 @@ async fn a_refused_assume_role_is_dead_lettered_as_configuration_and_redrivable(
     assert_eq!(summary.redriven.len(), 1);
     let key = format!("audit/{}", job.relative_key);
     wait_for_object(&s3, &bucket, &key, Duration::from_secs(30)).await;
+    finish(supervisor, &channel, &topology).await;
+}
+
+#[tokio::test]
+async fn a_job_whose_events_belong_to_another_tenant_never_reaches_any_bucket() {
+    let s3 = s3_client(&aws_config(&moto_endpoint()).await);
+    let acme_bucket = new_bucket(&s3).await;
+    let globex_bucket = new_bucket(&s3).await;
+    let supervisor = Supervisor::new();
+    let registry = registry(
+        &[("acme", &acme_bucket), ("globex", &globex_bucket)],
+        &supervisor,
+    )
+    .await;
+    let (_connection, channel) = confirm_channel("uploader-test").await;
+    let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(60)]);
+    topology.declare(&channel).await.expect("declare");
+    start_uploader(aws_args(&moto_endpoint()), registry, &topology, &supervisor).await;
+
+    let foreign = payload("globex");
+    let job = upload_job("acme", 3, &foreign);
+    enqueue_job(&channel, &topology, &job, &foreign).await;
+    let dead = wait_for("the job in the DLQ", Duration::from_secs(30), || async {
+        channel
+            .basic_get(
+                topology.dead_letter_queue.as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("get")
+    })
+    .await;
+    let headers = dead
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(
+        header_text(&headers, failure_header::CODE).as_deref(),
+        Some("TenantMismatch")
+    );
+    assert_eq!(
+        header_text(&headers, failure_header::CLASS).as_deref(),
+        Some("invalid_job")
+    );
+    assert_eq!(object_count(&s3, &acme_bucket).await, Some(0));
+    assert_eq!(object_count(&s3, &globex_bucket).await, Some(0));
     finish(supervisor, &channel, &topology).await;
 }

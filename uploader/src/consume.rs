@@ -199,12 +199,24 @@ impl Uploader {
         job: &UploadJob,
         body: &[u8],
     ) -> Result<(Stored, Integration), UploadError> {
-        let sha256 = verify_body(job, body)?;
         let integration = resolve(&self.registry, job)?;
+        let (body, sha256) = {
+            let (job, body) = (job.clone(), body.to_vec());
+            tokio::task::spawn_blocking(move || verify_body(&job, &body).map(|sha| (body, sha)))
+                .await
+                .map_err(|error| {
+                    UploadError::new(
+                        ErrorClass::Retryable,
+                        "verify-body",
+                        "Internal",
+                        error.to_string(),
+                    )
+                })??
+        };
         let credentials = self.roles.credentials(&integration).await?;
         let stored = self
             .writer
-            .put(&integration, credentials, job, body.to_vec(), sha256)
+            .put(&integration, credentials, job, body, sha256)
             .await?;
         Ok((stored, integration))
     }

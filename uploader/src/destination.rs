@@ -11,6 +11,7 @@ use aws_sdk_s3::config::Credentials;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, ServerSideEncryption};
 use base64::Engine;
+use common::codec::decompress;
 use common::integration::Integration;
 use common::job::UploadJob;
 use common::key::full_key;
@@ -80,15 +81,18 @@ pub fn resolve(
     Ok(integration)
 }
 
-/// Checks that the body is the object the headers describe, returning its SHA-256 for S3 to
-/// verify on arrival.
+/// Checks that the body is the object the headers describe, and that every event in it belongs
+/// to the job's tenant (DESIGN §3: job headers are checked against the payload's tenant before
+/// upload). Returns the body's SHA-256 for S3 to verify on arrival. CPU-bound: run it off the
+/// I/O threads.
 pub fn verify_body(job: &UploadJob, body: &[u8]) -> Result<[u8; 32], UploadError> {
+    let invalid = |code: &'static str, message: String| {
+        UploadError::new(ErrorClass::InvalidJob, "verify-body", code, message)
+    };
     let digest: [u8; 32] = Sha256::digest(body).into();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     if hex != job.sha256_hex {
-        return Err(UploadError::new(
-            ErrorClass::InvalidJob,
-            "verify-body",
+        return Err(invalid(
             "ChecksumMismatch",
             format!(
                 "the body's SHA-256 is {hex}, the job says {}",
@@ -96,7 +100,61 @@ pub fn verify_body(job: &UploadJob, body: &[u8]) -> Result<[u8; 32], UploadError
             ),
         ));
     }
+    let raw = decompress(job.codec, body, job.uncompressed_bytes)
+        .map_err(|error| invalid("CorruptBody", error.to_string()))?;
+    if raw.len() as u64 != job.uncompressed_bytes {
+        return Err(invalid(
+            "SizeMismatch",
+            format!(
+                "the body decompresses to {} bytes, the job says {}",
+                raw.len(),
+                job.uncompressed_bytes
+            ),
+        ));
+    }
+    let mut events = 0_u64;
+    for (index, line) in raw.split_inclusive(|b| *b == b'\n').enumerate() {
+        let line_number = index + 1;
+        let Some(line) = line.strip_suffix(b"\n") else {
+            return Err(invalid(
+                "NotNdjson",
+                format!("line {line_number} does not end with a newline"),
+            ));
+        };
+        let event: EventTenant<'_> = serde_json::from_slice(line).map_err(|error| {
+            invalid(
+                "NotNdjson",
+                format!("line {line_number} is not an event: {error}"),
+            )
+        })?;
+        if event.tenant_id != job.tenant_id.as_str() {
+            return Err(invalid(
+                "TenantMismatch",
+                format!(
+                    "line {line_number} belongs to tenant {}, the job to tenant {}",
+                    event.tenant_id, job.tenant_id
+                ),
+            ));
+        }
+        events += 1;
+    }
+    if events != job.event_count {
+        return Err(invalid(
+            "EventCountMismatch",
+            format!(
+                "the body holds {events} events, the job says {}",
+                job.event_count
+            ),
+        ));
+    }
     Ok(digest)
+}
+
+/// The one field of an event the uploader reads.
+#[derive(serde::Deserialize)]
+struct EventTenant<'a> {
+    #[serde(borrow)]
+    tenant_id: std::borrow::Cow<'a, str>,
 }
 
 /// Puts objects with per-tenant credentials through one S3 client per region.
