@@ -7,7 +7,9 @@ use std::time::Duration;
 use lapin::options::BasicPublishOptions;
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
+};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
@@ -139,17 +141,28 @@ pub async fn publish_confirmed(
     headers: FieldTable,
     message_id: Option<ShortString>,
 ) -> Result<(), PublishError> {
+    let pending =
+        publish_persistent(channel, exchange, routing_key, body, headers, message_id).await?;
+    confirmed(exchange, pending).await
+}
+
+/// Sends a persistent, `mandatory` message and returns its pending confirm, so a publisher can
+/// keep many messages in flight and await their confirms in order.
+pub async fn publish_persistent(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    headers: FieldTable,
+    message_id: Option<ShortString>,
+) -> Result<PublisherConfirm, PublishError> {
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_headers(headers);
     if let Some(id) = message_id {
         properties = properties.with_message_id(id);
     }
-    let publish_error = |source| PublishError::Publish {
-        exchange: exchange.to_owned(),
-        source,
-    };
-    let confirmation = channel
+    channel
         .basic_publish(
             exchange.into(),
             routing_key.into(),
@@ -161,9 +174,18 @@ pub async fn publish_confirmed(
             properties,
         )
         .await
-        .map_err(publish_error)?
-        .await
-        .map_err(publish_error)?;
+        .map_err(|source| PublishError::Publish {
+            exchange: exchange.to_owned(),
+            source,
+        })
+}
+
+/// Waits for the broker's answer to a message sent to `exchange`; only a plain ack is success.
+pub async fn confirmed(exchange: &str, pending: PublisherConfirm) -> Result<(), PublishError> {
+    let confirmation = pending.await.map_err(|source| PublishError::Publish {
+        exchange: exchange.to_owned(),
+        source,
+    })?;
     match confirmation {
         Confirmation::Ack(None) => Ok(()),
         other => Err(PublishError::NotConfirmed {

@@ -1,0 +1,276 @@
+//! Batcher settings: flags with `ACTIVITY_*` environment variables behind them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use common::amqp::AmqpArgs;
+use common::config::{ShutdownArgs, parse_duration, parse_positive_duration};
+use common::event::TenantId;
+use common::kafka::KafkaArgs;
+use common::telemetry::LogArgs;
+use common::topology::UploadQueueArgs;
+
+use crate::core::{PartSettings, WindowSettings};
+
+/// Closes per-tenant windows of activity events into objects and queues them for upload.
+///
+/// Reads the events topic in the `activity-batcher` consumer group, keeps one open part per
+/// tenant and window, and when a window closes publishes each part as an upload job to
+/// RabbitMQ with publisher confirms; Kafka offsets are committed only behind confirmed parts.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "batcher", version)]
+pub struct BatcherConfig {
+    /// Without a command, run the batcher service.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Address for health checks and metrics.
+    #[arg(
+        long,
+        env = "ACTIVITY_BATCHER_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub listen: SocketAddr,
+
+    /// Consumer group of the batchers sharing the events topic.
+    #[arg(
+        long,
+        env = "ACTIVITY_BATCHER_GROUP",
+        default_value = "activity-batcher"
+    )]
+    pub group: String,
+
+    #[command(flatten)]
+    pub batching: BatchingArgs,
+
+    /// Directory for parts spilled above the memory budget; only a cache, emptied on start.
+    #[arg(
+        long,
+        env = "ACTIVITY_BATCHER_SPILL_DIR",
+        default_value = "/var/cache/activity-logs/batcher-spill"
+    )]
+    pub spill_dir: PathBuf,
+
+    /// Bytes of open parts held in memory before the largest spill to disk.
+    #[arg(long, env = "ACTIVITY_BATCHER_MEMORY_BUDGET", default_value_t = 512 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1_048_576..))]
+    pub memory_budget: u64,
+
+    /// How often confirmed progress is checkpointed and committed.
+    #[arg(long, env = "ACTIVITY_BATCHER_COMMIT_INTERVAL", default_value = "5s", value_parser = parse_positive_duration)]
+    pub commit_interval: Duration,
+
+    /// Compacted topic of the batchers' checkpoints (created when missing).
+    #[arg(
+        long,
+        env = "ACTIVITY_KAFKA_CHECKPOINTS_TOPIC",
+        default_value = "activity.batcher.checkpoints"
+    )]
+    pub checkpoints_topic: String,
+
+    #[command(flatten)]
+    pub topics: TopicArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+
+    #[command(flatten)]
+    pub uploads: UploadQueueArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+}
+
+/// The topics both the service and `replay` read.
+#[derive(Debug, Clone, Args)]
+pub struct TopicArgs {
+    /// Topic of the accepted events.
+    #[arg(
+        long,
+        env = "ACTIVITY_KAFKA_EVENTS_TOPIC",
+        default_value = "activity.events"
+    )]
+    pub events_topic: String,
+
+    /// Compacted topic holding every tenant's integration.
+    #[arg(
+        long,
+        env = "ACTIVITY_KAFKA_INTEGRATIONS_TOPIC",
+        default_value = "activity.integrations"
+    )]
+    pub integrations_topic: String,
+}
+
+/// How events become windows and objects; a replay must use the values the live batcher used,
+/// or it builds different objects.
+#[derive(Debug, Clone, Args)]
+pub struct BatchingArgs {
+    /// Window length; windows are aligned to the UTC epoch.
+    #[arg(long, env = "ACTIVITY_BATCHER_WINDOW", default_value = "1h", value_parser = parse_positive_duration)]
+    pub window: Duration,
+
+    /// How far a partition's stream time must pass a window's end before it closes, so
+    /// stragglers from other ingest instances still make it in.
+    #[arg(long, env = "ACTIVITY_BATCHER_CLOSE_DELAY", default_value = "2m", value_parser = parse_duration)]
+    pub close_delay: Duration,
+
+    /// Largest object, in uncompressed bytes; a window's part is cut before it would grow past it.
+    #[arg(long, env = "ACTIVITY_BATCHER_MAX_OBJECT_BYTES", default_value_t = 32 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    pub max_object_bytes: u64,
+
+    /// An open part's raw tail is compressed into a frame once it holds this many bytes.
+    #[arg(long, env = "ACTIVITY_BATCHER_FRAME_BYTES", default_value_t = 64 * 1024,
+          value_parser = clap::value_parser!(u64).range(256..=16_777_216))]
+    pub frame_bytes: u64,
+
+    /// zstd compression level of the objects.
+    #[arg(long, env = "ACTIVITY_BATCHER_ZSTD_LEVEL", default_value_t = 3,
+          value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub zstd_level: i32,
+}
+
+impl BatchingArgs {
+    pub fn window_settings(&self) -> WindowSettings {
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        WindowSettings {
+            length_ms: millis(self.window).max(1),
+            close_delay_ms: millis(self.close_delay),
+            max_object_bytes: self.max_object_bytes,
+            part: PartSettings {
+                frame_bytes: usize::try_from(self.frame_bytes).unwrap_or(usize::MAX),
+                zstd_level: self.zstd_level,
+            },
+        }
+    }
+}
+
+/// One-off operations instead of running the service.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Rebuild the windows of a range of the events topic and enqueue their objects again.
+    ///
+    /// Each partition starts at the beginning of the window holding its start, so the objects
+    /// are the ones live batching made (same keys, same bytes): running it twice, or over
+    /// objects already delivered, is safe.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// Where to start: an RFC 3339 time (`2026-11-27T09:00:00Z`), or `partition:offset` pairs
+    /// separated by commas (`0:1200,3:880`).
+    #[arg(long, value_parser = parse_start)]
+    pub from: ReplayStart,
+    /// Stop at this RFC 3339 time (exclusive): windows starting at or after it are not built.
+    /// Default: now.
+    #[arg(long, value_parser = parse_time)]
+    pub to: Option<time::OffsetDateTime>,
+    /// Only this tenant's objects.
+    #[arg(long)]
+    pub tenant: Option<TenantId>,
+}
+
+/// Where a replay starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayStart {
+    Time(time::OffsetDateTime),
+    Offsets(Vec<(i32, i64)>),
+}
+
+fn parse_time(raw: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{raw:?} is not an RFC 3339 time ({e}); e.g. 2026-11-27T09:00:00Z"))
+}
+
+fn parse_start(raw: &str) -> Result<ReplayStart, String> {
+    if raw.contains('T') {
+        return parse_time(raw).map(ReplayStart::Time);
+    }
+    let mut offsets = Vec::new();
+    for pair in raw.split(',') {
+        let parsed = pair.split_once(':').and_then(|(partition, offset)| {
+            Some((
+                partition.trim().parse::<i32>().ok()?,
+                offset.trim().parse::<i64>().ok()?,
+            ))
+        });
+        match parsed {
+            Some((partition, offset)) if partition >= 0 && offset >= 0 => {
+                offsets.push((partition, offset));
+            }
+            _ => {
+                return Err(format!(
+                    "{pair:?} is neither an RFC 3339 time nor partition:offset (e.g. 2026-11-27T09:00:00Z or 0:1200,3:880)"
+                ));
+            }
+        }
+    }
+    Ok(ReplayStart::Offsets(offsets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_hourly_contract() {
+        let config = BatcherConfig::try_parse_from(["batcher"]).expect("defaults");
+        let settings = config.batching.window_settings();
+        assert_eq!(settings.length_ms, 3_600_000);
+        assert_eq!(settings.max_object_bytes, 32 * 1024 * 1024);
+        assert_eq!(settings.part.zstd_level, 3);
+        assert_eq!(config.group, "activity-batcher");
+    }
+
+    #[test]
+    fn replay_starts_parse_as_a_time_or_offsets_and_explain_mistakes() {
+        assert_eq!(
+            parse_start("0:1200, 3:880"),
+            Ok(ReplayStart::Offsets(vec![(0, 1200), (3, 880)]))
+        );
+        assert!(matches!(
+            parse_start("2026-11-27T09:00:00Z"),
+            Ok(ReplayStart::Time(_))
+        ));
+        assert!(
+            parse_start("0:-1")
+                .unwrap_err()
+                .contains("partition:offset")
+        );
+        assert!(parse_start("yesterday").unwrap_err().contains("RFC 3339"));
+        assert!(
+            parse_start("2026-11-27T25:00:00Z")
+                .unwrap_err()
+                .contains("RFC 3339")
+        );
+    }
+
+    #[test]
+    fn the_replay_command_takes_its_range_and_tenant() {
+        let config = BatcherConfig::try_parse_from([
+            "batcher",
+            "replay",
+            "--from",
+            "2026-11-27T09:00:00Z",
+            "--to",
+            "2026-11-27T11:00:00Z",
+            "--tenant",
+            "acme",
+        ])
+        .expect("replay");
+        let Some(Command::Replay(replay)) = config.command else {
+            panic!("a replay command");
+        };
+        assert_eq!(replay.tenant.map(|t| t.to_string()), Some("acme".into()));
+        assert!(replay.to.is_some());
+    }
+}

@@ -1,0 +1,103 @@
+//! The batcher's metrics, each declared once with its description.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// Records read from the events topic.
+pub const RECORDS: &str = "activity_batcher_records_total";
+/// Records skipped because they are not readable events (logged with partition and offset).
+pub const INVALID_RECORDS: &str = "activity_batcher_invalid_records_total";
+/// Records of tenants without an integration, or older than the tenant's first delivery.
+pub const UNDELIVERED_RECORDS: &str = "activity_batcher_undelivered_records_total";
+/// Records dropped because their event id was already in their part.
+pub const DUPLICATES: &str = "activity_batcher_duplicate_events_total";
+/// Parts closed, by reason (window, size, late).
+pub const PARTS_CLOSED: &str = "activity_batcher_parts_closed_total";
+/// Open (tenant, window) pairs.
+pub const OPEN_WINDOWS: &str = "activity_batcher_open_windows";
+/// Open parts, late parts included.
+pub const OPEN_PARTS: &str = "activity_batcher_open_parts";
+/// Bytes of open parts held in memory.
+pub const BUFFERED_BYTES: &str = "activity_batcher_buffered_bytes";
+/// Bytes of frames spilled to the disk cache.
+pub const SPILLED_BYTES: &str = "activity_batcher_spilled_bytes_total";
+/// Parts closed and waiting for RabbitMQ.
+pub const PUBLISH_BACKLOG: &str = "activity_batcher_publish_backlog_parts";
+/// Parts RabbitMQ confirmed.
+pub const PUBLISHED: &str = "activity_batcher_published_parts_total";
+/// Time from sending a part to RabbitMQ's confirm.
+pub const PUBLISH_CONFIRM_LATENCY: &str = "activity_batcher_publish_confirm_latency_seconds";
+/// RabbitMQ sessions that failed (the publisher reconnects).
+pub const PUBLISH_FAILURES: &str = "activity_batcher_publish_failures_total";
+/// Records between a partition's committed offset and what was read, by partition.
+pub const COMMIT_LAG: &str = "activity_batcher_commit_lag_records";
+/// Records between what was read and the end of the partition, by partition.
+pub const CONSUMER_LAG: &str = "activity_batcher_consumer_lag_records";
+/// Checkpoints written and offsets committed.
+pub const COMMITS: &str = "activity_batcher_commits_total";
+
+pub fn describe() {
+    describe_counter!(RECORDS, Unit::Count, "Records read from the events topic.");
+    describe_counter!(
+        INVALID_RECORDS,
+        Unit::Count,
+        "Records skipped because they are not readable events (logged with partition and offset)."
+    );
+    describe_counter!(
+        UNDELIVERED_RECORDS,
+        Unit::Count,
+        "Records of tenants without an integration, or older than the tenant's first delivery."
+    );
+    describe_counter!(
+        DUPLICATES,
+        Unit::Count,
+        "Records dropped because their event id was already in their part."
+    );
+    describe_counter!(
+        PARTS_CLOSED,
+        Unit::Count,
+        "Parts closed, by reason (window, size, late)."
+    );
+    describe_gauge!(OPEN_WINDOWS, Unit::Count, "Open (tenant, window) pairs.");
+    describe_gauge!(OPEN_PARTS, Unit::Count, "Open parts, late parts included.");
+    describe_gauge!(
+        BUFFERED_BYTES,
+        Unit::Bytes,
+        "Bytes of open parts held in memory."
+    );
+    describe_counter!(
+        SPILLED_BYTES,
+        Unit::Bytes,
+        "Bytes of frames spilled to the disk cache."
+    );
+    describe_gauge!(
+        PUBLISH_BACKLOG,
+        Unit::Count,
+        "Parts closed and waiting for RabbitMQ."
+    );
+    describe_counter!(PUBLISHED, Unit::Count, "Parts RabbitMQ confirmed.");
+    describe_histogram!(
+        PUBLISH_CONFIRM_LATENCY,
+        Unit::Seconds,
+        "Time from sending a part to RabbitMQ's confirm."
+    );
+    describe_counter!(
+        PUBLISH_FAILURES,
+        Unit::Count,
+        "RabbitMQ sessions that failed (the publisher reconnects)."
+    );
+    describe_gauge!(
+        COMMIT_LAG,
+        Unit::Count,
+        "Records between a partition's committed offset and what was read, by partition."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        Unit::Count,
+        "Records between what was read and the end of the partition, by partition."
+    );
+    describe_counter!(
+        COMMITS,
+        Unit::Count,
+        "Checkpoints written and offsets committed."
+    );
+}

@@ -1,0 +1,165 @@
+//! From Kafka records to what the core needs: the event's tenant and id, checked against the
+//! record key, and whether (and how) the tenant gets deliveries for the record's time.
+
+use std::borrow::Cow;
+
+use common::event::TenantId;
+use common::integration::Integration;
+use common::key::Codec;
+
+use crate::core::window::window_start;
+
+/// The fields of an event the batcher reads; the line itself is delivered verbatim.
+#[derive(Debug)]
+pub struct EventFields<'a> {
+    pub tenant: TenantId,
+    pub id: Cow<'a, str>,
+}
+
+/// Why a record of the events topic cannot go into an object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordProblem {
+    #[error("the record has no value")]
+    Empty,
+    #[error("the value holds a raw newline, which would split an NDJSON line")]
+    Newline,
+    #[error("the value is not an event: {0}")]
+    NotAnEvent(String),
+    #[error("tenant_id {0:?} is not a valid tenant id")]
+    BadTenant(String),
+    #[error("the record key {key:?} differs from the event's tenant_id {tenant}")]
+    KeyMismatch { key: String, tenant: TenantId },
+}
+
+#[derive(serde::Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    tenant_id: Cow<'a, str>,
+}
+
+/// Reads the tenant and id of the event in `value`, keyed `key`.
+pub fn read_event<'a>(
+    key: Option<&[u8]>,
+    value: Option<&'a [u8]>,
+) -> Result<EventFields<'a>, RecordProblem> {
+    let value = value
+        .filter(|v| !v.is_empty())
+        .ok_or(RecordProblem::Empty)?;
+    if value.contains(&b'\n') {
+        return Err(RecordProblem::Newline);
+    }
+    let fields: Fields<'a> = serde_json::from_slice(value)
+        .map_err(|error| RecordProblem::NotAnEvent(error.to_string()))?;
+    let tenant = TenantId::parse(&fields.tenant_id)
+        .map_err(|_| RecordProblem::BadTenant(fields.tenant_id.clone().into_owned()))?;
+    if let Some(key) = key
+        && key != tenant.as_str().as_bytes()
+    {
+        return Err(RecordProblem::KeyMismatch {
+            key: String::from_utf8_lossy(key).into_owned(),
+            tenant,
+        });
+    }
+    if fields.id.is_empty() {
+        return Err(RecordProblem::NotAnEvent("the id is empty".into()));
+    }
+    Ok(EventFields {
+        tenant,
+        id: fields.id,
+    })
+}
+
+/// The codec to deliver a record of `timestamp_ms` in, or `None` when its tenant gets no
+/// delivery for it: without an integration, or older than the window before the one the
+/// integration was connected in (DESIGN §1: the first delivery covers the previous hour,
+/// nothing older). A disabled integration still gets its objects built: the uploader parks
+/// them in the dead-letter queue until the customer enables it and they are redriven.
+///
+/// This depends only on the integration and the record, so live batching and replay agree.
+pub fn delivery_codec(
+    integration: Option<&Integration>,
+    timestamp_ms: i64,
+    window_ms: i64,
+) -> Option<Codec> {
+    let integration = integration?;
+    let connected_ms =
+        i64::try_from(integration.connected_at.unix_timestamp_nanos() / 1_000_000).ok()?;
+    let first_window = window_start(connected_ms, window_ms) - window_ms;
+    (timestamp_ms >= first_window).then_some(integration.compression)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::OffsetDateTime;
+
+    #[test]
+    fn an_event_gives_its_tenant_and_id() {
+        let fields = read_event(
+            Some(b"acme"),
+            Some(br#"{"id":"e1","tenant_id":"acme","type":"device.lock"}"#),
+        )
+        .expect("event");
+        assert_eq!(fields.tenant.as_str(), "acme");
+        assert_eq!(fields.id, "e1");
+    }
+
+    #[test]
+    fn unusable_records_say_why() {
+        assert_eq!(read_event(None, None).unwrap_err(), RecordProblem::Empty);
+        assert_eq!(
+            read_event(None, Some(b"{\"id\":\"e\",\n\"tenant_id\":\"a\"}")).unwrap_err(),
+            RecordProblem::Newline
+        );
+        assert!(matches!(
+            read_event(None, Some(br#"{"tenant_id":"acme"}"#)),
+            Err(RecordProblem::NotAnEvent(m)) if m.contains("id")
+        ));
+        assert!(matches!(
+            read_event(None, Some(br#"{"id":"e","tenant_id":"../etc"}"#)),
+            Err(RecordProblem::BadTenant(_))
+        ));
+        assert!(matches!(
+            read_event(Some(b"globex"), Some(br#"{"id":"e","tenant_id":"acme"}"#)),
+            Err(RecordProblem::KeyMismatch { .. })
+        ));
+    }
+
+    fn integration(connected_at_ms: i64) -> Integration {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(connected_at_ms) * 1_000_000)
+            .expect("time");
+        serde_json::from_value(serde_json::json!({
+            "tenant_id": "acme",
+            "enabled": false,
+            "aws_account_id": "123456789012",
+            "bucket": "acme-logs",
+            "prefix": "",
+            "role_arn": "arn:aws:iam::123456789012:role/Writer",
+            "external_id": "ext-0123456789",
+            "region": "us-east-1",
+            "compression": "gzip",
+            "connected_at": at.format(&time::format_description::well_known::Rfc3339).expect("format"),
+            "updated_at": at.format(&time::format_description::well_known::Rfc3339).expect("format"),
+        }))
+        .expect("integration")
+    }
+
+    #[test]
+    fn deliveries_start_with_the_window_before_the_one_connected_in() {
+        const HOUR: i64 = 3_600_000;
+        let connected = integration(10 * HOUR + 25 * 60_000); // 10:25
+        assert_eq!(
+            delivery_codec(Some(&connected), 9 * HOUR, HOUR),
+            Some(Codec::Gzip)
+        );
+        assert_eq!(delivery_codec(Some(&connected), 9 * HOUR - 1, HOUR), None);
+        assert_eq!(delivery_codec(None, 11 * HOUR, HOUR), None);
+        assert_eq!(
+            delivery_codec(Some(&connected), 11 * HOUR, HOUR),
+            Some(Codec::Gzip),
+            "a disabled integration still gets its objects built"
+        );
+    }
+}
