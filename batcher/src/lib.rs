@@ -1,8 +1,159 @@
 //! The batcher: closes per-tenant windows of activity events into objects and queues them for
 //! upload (DESIGN §2–§3).
 
+pub mod checkpoint;
 pub mod config;
+pub mod consume;
 pub mod core;
 pub mod metrics;
 pub mod publish;
 pub mod records;
+pub mod replay;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use common::ops::ReadinessCheck;
+use common::registry::IntegrationRegistry;
+use common::shutdown::Supervisor;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::checkpoint::CheckpointStore;
+use crate::config::BatcherConfig;
+use crate::consume::{BatcherContext, Batching};
+use crate::core::Core;
+
+/// Closed parts handed to the publisher at once before the consumer pauses.
+const PUBLISH_QUEUE: usize = 1024;
+
+/// Starts the batcher under `supervisor` and returns the address of its health and metrics
+/// endpoints. Records are read only once the integration registry has caught up, so no tenant
+/// is skipped for an integration that was simply not read yet.
+pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Result<SocketAddr> {
+    let metrics = common::metrics::install().context("cannot install the metrics recorder")?;
+    metrics::describe();
+    if config.kafka.create_topics {
+        config
+            .kafka
+            .ensure_topics(&[
+                checkpoint::topic_spec(&config.checkpoints_topic, config.kafka.replication),
+                common::registry::topic_spec(
+                    &config.topics.integrations_topic,
+                    config.kafka.replication,
+                ),
+            ])
+            .await
+            .context("cannot make sure the checkpoints and integrations topics exist")?;
+    }
+    let spill_dir = prepare_spill_dir(&config.spill_dir)?;
+    let registry =
+        IntegrationRegistry::follow(&config.kafka, &config.topics.integrations_topic, supervisor)
+            .await
+            .context("cannot follow the integrations")?;
+
+    let (parts_tx, parts_rx) = tokio::sync::mpsc::channel(PUBLISH_QUEUE);
+    let (confirms_tx, confirms_rx) = std::sync::mpsc::channel();
+    let rabbitmq = Arc::new(AtomicBool::new(false));
+    {
+        let (amqp, topology, connected) = (
+            config.amqp.clone(),
+            config.uploads.topology(),
+            rabbitmq.clone(),
+        );
+        let token = supervisor.token();
+        supervisor.spawn("publisher", async move {
+            publish::run(amqp, topology, parts_rx, confirms_tx, connected, token).await
+        });
+    }
+
+    let store = CheckpointStore::new(
+        &config.kafka,
+        &config.checkpoints_topic,
+        &config.group,
+        &config.topics.events_topic,
+    )
+    .context("cannot create the checkpoint writer")?;
+    let core = Core::new(
+        config.batching.window_settings(),
+        usize::try_from(config.memory_budget).unwrap_or(usize::MAX),
+        spill_dir,
+    );
+    let batching = Batching::new(
+        core,
+        registry.clone(),
+        store,
+        config.topics.events_topic.clone(),
+        parts_tx,
+        confirms_rx,
+        tokio::runtime::Handle::current(),
+    );
+    let consumer: BaseConsumer<BatcherContext> = config
+        .kafka
+        .client_config(&[
+            ("group.id", &config.group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("partition.assignment.strategy", "range,roundrobin"),
+        ])
+        .create_with_context(BatcherContext::new(batching))
+        .context("cannot create the Kafka consumer")?;
+
+    let readiness: ReadinessCheck = {
+        let (registry, rabbitmq, token) = (registry.clone(), rabbitmq.clone(), supervisor.token());
+        Arc::new(move || {
+            let state = if token.is_cancelled() {
+                Err("shutting down".to_string())
+            } else if !registry.is_caught_up() {
+                Err("the integration registry is still catching up".to_string())
+            } else if !rabbitmq.load(Ordering::Relaxed) {
+                Err("not connected to RabbitMQ".to_string())
+            } else {
+                Ok(())
+            };
+            Box::pin(async move { state })
+        })
+    };
+    let address = common::ops::spawn(config.listen, readiness, metrics, supervisor).await?;
+
+    let token = supervisor.token();
+    let (events_topic, commit_interval, drain) = (
+        config.topics.events_topic.clone(),
+        config.commit_interval,
+        config.shutdown.timeout.mul_f32(0.8),
+    );
+    supervisor.spawn("batching", async move {
+        tokio::select! {
+            () = registry.caught_up() => {}
+            () = token.cancelled() => return Ok(()),
+        }
+        tokio::task::spawn_blocking(move || {
+            consumer
+                .subscribe(&[&events_topic])
+                .with_context(|| format!("cannot subscribe to {events_topic}"))?;
+            consume::run(&consumer, &token, commit_interval, drain)
+        })
+        .await
+        .context("the consumer thread panicked")?
+    });
+    tracing::info!(%address, group = %config.group, topic = %config.topics.events_topic, "batcher started");
+    Ok(address)
+}
+
+/// Creates the spill directory and empties it: what an earlier process spilled belongs to parts
+/// that are rebuilt from Kafka anyway.
+fn prepare_spill_dir(path: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(path)
+        .with_context(|| format!("cannot create the spill directory {}", path.display()))?;
+    for entry in std::fs::read_dir(path)
+        .with_context(|| format!("cannot read the spill directory {}", path.display()))?
+    {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(path.to_owned())
+}

@@ -1,10 +1,27 @@
-//! Closes per-tenant windows of activity events into objects and queues them for upload.
-//!
-//! Not built yet: the README's "Status" section says what exists today.
-
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    eprintln!("batcher: not built yet; see the README's Status section");
-    ExitCode::from(2)
+use batcher::config::{BatcherConfig, Command};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = BatcherConfig::parse();
+    if let Some(Command::Replay(replay)) = &config.command {
+        if let Err(error) = config.log.init() {
+            eprintln!("batcher replay: {error:#}");
+            return ExitCode::from(2);
+        }
+        return match batcher::replay::run(&config, replay).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("batcher replay: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let (log, drain) = (config.log.clone(), config.shutdown.timeout);
+    common::shutdown::run_service("batcher", &log, drain, |supervisor| async move {
+        batcher::start(config, &supervisor).await
+    })
+    .await
 }

@@ -7,7 +7,13 @@ use common::event::TenantId;
 use common::integration::Integration;
 use common::key::Codec;
 
+use common::registry::IntegrationRegistry;
+use metrics::counter;
+use rdkafka::message::{BorrowedMessage, Message};
+
 use crate::core::window::window_start;
+use crate::core::{ClosedPart, Core, Record};
+use crate::metrics::{INVALID_RECORDS, RECORDS, UNDELIVERED_RECORDS};
 
 /// The fields of an event the batcher reads; the line itself is delivered verbatim.
 #[derive(Debug)]
@@ -88,6 +94,51 @@ pub fn delivery_codec(
         i64::try_from(integration.connected_at.unix_timestamp_nanos() / 1_000_000).ok()?;
     let first_window = window_start(connected_ms, window_ms) - window_ms;
     (timestamp_ms >= first_window).then_some(integration.compression)
+}
+
+/// Feeds one record of the events topic to `core`: into its tenant's part when the tenant gets
+/// deliveries for it (and is `only_tenant`, when given), else only as time passing. Returns the
+/// parts it closed. Live batching and replay both go through here, so they agree.
+pub fn take_record(
+    core: &mut Core,
+    registry: &IntegrationRegistry,
+    only_tenant: Option<&TenantId>,
+    message: &BorrowedMessage<'_>,
+) -> std::io::Result<Vec<ClosedPart>> {
+    let (partition, offset) = (message.partition(), message.offset());
+    counter!(RECORDS).increment(1);
+    let timestamp_ms = message.timestamp().to_millis();
+    let Some(timestamp) = timestamp_ms else {
+        counter!(INVALID_RECORDS).increment(1);
+        tracing::error!(partition, offset, "record without a timestamp skipped");
+        return core.skip(partition, offset, None);
+    };
+    let event = match read_event(message.key(), message.payload()) {
+        Ok(event) => event,
+        Err(problem) => {
+            counter!(INVALID_RECORDS).increment(1);
+            tracing::error!(partition, offset, %problem, "unreadable record skipped");
+            return core.skip(partition, offset, timestamp_ms);
+        }
+    };
+    if only_tenant.is_some_and(|only| *only != event.tenant) {
+        return core.skip(partition, offset, timestamp_ms);
+    }
+    let integration = registry.get(&event.tenant);
+    let Some(codec) = delivery_codec(integration.as_ref(), timestamp, core.settings.length_ms)
+    else {
+        counter!(UNDELIVERED_RECORDS).increment(1);
+        return core.skip(partition, offset, timestamp_ms);
+    };
+    let record = Record {
+        offset,
+        timestamp_ms: timestamp,
+        tenant: &event.tenant,
+        event_id: &event.id,
+        line: message.payload().unwrap_or_default(),
+        codec,
+    };
+    core.push(partition, &record)
 }
 
 #[cfg(test)]

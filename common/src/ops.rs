@@ -72,3 +72,25 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }
+
+/// Serves the operational routes on `listen` under `supervisor` and returns the bound address.
+pub async fn spawn(
+    listen: std::net::SocketAddr,
+    readiness: ReadinessCheck,
+    metrics: PrometheusHandle,
+    supervisor: &crate::shutdown::Supervisor,
+) -> anyhow::Result<std::net::SocketAddr> {
+    use anyhow::Context;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr()?;
+    let token = supervisor.token();
+    let router = router(readiness, metrics);
+    supervisor.spawn("http", async move {
+        serve(listener, router, token)
+            .await
+            .context("the HTTP server failed")
+    });
+    Ok(address)
+}

@@ -94,17 +94,7 @@ pub async fn start(config: UploaderConfig, supervisor: &Supervisor) -> anyhow::R
             Box::pin(async move { state })
         })
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let address = listener.local_addr()?;
-    let router = common::ops::router(readiness, metrics);
-    let token = supervisor.token();
-    supervisor.spawn("http", async move {
-        common::ops::serve(listener, router, token)
-            .await
-            .context("the HTTP server failed")
-    });
+    let address = common::ops::spawn(config.listen, readiness, metrics, supervisor).await?;
 
     let token = supervisor.token();
     let amqp = config.amqp.clone();

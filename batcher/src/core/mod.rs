@@ -87,6 +87,19 @@ impl Core {
         Ok(closed)
     }
 
+    /// Moves `partition` past a record that goes in no part.
+    pub fn skip(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+    ) -> std::io::Result<Vec<ClosedPart>> {
+        match self.partitions.get_mut(&partition) {
+            Some(state) => state.skip(offset, timestamp_ms, &self.settings),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Closes by the clock the windows of `partition`, caught up at `position`.
     pub fn close_idle(
         &mut self,

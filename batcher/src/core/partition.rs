@@ -200,16 +200,54 @@ impl PartitionState {
         record: &Record<'_>,
         settings: &WindowSettings,
     ) -> std::io::Result<Vec<ClosedPart>> {
-        self.next_offset = Some(record.offset + 1);
-        let start = window_start(record.timestamp_ms, settings.length_ms);
-        let end = start + settings.length_ms;
         let mut closed = Vec::new();
+        let start = window_start(record.timestamp_ms, settings.length_ms);
+        if let Some(late) = self.advance(
+            record.offset,
+            Some(record.timestamp_ms),
+            settings,
+            &mut closed,
+        )? {
+            self.place(record, start, late, settings, &mut closed)?;
+        }
+        Ok(closed)
+    }
+
+    /// Moves past a record that goes in no part (a tenant without deliveries, an unreadable
+    /// value): its time still counts, so when windows close never depends on which tenants
+    /// had integrations at the time.
+    pub fn skip(
+        &mut self,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        settings: &WindowSettings,
+    ) -> std::io::Result<Vec<ClosedPart>> {
+        let mut closed = Vec::new();
+        self.advance(offset, timestamp_ms, settings, &mut closed)?;
+        Ok(closed)
+    }
+
+    /// Moves the stream past the record at `offset`, closing what its time closes, and says
+    /// where a record of that time goes: `None` to no part (a rebuild skips what the first
+    /// run published), else whether to a late part.
+    fn advance(
+        &mut self,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        settings: &WindowSettings,
+        closed: &mut Vec<ClosedPart>,
+    ) -> std::io::Result<Option<bool>> {
+        self.next_offset = Some(offset + 1);
+        let Some(timestamp_ms) = timestamp_ms else {
+            return Ok(None);
+        };
+        let end = window_start(timestamp_ms, settings.length_ms) + settings.length_ms;
         if let Some(checkpoint) = &self.rebuilding {
-            if record.offset < checkpoint.resume_offset {
-                if let Replayed::Keep { late } = checkpoint.replay(record.offset, end) {
-                    self.place(record, start, late, settings, &mut closed)?;
-                }
-                return Ok(closed);
+            if offset < checkpoint.resume_offset {
+                return Ok(match checkpoint.replay(offset, end) {
+                    Replayed::Keep { late } => Some(late),
+                    Replayed::Skip => None,
+                });
             }
             if let Some(checkpoint) = self.rebuilding.take() {
                 self.adopt(checkpoint);
@@ -217,20 +255,18 @@ impl PartitionState {
         }
         let stream_time = self
             .stream_time_ms
-            .map_or(record.timestamp_ms, |t| t.max(record.timestamp_ms));
+            .map_or(timestamp_ms, |t| t.max(timestamp_ms));
         self.stream_time_ms = Some(stream_time);
         let due = window_start(stream_time - settings.close_delay_ms, settings.length_ms);
         match self.closed_until_ms {
             // Nothing was open before the first record: start closing from here.
             None => self.closed_until_ms = Some(due),
             Some(closed_until) if due > closed_until => {
-                self.close_through(due, record.offset, settings, &mut closed)?;
+                self.close_through(due, offset, settings, closed)?;
             }
             Some(_) => {}
         }
-        let late = self.closed_until_ms.is_some_and(|c| end <= c);
-        self.place(record, start, late, settings, &mut closed)?;
-        Ok(closed)
+        Ok(Some(self.closed_until_ms.is_some_and(|c| end <= c)))
     }
 
     /// Closes by the clock a partition that has nothing more to read (its consumer position is
@@ -257,6 +293,20 @@ impl PartitionState {
             self.close_through(due, position, settings, &mut closed)?;
         }
         Ok(closed)
+    }
+
+    /// Whether a clock close at `now_ms` would close an open part (only then is it worth
+    /// checking that the partition is caught up).
+    pub fn idle_close_due(&self, now_ms: i64, settings: &WindowSettings) -> bool {
+        let due = window_start(now_ms - settings.close_delay_ms, settings.length_ms);
+        self.rebuilding.is_none()
+            && self.closed_until_ms.is_some_and(|c| due > c)
+            && (self
+                .windows
+                .keys()
+                .next()
+                .is_some_and(|start| start + settings.length_ms <= due)
+                || !self.late.is_empty())
     }
 
     /// The offset below which nothing is needed again once every part closed so far is
@@ -483,6 +533,11 @@ mod tests {
             now_ms: i64,
             position: i64,
         },
+        /// A record that goes in no part (a tenant without deliveries).
+        Skip {
+            offset: i64,
+            timestamp_ms: i64,
+        },
     }
 
     fn line(tenant: &TenantId, id: &str) -> Vec<u8> {
@@ -519,6 +574,12 @@ mod tests {
             Step::Idle { now_ms, position } => state
                 .close_idle(*now_ms, *position, settings)
                 .expect("close"),
+            Step::Skip {
+                offset,
+                timestamp_ms,
+            } => state
+                .skip(*offset, Some(*timestamp_ms), settings)
+                .expect("skip"),
         }
     }
 
@@ -722,6 +783,20 @@ mod tests {
     }
 
     #[test]
+    fn records_of_tenants_without_deliveries_still_move_time_on() {
+        let s = settings(1 << 20);
+        let mut state = PartitionState::new(0);
+        apply(&mut state, &record(0, 1, "acme", "a"), &s);
+        let closed = state.skip(1, Some(W + DELAY), &s).expect("skip");
+        assert_eq!(
+            closed.len(),
+            1,
+            "the skipped record's time closed the window"
+        );
+        assert_eq!(state.commit_offset(), Some(2));
+    }
+
+    #[test]
     fn an_idle_caught_up_partition_closes_by_the_clock() {
         let s = settings(1 << 20);
         let (mut state, closed) = run(&[record(0, 1, "acme", "a")], &s);
@@ -751,7 +826,8 @@ mod tests {
     }
 
     /// Records of 3 tenants over ~6 windows, with stragglers up to 1.5 windows old, repeated
-    /// ids, sizes that cut parts, and now and then a clock close while caught up.
+    /// ids, sizes that cut parts, records of tenants without deliveries, and now and then a
+    /// clock close while caught up.
     fn random_steps(seed: u64) -> Vec<Step> {
         let mut rng = Lcg(seed);
         let mut steps = Vec::new();
@@ -766,7 +842,15 @@ mod tests {
             let tenant =
                 ["acme", "globex", "initech"][usize::try_from(rng.below(3)).expect("small")];
             let id = format!("e{}", rng.below(300));
-            steps.push(record(offset, (clock - lag).max(0), tenant, &id));
+            let timestamp_ms = (clock - lag).max(0);
+            if rng.below(8) == 0 {
+                steps.push(Step::Skip {
+                    offset,
+                    timestamp_ms,
+                });
+            } else {
+                steps.push(record(offset, timestamp_ms, tenant, &id));
+            }
             if rng.below(40) == 0 {
                 clock += W / 2;
                 steps.push(Step::Idle {
@@ -782,6 +866,7 @@ mod tests {
         match step {
             Step::Record { offset, .. } => *offset,
             Step::Idle { position, .. } => *position,
+            Step::Skip { offset, .. } => *offset,
         }
     }
 

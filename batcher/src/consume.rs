@@ -1,0 +1,494 @@
+//! The live batcher's consumer: one thread owns the Kafka consumer and the windowing core, so
+//! compression and rebalances run off the async runtime and the rebalance callback (which runs
+//! inside `poll` on this same thread) can commit and hand partitions over in step with the core.
+//!
+//! Offsets move only behind confirms (DESIGN §3): each partition's closed parts are numbered;
+//! a checkpoint taken at some moment is written, and its offset committed, once every part
+//! closed before that moment is confirmed by RabbitMQ.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::mpsc::Receiver;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use common::clock::now_unix_ms;
+use common::registry::IntegrationRegistry;
+use metrics::{counter, gauge};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::CheckpointStore;
+use crate::core::{Checkpoint, ClosedPart, Core};
+use crate::metrics::{
+    BUFFERED_BYTES, COMMIT_LAG, COMMITS, CONSUMER_LAG, DUPLICATES, OPEN_PARTS, OPEN_WINDOWS,
+    PARTS_CLOSED, PUBLISH_BACKLOG, SPILLED_BYTES,
+};
+use crate::publish::{Confirmed, Outgoing};
+use crate::records::take_record;
+
+/// How long a rebalance may wait for the confirms of a revoked partition's parts.
+const REVOKE_CONFIRM_WAIT: Duration = Duration::from_secs(10);
+/// How long reading checkpoints on assignment may take.
+const CHECKPOINT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Broker requests made from the consumer thread.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often gauges are refreshed and idle partitions checked for a clock close.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Per partition: parts sent and not yet confirmed, and the checkpoint waiting for them.
+#[derive(Debug, Default)]
+struct Progress {
+    next_sequence: u64,
+    unconfirmed: BTreeSet<u64>,
+    /// A checkpoint and the sequence number every part before it had.
+    pending: Option<(Checkpoint, u64)>,
+    last_written: Option<Checkpoint>,
+    /// The next offset to read.
+    position: i64,
+    committed: Option<i64>,
+}
+
+impl Progress {
+    fn confirmed_before(&self, sequence: u64) -> bool {
+        self.unconfirmed
+            .first()
+            .is_none_or(|first| *first >= sequence)
+    }
+}
+
+/// Everything the consumer thread works on, shared with the rebalance callback.
+pub struct Batching {
+    pub core: Core,
+    pub registry: IntegrationRegistry,
+    pub store: CheckpointStore,
+    pub events_topic: String,
+    pub outgoing: Sender<Outgoing>,
+    pub confirms: Receiver<Confirmed>,
+    pub runtime: tokio::runtime::Handle,
+    progress: HashMap<i32, Progress>,
+    backlog: VecDeque<Outgoing>,
+    duplicates_reported: u64,
+}
+
+impl Batching {
+    pub fn new(
+        core: Core,
+        registry: IntegrationRegistry,
+        store: CheckpointStore,
+        events_topic: String,
+        outgoing: Sender<Outgoing>,
+        confirms: Receiver<Confirmed>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        Self {
+            core,
+            registry,
+            store,
+            events_topic,
+            outgoing,
+            confirms,
+            runtime,
+            progress: HashMap::new(),
+            backlog: VecDeque::new(),
+            duplicates_reported: 0,
+        }
+    }
+
+    /// Takes one Kafka record.
+    fn take(&mut self, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+        if let Some(progress) = self.progress.get_mut(&message.partition()) {
+            progress.position = message.offset() + 1;
+        }
+        let closed = take_record(&mut self.core, &self.registry, None, message)?;
+        self.send(closed)
+    }
+
+    /// Hands closed parts to the publisher, keeping what does not fit in the backlog.
+    fn send(&mut self, closed: Vec<ClosedPart>) -> anyhow::Result<()> {
+        let now = now_unix_ms();
+        for part in closed {
+            counter!(PARTS_CLOSED, "reason" => part.reason.as_str()).increment(1);
+            let Some(progress) = self.progress.get_mut(&part.partition) else {
+                continue;
+            };
+            let sequence = progress.next_sequence;
+            progress.next_sequence += 1;
+            progress.unconfirmed.insert(sequence);
+            self.backlog.push_back(Outgoing {
+                partition: part.partition,
+                sequence,
+                job: part.job(now),
+                body: part.content.body,
+            });
+        }
+        self.flush_backlog()
+    }
+
+    fn flush_backlog(&mut self) -> anyhow::Result<()> {
+        while let Some(part) = self.backlog.pop_front() {
+            match self.outgoing.try_send(part) {
+                Ok(()) => {}
+                Err(TrySendError::Full(part)) => {
+                    self.backlog.push_front(part);
+                    break;
+                }
+                Err(TrySendError::Closed(_)) => anyhow::bail!("the publisher stopped"),
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_confirms(&mut self) {
+        while let Ok(confirmed) = self.confirms.try_recv() {
+            self.confirm(confirmed);
+        }
+    }
+
+    fn confirm(&mut self, confirmed: Confirmed) {
+        if let Some(progress) = self.progress.get_mut(&confirmed.partition) {
+            progress.unconfirmed.remove(&confirmed.sequence);
+        }
+    }
+
+    /// Waits up to `wait` until every part of `partitions` sent so far is confirmed.
+    fn await_confirms(&mut self, partitions: &[i32], wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            self.drain_confirms();
+            let _ = self.flush_backlog();
+            let done = partitions.iter().all(|p| {
+                self.progress
+                    .get(p)
+                    .is_none_or(|progress| progress.unconfirmed.is_empty())
+            });
+            if done {
+                return true;
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return false;
+            }
+            match self
+                .confirms
+                .recv_timeout(remaining.min(Duration::from_millis(100)))
+            {
+                Ok(confirmed) => self.confirm(confirmed),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+    }
+
+    /// Snapshots a checkpoint per partition and writes and commits those whose parts are all
+    /// confirmed. A checkpoint that cannot be written leaves the commit where it was.
+    fn commit(
+        &mut self,
+        consumer: &BaseConsumer<BatcherContext>,
+        partitions: &[i32],
+    ) -> Result<(), KafkaError> {
+        self.drain_confirms();
+        let mut ready = Vec::new();
+        for &partition in partitions {
+            let Some(progress) = self.progress.get_mut(&partition) else {
+                continue;
+            };
+            if progress.pending.is_none()
+                && let Some(state) = self.core.partition_mut(partition)
+                && let Some(checkpoint) = state.checkpoint()
+            {
+                progress.pending = Some((checkpoint, progress.next_sequence));
+            }
+            let Some((checkpoint, before)) = &progress.pending else {
+                continue;
+            };
+            if !progress.confirmed_before(*before) {
+                continue;
+            }
+            let checkpoint = checkpoint.clone();
+            progress.pending = None;
+            if progress.last_written.as_ref() != Some(&checkpoint) {
+                ready.push((partition, checkpoint));
+            }
+        }
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let store = &self.store;
+        let written = self.runtime.block_on(async {
+            let writes = ready
+                .iter()
+                .map(|(partition, checkpoint)| store.write(*partition, checkpoint));
+            futures_util::future::join_all(writes).await
+        });
+        let mut offsets = TopicPartitionList::new();
+        for ((partition, checkpoint), result) in ready.into_iter().zip(written) {
+            if let Err(error) = result {
+                tracing::warn!(%error, "checkpoint not written; the commit waits for the next round");
+                continue;
+            }
+            offsets.add_partition_offset(
+                &self.events_topic,
+                partition,
+                Offset::Offset(checkpoint.commit_offset),
+            )?;
+            if let Some(progress) = self.progress.get_mut(&partition) {
+                progress.committed = Some(checkpoint.commit_offset);
+                progress.last_written = Some(checkpoint);
+            }
+        }
+        if offsets.count() > 0 {
+            // The checkpoints are what a rebuild starts from; the committed offsets are for
+            // lag monitoring, and a failure here is corrected by the next round.
+            if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
+                tracing::warn!(%error, "offset commit failed; the checkpoints are written");
+            }
+            counter!(COMMITS).increment(offsets.count() as u64);
+        }
+        Ok(())
+    }
+
+    fn assigned(&self) -> Vec<i32> {
+        let mut partitions: Vec<i32> = self.progress.keys().copied().collect();
+        partitions.sort_unstable();
+        partitions
+    }
+
+    /// Closes by the clock the windows of caught-up partitions.
+    fn close_idle(&mut self, consumer: &BaseConsumer<BatcherContext>) -> anyhow::Result<()> {
+        let now = now_unix_ms();
+        for partition in self.assigned() {
+            let due = self
+                .core
+                .partition(partition)
+                .is_some_and(|state| state.idle_close_due(now, &self.core.settings));
+            if !due {
+                continue;
+            }
+            let (_, high) =
+                consumer.fetch_watermarks(&self.events_topic, partition, REQUEST_TIMEOUT)?;
+            let position = self.progress.get(&partition).map_or(0, |p| p.position);
+            if position >= high {
+                let closed = self.core.close_idle(partition, now, position)?;
+                self.send(closed)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn report(&mut self, consumer: &BaseConsumer<BatcherContext>) {
+        gauge!(OPEN_WINDOWS).set(self.core.open_windows() as f64);
+        gauge!(OPEN_PARTS).set(self.core.open_parts() as f64);
+        gauge!(BUFFERED_BYTES).set(self.core.memory_bytes() as f64);
+        gauge!(PUBLISH_BACKLOG).set(self.backlog.len() as f64);
+        counter!(SPILLED_BYTES).absolute(self.core.spilled_bytes());
+        let duplicates: u64 = self
+            .core
+            .assigned()
+            .filter_map(|p| self.core.partition(p).map(|s| s.duplicates))
+            .sum();
+        counter!(DUPLICATES).increment(duplicates.saturating_sub(self.duplicates_reported));
+        self.duplicates_reported = duplicates;
+        for (partition, progress) in &self.progress {
+            let label = partition.to_string();
+            if let Some(committed) = progress.committed {
+                gauge!(COMMIT_LAG, "partition" => label.clone())
+                    .set((progress.position - committed).max(0) as f64);
+            }
+            if let Ok((_, high)) =
+                consumer.fetch_watermarks(&self.events_topic, *partition, REQUEST_TIMEOUT)
+            {
+                gauge!(CONSUMER_LAG, "partition" => label)
+                    .set((high - progress.position).max(0) as f64);
+            }
+        }
+    }
+
+    fn assign(
+        &mut self,
+        consumer: &BaseConsumer<BatcherContext>,
+        assignment: &mut TopicPartitionList,
+    ) {
+        let checkpoints = match self.store.read_latest(CHECKPOINT_READ_TIMEOUT) {
+            Ok(checkpoints) => checkpoints,
+            Err(error) => {
+                tracing::error!(%error, "checkpoints unreadable; starting from committed offsets, which can repeat events");
+                HashMap::new()
+            }
+        };
+        let committed = consumer
+            .committed_offsets(assignment.clone(), REQUEST_TIMEOUT)
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot read committed offsets");
+                TopicPartitionList::new()
+            });
+        let partitions: Vec<i32> = assignment
+            .elements_for_topic(&self.events_topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        for partition in partitions {
+            let checkpoint = checkpoints.get(&partition).cloned();
+            let committed_offset = committed
+                .find_partition(&self.events_topic, partition)
+                .and_then(|e| e.offset().to_raw())
+                .filter(|offset| *offset >= 0);
+            let start = checkpoint
+                .as_ref()
+                .map(|c| c.commit_offset)
+                .or(committed_offset);
+            let offset = start.map_or(Offset::Beginning, Offset::Offset);
+            if let Err(error) =
+                assignment.set_partition_offset(&self.events_topic, partition, offset)
+            {
+                tracing::error!(partition, %error, "cannot set the start offset");
+            }
+            tracing::info!(
+                partition,
+                ?start,
+                checkpoint = checkpoint.is_some(),
+                "partition assigned"
+            );
+            self.core.assign(partition, checkpoint.clone());
+            self.progress.insert(
+                partition,
+                Progress {
+                    position: start.unwrap_or(0),
+                    committed: start,
+                    last_written: checkpoint,
+                    ..Progress::default()
+                },
+            );
+        }
+    }
+
+    fn revoke(&mut self, consumer: &BaseConsumer<BatcherContext>, revoked: &TopicPartitionList) {
+        let partitions: Vec<i32> = revoked
+            .elements_for_topic(&self.events_topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        if !self.await_confirms(&partitions, REVOKE_CONFIRM_WAIT) {
+            tracing::warn!(
+                ?partitions,
+                "parts still unconfirmed at revocation; the next owner rebuilds them"
+            );
+        }
+        if let Err(error) = self.commit(consumer, &partitions) {
+            tracing::warn!(%error, "commit at revocation failed");
+        }
+        for partition in partitions {
+            self.core.revoke(partition);
+            self.progress.remove(&partition);
+            tracing::info!(partition, "partition revoked");
+        }
+    }
+}
+
+/// The consumer's context: rebalances go through the shared batching state.
+pub struct BatcherContext {
+    batching: Mutex<Batching>,
+}
+
+impl BatcherContext {
+    pub fn new(batching: Batching) -> Self {
+        Self {
+            batching: Mutex::new(batching),
+        }
+    }
+
+    /// The state is consistent after every step, so a panic elsewhere leaves it usable.
+    fn lock(&self) -> MutexGuard<'_, Batching> {
+        self.batching.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl ClientContext for BatcherContext {}
+
+impl ConsumerContext for BatcherContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.lock().assign(consumer, partitions);
+                if let Err(error) = consumer.assign(partitions) {
+                    tracing::error!(%error, "cannot take the assigned partitions");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.lock().revoke(consumer, partitions);
+                if let Err(error) = consumer.unassign() {
+                    tracing::error!(%error, "cannot give up the revoked partitions");
+                }
+            }
+            other => tracing::error!(error = ?other, "rebalance failed"),
+        }
+    }
+}
+
+/// Runs the consumer until `shutdown`, then publishes what closed, commits what is safe within
+/// `drain`, and leaves the rest to be rebuilt by the next owner.
+pub fn run(
+    consumer: &BaseConsumer<BatcherContext>,
+    shutdown: &CancellationToken,
+    commit_interval: Duration,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let mut paused = false;
+    let mut last_commit = Instant::now();
+    let mut last_housekeeping = Instant::now();
+    while !shutdown.is_cancelled() {
+        let message = consumer.poll(Duration::from_millis(100));
+        let mut batching = consumer.context().lock();
+        match message {
+            Some(Ok(message)) => batching.take(&message)?,
+            Some(Err(error)) => tracing::warn!(%error, "Kafka consumer error"),
+            None => {}
+        }
+        batching.drain_confirms();
+        batching.flush_backlog()?;
+        // RabbitMQ is behind: stop reading (and so stop buffering) until it catches up.
+        let behind = !batching.backlog.is_empty();
+        if behind != paused {
+            let assignment = consumer.assignment()?;
+            if behind {
+                consumer.pause(&assignment)?;
+                tracing::warn!(
+                    backlog = batching.backlog.len(),
+                    "RabbitMQ is behind; consumption paused"
+                );
+            } else {
+                consumer.resume(&assignment)?;
+                tracing::info!("consumption resumed");
+            }
+            paused = behind;
+        }
+        if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
+            last_housekeeping = Instant::now();
+            batching.close_idle(consumer)?;
+            batching.report(consumer);
+        }
+        if last_commit.elapsed() >= commit_interval {
+            last_commit = Instant::now();
+            let partitions = batching.assigned();
+            batching.commit(consumer, &partitions)?;
+        }
+    }
+    let mut batching = consumer.context().lock();
+    let partitions = batching.assigned();
+    if !batching.await_confirms(&partitions, drain) {
+        tracing::warn!("shutting down with parts unconfirmed; the next owner rebuilds them");
+    }
+    batching.commit(consumer, &partitions)?;
+    tracing::info!(partitions = ?partitions, "final checkpoints written");
+    Ok(())
+}

@@ -1,0 +1,403 @@
+//! `batcher replay`: rebuilds the windows of a range of the events topic with the live
+//! batcher's core and enqueues their objects again (DESIGN §4). Each partition starts at the
+//! first record of the window holding the requested start, which is where live batching
+//! started that window, so the objects come out with the same keys and bytes; the uploader's
+//! `If-None-Match` makes objects already delivered a no-op.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use common::clock::now_unix_ms;
+use common::event::TenantId;
+use common::registry::IntegrationRegistry;
+use common::shutdown::Supervisor;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use time::OffsetDateTime;
+
+use crate::config::{BatcherConfig, ReplayArgs, ReplayStart};
+use crate::core::window::window_start;
+use crate::core::{ClosedPart, Core, WindowSettings};
+use crate::publish::{self, Confirmed, Outgoing};
+use crate::records::take_record;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What a replay reads from one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionPlan {
+    pub partition: i32,
+    /// The first record of the window holding the requested start.
+    pub start_offset: i64,
+    /// Reading stops before this offset.
+    pub end_offset: i64,
+    /// Parts of windows starting before this are not published (they began before the range).
+    pub first_window_ms: i64,
+    /// No record closes the last window: reading goes to the end of the partition and windows
+    /// whose close time has passed are closed by the clock.
+    pub to_end: bool,
+}
+
+/// Counts for the summary.
+#[derive(Debug, Default)]
+struct Summary {
+    records: u64,
+    parts: BTreeMap<&'static str, u64>,
+    events: u64,
+    bytes: u64,
+    left_open: usize,
+}
+
+pub async fn run(config: &BatcherConfig, args: &ReplayArgs) -> anyhow::Result<()> {
+    let supervisor = Supervisor::new();
+    let registry = IntegrationRegistry::follow(
+        &config.kafka,
+        &config.topics.integrations_topic,
+        &supervisor,
+    )
+    .await
+    .context("cannot follow the integrations")?;
+    tokio::time::timeout(Duration::from_secs(60), registry.caught_up())
+        .await
+        .context("the integrations topic was not read within 60 s")?;
+    if let Some(tenant) = &args.tenant {
+        anyhow::ensure!(
+            registry.get(tenant).is_some(),
+            "tenant {tenant} has no integration: there is nowhere to deliver its events"
+        );
+    }
+    let settings = config.batching.window_settings();
+    let to_ms = args.to.map_or_else(now_unix_ms, |to| {
+        i64::try_from(to.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+    });
+    let consumer: BaseConsumer = config
+        .kafka
+        .client_config(&[
+            ("group.id", "activity-batcher-replay"),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+        ])
+        .create()
+        .context("cannot create the Kafka consumer")?;
+    let topic = config.topics.events_topic.clone();
+    let (consumer, plans) = {
+        let (start, settings, topic) = (args.from.clone(), settings.clone(), topic.clone());
+        tokio::task::spawn_blocking(move || {
+            let plans = plan(&consumer, &topic, &start, to_ms, &settings);
+            plans.map(|plans| (consumer, plans))
+        })
+        .await
+        .context("planning panicked")??
+    };
+    print_plan(&topic, &plans, to_ms, args.tenant.as_ref(), &settings);
+    if plans.is_empty() {
+        println!("nothing to replay");
+        supervisor.cancel();
+        return Ok(());
+    }
+
+    let (parts_tx, parts_rx) = tokio::sync::mpsc::channel(256);
+    let (confirms_tx, confirms_rx) = std::sync::mpsc::channel::<Confirmed>();
+    let publisher = tokio::spawn(publish::run(
+        config.amqp.clone(),
+        config.uploads.topology(),
+        parts_rx,
+        confirms_tx,
+        std::sync::Arc::default(),
+        supervisor.token(),
+    ));
+    let spill_dir =
+        std::env::temp_dir().join(format!("activity-batcher-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&spill_dir).context("cannot create a spill directory")?;
+    let core = Core::new(
+        settings,
+        usize::try_from(config.memory_budget).unwrap_or(usize::MAX),
+        spill_dir.clone(),
+    );
+    let only_tenant = args.tenant.clone();
+    let summary = tokio::task::spawn_blocking(move || {
+        replay(
+            &consumer,
+            &topic,
+            core,
+            &registry,
+            only_tenant.as_ref(),
+            &plans,
+            to_ms,
+            &parts_tx,
+            &confirms_rx,
+        )
+    })
+    .await
+    .context("the replay panicked")??;
+    publisher.await.context("the publisher panicked")??;
+    supervisor.cancel();
+    drop(std::fs::remove_dir_all(&spill_dir));
+    let parts: u64 = summary.parts.values().sum();
+    println!(
+        "replayed {} record(s): {parts} object(s) enqueued and confirmed ({}), {} event(s), {} byte(s) compressed; {} window part(s) still open, left to live batching",
+        summary.records,
+        summary
+            .parts
+            .iter()
+            .map(|(reason, n)| format!("{n} {reason}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        summary.events,
+        summary.bytes,
+        summary.left_open
+    );
+    Ok(())
+}
+
+/// Works out, per partition, where reading starts and stops.
+pub fn plan(
+    consumer: &BaseConsumer,
+    topic: &str,
+    start: &ReplayStart,
+    to_ms: i64,
+    settings: &WindowSettings,
+) -> anyhow::Result<Vec<PartitionPlan>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .with_context(|| format!("cannot read the metadata of {topic}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    anyhow::ensure!(!partitions.is_empty(), "the topic {topic} does not exist");
+    let first_windows: Vec<(i32, i64)> = match start {
+        ReplayStart::Time(from) => {
+            let from_ms = i64::try_from(from.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+            let first = window_start(from_ms, settings.length_ms);
+            partitions.iter().map(|p| (*p, first)).collect()
+        }
+        ReplayStart::Offsets(offsets) => {
+            let mut windows = Vec::new();
+            for (partition, offset) in offsets {
+                anyhow::ensure!(
+                    partitions.contains(partition),
+                    "{topic} has no partition {partition}"
+                );
+                let timestamp = timestamp_at(consumer, topic, *partition, *offset)?;
+                windows.push((*partition, window_start(timestamp, settings.length_ms)));
+            }
+            windows
+        }
+    };
+    let last_window_end = window_start(to_ms - 1, settings.length_ms) + settings.length_ms;
+    let closing_time = last_window_end + settings.close_delay_ms;
+    let mut plans = Vec::new();
+    for (partition, first_window_ms) in first_windows {
+        if first_window_ms >= to_ms {
+            continue;
+        }
+        let (_, high) = consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT)?;
+        let Some(start_offset) = offset_for_time(consumer, topic, partition, first_window_ms)?
+        else {
+            continue;
+        };
+        let (end_offset, to_end) = match offset_for_time(consumer, topic, partition, closing_time)?
+        {
+            // That record's time closes the last window: read it too.
+            Some(closing) => (closing + 1, false),
+            None => (high, true),
+        };
+        if start_offset < end_offset {
+            plans.push(PartitionPlan {
+                partition,
+                start_offset,
+                end_offset,
+                first_window_ms,
+                to_end,
+            });
+        }
+    }
+    Ok(plans)
+}
+
+/// The first offset of `partition` whose timestamp is at or after `time_ms`, if any.
+fn offset_for_time(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    time_ms: i64,
+) -> anyhow::Result<Option<i64>> {
+    let mut query = TopicPartitionList::new();
+    query.add_partition_offset(topic, partition, Offset::Offset(time_ms))?;
+    let found = consumer
+        .offsets_for_times(query, REQUEST_TIMEOUT)
+        .with_context(|| format!("cannot look up offsets by time in {topic}/{partition}"))?;
+    Ok(found
+        .find_partition(topic, partition)
+        .and_then(|e| e.offset().to_raw())
+        .filter(|offset| *offset >= 0))
+}
+
+/// The timestamp of the record at `offset`.
+fn timestamp_at(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> anyhow::Result<i64> {
+    let (low, high) = consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT)?;
+    anyhow::ensure!(
+        (low..high).contains(&offset),
+        "{topic}/{partition} holds offsets {low} to {} only, not {offset}",
+        high - 1
+    );
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.assign(&assignment)?;
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message?;
+            if message.offset() >= offset {
+                consumer.unassign()?;
+                return message.timestamp().to_millis().with_context(|| {
+                    format!("the record at {partition}:{offset} has no timestamp")
+                });
+            }
+        }
+    }
+    anyhow::bail!("could not read {topic}/{partition} at offset {offset}")
+}
+
+fn format_time(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+fn print_plan(
+    topic: &str,
+    plans: &[PartitionPlan],
+    to_ms: i64,
+    tenant: Option<&TenantId>,
+    settings: &WindowSettings,
+) {
+    println!(
+        "replay of {topic}, windows of {} s from their start up to {} (exclusive), tenant: {}",
+        settings.length_ms / 1000,
+        format_time(to_ms),
+        tenant.map_or_else(|| "all with an integration".to_owned(), ToString::to_string)
+    );
+    for plan in plans {
+        println!(
+            "  partition {}: offsets {} to {}{}, windows from {}",
+            plan.partition,
+            plan.start_offset,
+            plan.end_offset - 1,
+            if plan.to_end { " (end of log)" } else { "" },
+            format_time(plan.first_window_ms)
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn replay(
+    consumer: &BaseConsumer,
+    topic: &str,
+    mut core: Core,
+    registry: &IntegrationRegistry,
+    only_tenant: Option<&TenantId>,
+    plans: &[PartitionPlan],
+    to_ms: i64,
+    parts: &tokio::sync::mpsc::Sender<Outgoing>,
+    confirms: &std::sync::mpsc::Receiver<Confirmed>,
+) -> anyhow::Result<Summary> {
+    let mut summary = Summary::default();
+    let mut sent = 0_u64;
+    let mut last_progress = Instant::now();
+    let mut publish =
+        |part: ClosedPart, summary: &mut Summary, plan: &PartitionPlan| -> anyhow::Result<()> {
+            if part.window_start_ms < plan.first_window_ms || part.window_start_ms >= to_ms {
+                return Ok(());
+            }
+            *summary.parts.entry(part.reason.as_str()).or_default() += 1;
+            summary.events += part.content.event_count;
+            summary.bytes += part.content.body.len() as u64;
+            let outgoing = Outgoing {
+                partition: part.partition,
+                sequence: sent,
+                job: part.job(now_unix_ms()),
+                body: part.content.body,
+            };
+            sent += 1;
+            parts
+                .blocking_send(outgoing)
+                .map_err(|_| anyhow::anyhow!("the publisher stopped"))
+        };
+    for plan in plans {
+        core.assign(plan.partition, None);
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(
+            topic,
+            plan.partition,
+            Offset::Offset(plan.start_offset),
+        )?;
+        consumer.assign(&assignment)?;
+        let mut next = plan.start_offset;
+        while next < plan.end_offset {
+            let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let message = message?;
+            if message.partition() != plan.partition || message.offset() < next {
+                continue;
+            }
+            next = message.offset() + 1;
+            summary.records += 1;
+            for part in take_record(&mut core, registry, only_tenant, &message)? {
+                publish(part, &mut summary, plan)?;
+            }
+            if last_progress.elapsed() >= PROGRESS_INTERVAL {
+                last_progress = Instant::now();
+                println!(
+                    "  partition {}: at offset {next} of {}, {} object(s) enqueued so far",
+                    plan.partition,
+                    plan.end_offset,
+                    summary.parts.values().sum::<u64>()
+                );
+            }
+        }
+        if plan.to_end {
+            for part in core.close_idle(plan.partition, now_unix_ms(), next)? {
+                publish(part, &mut summary, plan)?;
+            }
+        }
+        summary.left_open += core.partition(plan.partition).map_or(0, |s| s.open_parts());
+        core.revoke(plan.partition);
+        consumer.unassign()?;
+    }
+    let mut confirmed = 0_u64;
+    while confirmed < sent {
+        match confirms.recv_timeout(PROGRESS_INTERVAL) {
+            Ok(_) => confirmed += 1,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                println!(
+                    "  waiting for RabbitMQ to confirm {} more object(s)",
+                    sent - confirmed
+                );
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                anyhow::bail!(
+                    "the publisher stopped with {} object(s) unconfirmed",
+                    sent - confirmed
+                )
+            }
+        }
+    }
+    Ok(summary)
+}
