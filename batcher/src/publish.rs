@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
-use common::amqp::{AmqpArgs, confirmed, publish_persistent};
+use common::amqp::{AmqpArgs, Backoff, confirmed, publish_persistent};
 use common::job::UploadJob;
 use common::topology::{UPLOAD_ROUTING_KEY, UploadTopology};
 use lapin::PublisherConfirm;
@@ -58,132 +58,154 @@ impl ConfirmSink for std::sync::mpsc::Sender<Confirmed> {
 pub async fn run(
     amqp: AmqpArgs,
     topology: UploadTopology,
-    mut parts: mpsc::Receiver<Outgoing>,
+    parts: mpsc::Receiver<Outgoing>,
     sink: impl ConfirmSink,
     connected: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut waiting: VecDeque<Outgoing> = VecDeque::new();
-    let mut closed = false;
+    let mut publisher = Publisher {
+        topology,
+        parts,
+        waiting: VecDeque::new(),
+        closed: false,
+        sink,
+        connected,
+    };
+    let mut backoff = Backoff::default();
     loop {
         let Some(connection) = amqp.connect_with_retry("activity-batcher", &shutdown).await else {
             anyhow::ensure!(
-                waiting.is_empty(),
+                publisher.waiting.is_empty(),
                 "stopped with {} part(s) unpublished; they will be rebuilt from Kafka",
-                waiting.len()
+                publisher.waiting.len()
             );
             return Ok(());
         };
-        let session = session(
-            &connection,
-            &topology,
-            &mut parts,
-            &mut waiting,
-            &mut closed,
-            &sink,
-            &connected,
-        )
-        .await;
-        connected.store(false, Ordering::Relaxed);
+        let session = publisher.session(&connection, &mut backoff).await;
+        publisher.connected.store(false, Ordering::Relaxed);
         match session {
             Ok(()) => return Ok(()),
             Err(error) => {
                 counter!(PUBLISH_FAILURES).increment(1);
                 tracing::warn!(
                     error = format!("{error:#}"),
-                    waiting = waiting.len(),
+                    waiting = publisher.waiting.len(),
                     "publishing to RabbitMQ failed; reconnecting"
                 );
             }
         }
-        if shutdown.is_cancelled() && closed && waiting.is_empty() {
-            return Ok(());
-        }
+        // The connection may be fine while the broker refuses what we declare: wait before
+        // the next session.
+        backoff.wait(&shutdown).await;
     }
 }
 
-/// One connection's life. On error, every unconfirmed part is back in `waiting`.
-async fn session(
-    connection: &lapin::Connection,
-    topology: &UploadTopology,
-    parts: &mut mpsc::Receiver<Outgoing>,
-    waiting: &mut VecDeque<Outgoing>,
-    closed: &mut bool,
-    sink: &impl ConfirmSink,
-    connected: &AtomicBool,
-) -> anyhow::Result<()> {
-    let channel = connection
-        .create_channel()
-        .await
-        .context("cannot open a RabbitMQ channel")?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .context("cannot enable publisher confirms")?;
-    topology.declare(&channel).await?;
-    connected.store(true, Ordering::Relaxed);
-    let mut in_flight: VecDeque<(Outgoing, PublisherConfirm, Instant)> = VecDeque::new();
-    let result = async {
+/// The publisher's state across sessions.
+struct Publisher<S> {
+    topology: UploadTopology,
+    parts: mpsc::Receiver<Outgoing>,
+    /// Parts to publish before taking new ones: those a failed session left unconfirmed.
+    waiting: VecDeque<Outgoing>,
+    /// Whether `parts` has ended.
+    closed: bool,
+    sink: S,
+    connected: Arc<AtomicBool>,
+}
+
+impl<S: ConfirmSink> Publisher<S> {
+    /// The next part to publish: a waiting one, a new one (waiting for it only when nothing
+    /// is in flight), or none.
+    async fn next(&mut self, nothing_in_flight: bool) -> Option<Outgoing> {
+        if let Some(part) = self.waiting.pop_front() {
+            return Some(part);
+        }
+        if self.closed {
+            return None;
+        }
+        if nothing_in_flight {
+            let part = self.parts.recv().await;
+            self.closed = part.is_none();
+            part
+        } else {
+            self.parts.try_recv().ok()
+        }
+    }
+
+    /// One connection's life: returns `Ok` once `parts` ended and everything is confirmed.
+    /// On error, every unconfirmed part is back in `waiting`.
+    async fn session(
+        &mut self,
+        connection: &lapin::Connection,
+        backoff: &mut Backoff,
+    ) -> anyhow::Result<()> {
+        let channel = connection
+            .create_channel()
+            .await
+            .context("cannot open a RabbitMQ channel")?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .context("cannot enable publisher confirms")?;
+        self.topology.declare(&channel).await?;
+        self.connected.store(true, Ordering::Relaxed);
+        backoff.reset();
+        let mut in_flight: VecDeque<(Outgoing, PublisherConfirm, Instant)> = VecDeque::new();
+        let result = self.pump(&channel, &mut in_flight).await;
+        if result.is_err() {
+            // Unconfirmed parts go back in their original order, ahead of anything newer.
+            for (part, _, _) in in_flight.into_iter().rev() {
+                self.waiting.push_front(part);
+            }
+        }
+        result
+    }
+
+    async fn pump(
+        &mut self,
+        channel: &lapin::Channel,
+        in_flight: &mut VecDeque<(Outgoing, PublisherConfirm, Instant)>,
+    ) -> anyhow::Result<()> {
+        let exchange = self.topology.exchange.clone();
         loop {
-            if in_flight.len() < IN_FLIGHT {
-                let next = match waiting.pop_front() {
-                    Some(part) => Some(part),
-                    None if *closed => None,
-                    None if in_flight.is_empty() => match parts.recv().await {
-                        Some(part) => Some(part),
-                        None => {
-                            *closed = true;
-                            None
-                        }
-                    },
-                    None => parts.try_recv().ok(),
-                };
-                if let Some(part) = next {
-                    let pending = publish_persistent(
-                        &channel,
-                        &topology.exchange,
-                        UPLOAD_ROUTING_KEY,
-                        &part.body,
-                        part.job.to_headers(),
-                        Some(part.job.relative_key.as_str().into()),
-                    )
-                    .await;
-                    match pending {
-                        Ok(pending) => in_flight.push_back((part, pending, Instant::now())),
-                        Err(error) => {
-                            waiting.push_front(part);
-                            return Err(anyhow::Error::new(error));
-                        }
+            if in_flight.len() < IN_FLIGHT
+                && let Some(part) = self.next(in_flight.is_empty()).await
+            {
+                let pending = publish_persistent(
+                    channel,
+                    &exchange,
+                    UPLOAD_ROUTING_KEY,
+                    &part.body,
+                    part.job.to_headers(),
+                    Some(part.job.relative_key.as_str().into()),
+                )
+                .await;
+                match pending {
+                    Ok(pending) => in_flight.push_back((part, pending, Instant::now())),
+                    Err(error) => {
+                        self.waiting.push_front(part);
+                        return Err(anyhow::Error::new(error));
                     }
-                    continue;
                 }
+                continue;
             }
             let Some((part, pending, sent)) = in_flight.pop_front() else {
                 // Nothing in flight and nothing more will come.
                 return Ok(());
             };
-            match confirmed(&topology.exchange, pending).await {
+            match confirmed(&exchange, pending).await {
                 Ok(()) => {
                     histogram!(PUBLISH_CONFIRM_LATENCY).record(sent.elapsed().as_secs_f64());
                     counter!(PUBLISHED).increment(1);
-                    sink.confirmed(Confirmed {
+                    self.sink.confirmed(Confirmed {
                         partition: part.partition,
                         sequence: part.sequence,
                     });
                 }
                 Err(error) => {
-                    waiting.push_front(part);
+                    self.waiting.push_front(part);
                     return Err(anyhow::Error::new(error));
                 }
             }
         }
     }
-    .await;
-    if result.is_err() {
-        // Unconfirmed parts go back in their original order, ahead of anything newer.
-        for (part, _, _) in in_flight.into_iter().rev() {
-            waiting.push_front(part);
-        }
-    }
-    result
 }

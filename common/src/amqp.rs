@@ -81,9 +81,38 @@ impl AmqpArgs {
     }
 }
 
-/// First and longest wait between attempts to reach RabbitMQ.
-const RECONNECT_BACKOFF: (Duration, Duration) =
-    (Duration::from_millis(250), Duration::from_secs(15));
+/// Capped exponential waits between attempts at RabbitMQ, so a broker that is away, or that
+/// refuses the session (a queue declared with other arguments), is not hammered.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const LONGEST: Duration = Duration::from_secs(15);
+
+    /// Waits the next delay, or returns `false` at once when `shutdown` fires first.
+    pub async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::LONGEST);
+        tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    /// Starts again from the shortest delay, after a success.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
 
 impl AmqpArgs {
     /// Connects, retrying with capped exponential backoff for as long as RabbitMQ is away.
@@ -93,7 +122,7 @@ impl AmqpArgs {
         name: &str,
         shutdown: &CancellationToken,
     ) -> Option<Connection> {
-        let (mut wait, longest) = RECONNECT_BACKOFF;
+        let mut backoff = Backoff::default();
         loop {
             let attempt = tokio::select! {
                 () = shutdown.cancelled() => return None,
@@ -102,14 +131,12 @@ impl AmqpArgs {
             match attempt {
                 Ok(connection) => return Some(connection),
                 Err(error) => {
-                    tracing::warn!(%error, retry_in = ?wait, "RabbitMQ is unreachable");
+                    tracing::warn!(%error, "RabbitMQ is unreachable");
                 }
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return None,
-                () = tokio::time::sleep(wait) => {}
+            if !backoff.wait(shutdown).await {
+                return None;
             }
-            wait = (wait * 2).min(longest);
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use common::amqp::{AmqpArgs, PublishError, publish_confirmed};
+use common::amqp::{AmqpArgs, Backoff, PublishError, publish_confirmed};
 use common::clock::now_unix_ms;
 use common::delivery::{DeliveryRecord, outcome};
 use common::integration::Integration;
@@ -251,6 +251,7 @@ impl Uploader {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let in_flight = TaskTracker::new();
+        let mut backoff = Backoff::default();
         let slots = Slots {
             process: Arc::new(Semaphore::new(usize::from(self.concurrency))),
             tenants: TenantSlots::new(usize::from(self.tenant_concurrency)),
@@ -261,7 +262,7 @@ impl Uploader {
         {
             let session = self
                 .clone()
-                .session(&connection, &slots, &in_flight, &shutdown)
+                .session(&connection, &slots, &in_flight, &shutdown, &mut backoff)
                 .await;
             self.connected.store(false, Ordering::Relaxed);
             match session {
@@ -270,6 +271,10 @@ impl Uploader {
                     counter!(RECONNECTS).increment(1);
                     tracing::warn!(error = format!("{error:#}"), "lost RabbitMQ; reconnecting");
                 }
+            }
+            // The connection may be fine while the broker refuses what we declare: wait.
+            if !backoff.wait(&shutdown).await {
+                break;
             }
         }
         in_flight.close();
@@ -285,6 +290,7 @@ impl Uploader {
         slots: &Slots,
         in_flight: &TaskTracker,
         shutdown: &CancellationToken,
+        backoff: &mut Backoff,
     ) -> anyhow::Result<()> {
         let publisher = connection
             .create_channel()
@@ -317,6 +323,7 @@ impl Uploader {
             .await
             .context("cannot open a RabbitMQ channel")?;
         self.connected.store(true, Ordering::Relaxed);
+        backoff.reset();
         tracing::info!(queue = %self.topology.queue, "consuming uploads");
         let mut depth_tick = tokio::time::interval(DLQ_DEPTH_INTERVAL);
         loop {
