@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::CheckpointStore;
 use crate::core::{Checkpoint, ClosedPart, Core};
 use crate::metrics::{
-    BUFFERED_BYTES, COMMIT_LAG, COMMITS, CONSUMER_LAG, DUPLICATES, OPEN_PARTS, OPEN_WINDOWS,
-    PARTS_CLOSED, PUBLISH_BACKLOG, SPILLED_BYTES,
+    BUFFERED_BYTES, COMMIT_LAG, COMMITS, CONSUMER_LAG, DUPLICATES, NEXT_OFFSET, OPEN_PARTS,
+    OPEN_WINDOWS, PARTS_CLOSED, PUBLISH_BACKLOG, SPILLED_BYTES,
 };
 use crate::publish::{Confirmed, Outgoing};
 use crate::records::take_record;
@@ -296,6 +296,7 @@ impl Batching {
         self.duplicates_reported = duplicates;
         for (partition, progress) in &self.progress {
             let label = partition.to_string();
+            gauge!(NEXT_OFFSET, "partition" => label.clone()).set(progress.position as f64);
             if let Some(committed) = progress.committed {
                 gauge!(COMMIT_LAG, "partition" => label.clone())
                     .set((progress.position - committed).max(0) as f64);

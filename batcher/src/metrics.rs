@@ -32,6 +32,8 @@ pub const PUBLISH_FAILURES: &str = "activity_batcher_publish_failures_total";
 pub const COMMIT_LAG: &str = "activity_batcher_commit_lag_records";
 /// Records between what was read and the end of the partition, by partition.
 pub const CONSUMER_LAG: &str = "activity_batcher_consumer_lag_records";
+/// The next offset to read, by partition.
+pub const NEXT_OFFSET: &str = "activity_batcher_next_offset";
 /// Checkpoints written and offsets committed.
 pub const COMMITS: &str = "activity_batcher_commits_total";
 
@@ -94,6 +96,11 @@ pub fn describe() {
         CONSUMER_LAG,
         Unit::Count,
         "Records between what was read and the end of the partition, by partition."
+    );
+    describe_gauge!(
+        NEXT_OFFSET,
+        Unit::Count,
+        "The next offset to read, by partition."
     );
     describe_counter!(
         COMMITS,

@@ -100,8 +100,8 @@ impl BatcherSetup {
         }
     }
 
-    /// Starts a batcher process with windows of `window`, closing after `close_delay`, and
-    /// `extra` flags.
+    /// Starts a batcher process with windows of `window`, closing after `close_delay`,
+    /// committing every 200 ms unless `extra` says otherwise, and `extra` flags.
     pub fn spawn(&self, window: &str, close_delay: &str, extra: &[&str]) -> ServiceProcess {
         let brokers = crate::kafka::brokers();
         let spill_dir = self.spill_dir.display().to_string();
@@ -124,11 +124,17 @@ impl BatcherSetup {
             close_delay,
             "--kafka-brokers",
             &brokers,
-            "--commit-interval",
-            "200ms",
             "--retry-tiers",
             "60s",
+            // A killed member holds its partitions until its session times out.
+            "--kafka-property",
+            "session.timeout.ms=6000",
+            "--kafka-property",
+            "heartbeat.interval.ms=1000",
         ];
+        if !extra.contains(&"--commit-interval") {
+            args.extend_from_slice(&["--commit-interval", "200ms"]);
+        }
         args.extend_from_slice(extra);
         ServiceProcess::spawn("batcher", &args)
     }

@@ -70,12 +70,17 @@ impl ServiceProcess {
 
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
+        self.try_metrics().await.expect("scrape /metrics")
+    }
+
+    /// The Prometheus text of `/metrics`, or `None` while the service does not answer.
+    pub async fn try_metrics(&self) -> Option<String> {
         reqwest::get(self.url("/metrics"))
             .await
-            .expect("scrape /metrics")
+            .ok()?
             .text()
             .await
-            .expect("metrics text")
+            .ok()
     }
 }
 
@@ -115,12 +120,18 @@ pub fn spawn_uploader(
 
 /// The value of the first sample of `metric` in a Prometheus text exposition (labels ignored).
 pub fn metric_value(exposition: &str, metric: &str) -> Option<f64> {
+    labelled_metric_value(exposition, metric, "")
+}
+
+/// The value of the first sample of `metric` whose labels contain `label` (`partition="0"`).
+pub fn labelled_metric_value(exposition: &str, metric: &str, label: &str) -> Option<f64> {
     exposition
         .lines()
         .filter(|line| !line.starts_with('#'))
         .find(|line| {
-            line.strip_prefix(metric)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            line.strip_prefix(metric).is_some_and(|rest| {
+                (rest.starts_with(' ') || rest.starts_with('{')) && rest.contains(label)
+            })
         })
         .and_then(|line| line.rsplit(' ').next()?.parse().ok())
 }
