@@ -221,7 +221,10 @@ pub fn plan(
     Ok(plans)
 }
 
-/// The first offset of `partition` whose timestamp is at or after `time_ms`, if any.
+/// The first offset of `partition` whose timestamp is at or after `time_ms`, if any. The
+/// broker's time index gives a starting point and reading forward from it gives the answer,
+/// so a broker whose lookup is coarse (the Tansu test broker answers the partition's start)
+/// still yields the exact offset; on Kafka the first record read is the answer.
 fn offset_for_time(
     consumer: &BaseConsumer,
     topic: &str,
@@ -233,10 +236,17 @@ fn offset_for_time(
     let found = consumer
         .offsets_for_times(query, REQUEST_TIMEOUT)
         .with_context(|| format!("cannot look up offsets by time in {topic}/{partition}"))?;
-    Ok(found
+    let Some(hint) = found
         .find_partition(topic, partition)
         .and_then(|e| e.offset().to_raw())
-        .filter(|offset| *offset >= 0))
+        .filter(|offset| *offset >= 0)
+    else {
+        return Ok(None);
+    };
+    let found = scan(consumer, topic, partition, hint, |_, timestamp| {
+        timestamp >= time_ms
+    })?;
+    Ok(found.map(|(offset, _)| offset))
 }
 
 /// The timestamp of the record at `offset`.
@@ -246,28 +256,59 @@ fn timestamp_at(
     partition: i32,
     offset: i64,
 ) -> anyhow::Result<i64> {
-    let (low, high) = consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT)?;
-    anyhow::ensure!(
-        (low..high).contains(&offset),
-        "{topic}/{partition} holds offsets {low} to {} only, not {offset}",
-        high - 1
-    );
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-    consumer.assign(&assignment)?;
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    while Instant::now() < deadline {
-        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
-            let message = message?;
-            if message.offset() >= offset {
-                consumer.unassign()?;
-                return message.timestamp().to_millis().with_context(|| {
-                    format!("the record at {partition}:{offset} has no timestamp")
-                });
-            }
-        }
+    let found = scan(consumer, topic, partition, offset, |at, _| at >= offset)?;
+    let (_, timestamp) =
+        found.with_context(|| format!("{topic}/{partition} has no record at offset {offset}"))?;
+    Ok(timestamp)
+}
+
+/// Reads `partition` from `from` to its end and returns the offset and timestamp of the first
+/// record for which `wanted(offset, timestamp)` holds.
+fn scan(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    wanted: impl Fn(i64, i64) -> bool,
+) -> anyhow::Result<Option<(i64, i64)>> {
+    let (_, high) = consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT)?;
+    if from >= high {
+        return Ok(None);
     }
-    anyhow::bail!("could not read {topic}/{partition} at offset {offset}")
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
+    consumer.assign(&assignment)?;
+    let mut next = from;
+    let mut idle_since = Instant::now();
+    let found = loop {
+        if next >= high {
+            break None;
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            anyhow::ensure!(
+                idle_since.elapsed() < REQUEST_TIMEOUT,
+                "could not read {topic}/{partition} at offset {next}"
+            );
+            continue;
+        };
+        let message = message?;
+        idle_since = Instant::now();
+        if message.partition() != partition || message.offset() < next {
+            continue;
+        }
+        next = message.offset() + 1;
+        let timestamp = message.timestamp().to_millis().with_context(|| {
+            format!(
+                "the record at {partition}:{} has no timestamp",
+                message.offset()
+            )
+        })?;
+        if wanted(message.offset(), timestamp) {
+            break Some((message.offset(), timestamp));
+        }
+    };
+    consumer.unassign()?;
+    Ok(found)
 }
 
 fn format_time(ms: i64) -> String {

@@ -71,3 +71,157 @@ async fn closed_windows_become_jobs_with_every_delivered_event_once() {
     drop(batcher);
     delete_topology(&channel, &setup.topology).await;
 }
+
+/// Writes windows 0 to 2 for two tenants on two partitions (timestamps half an hour ahead, so
+/// only records close windows), and records of a tenant without integration that close them.
+async fn three_windows(events: &EventsTopic, base: i64) -> usize {
+    let mut written = 0;
+    for window in 0..3 {
+        for n in 0..6 {
+            let at = base + window * 10_000 + 1_000 + n * 500;
+            events
+                .send(0, "acme", &format!("a{window}-{n}"), at, 200)
+                .await;
+            events
+                .send(1, "globex", &format!("g{window}-{n}"), at, 50)
+                .await;
+            written += 2;
+        }
+    }
+    for partition in 0..2 {
+        events
+            .send(partition, "nobody", "closer", base + 50_000, 10)
+            .await;
+    }
+    written
+}
+
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .expect("time")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format")
+}
+
+/// Runs `batcher replay` for `setup` with `range` flags and returns what it printed.
+fn replay(setup: &BatcherSetup, range: &[&str]) -> String {
+    let spill_dir = setup.spill_dir.display().to_string();
+    let brokers = integration_tests::kafka::brokers();
+    // The service's settings (the same ACTIVITY_* variables) come before the command.
+    let output = std::process::Command::new(integration_tests::process::binary("batcher"))
+        .args([
+            "--events-topic",
+            &setup.events,
+            "--integrations-topic",
+            &setup.integrations,
+            "--uploads-name",
+            &setup.topology.queue,
+            "--retry-tiers",
+            "60s",
+            "--spill-dir",
+            &spill_dir,
+            "--window",
+            "10s",
+            "--close-delay",
+            "2s",
+            "--kafka-brokers",
+            &brokers,
+        ])
+        .arg("replay")
+        .args(range)
+        .env("ACTIVITY_LOG", "warn")
+        .output()
+        .expect("run batcher replay");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "replay failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn replay_rebuilds_the_live_objects_of_its_range_and_twice_is_the_same() {
+    let events = EventsTopic::create(2).await;
+    let integrations = IntegrationsTopic::create().await;
+    integrations.connect("acme", "acme-bucket").await;
+    integrations.connect("globex", "globex-bucket").await;
+    let base = (now_unix_ms() + 30 * 60_000) / 10_000 * 10_000;
+    let written = three_windows(&events, base).await;
+    let live = BatcherSetup::new(&events, &integrations);
+    let (_connection, channel) = confirm_channel("batcher-replay-test").await;
+    live.topology.declare(&channel).await.expect("declare");
+    let batcher = live.spawn("10s", "2s", &[]);
+    let live_jobs = jobs_until_events(
+        &channel,
+        &live.topology.queue,
+        written,
+        Duration::from_secs(60),
+    )
+    .await;
+    drop(batcher);
+
+    let replays = BatcherSetup::new(&events, &integrations);
+    replays.topology.declare(&channel).await.expect("declare");
+    // From inside window 1 to the end of window 2: windows 1 and 2, whole.
+    let range = [
+        "--from",
+        &rfc3339(base + 14_000),
+        "--to",
+        &rfc3339(base + 30_000),
+    ];
+    let printed = replay(&replays, &range);
+    assert!(
+        printed.contains("partition 0: offsets 6 to"),
+        "the plan is printed: {printed}"
+    );
+    assert!(
+        printed.contains("object(s) enqueued and confirmed"),
+        "{printed}"
+    );
+    let first = take_jobs(&channel, &replays.topology.queue).await;
+    let expected: Vec<_> = live_jobs
+        .values()
+        .filter(|j| j.job.window_start_ms >= base + 10_000)
+        .collect();
+    assert_eq!(first.len(), expected.len(), "{printed}");
+    for job in &first {
+        let live = &live_jobs[&job.job.relative_key];
+        assert_eq!(
+            job.body, live.body,
+            "{}: the live bytes",
+            job.job.relative_key
+        );
+        assert_eq!(job.job.first_offset, live.job.first_offset);
+    }
+    replay(&replays, &range);
+    let second = take_jobs(&channel, &replays.topology.queue).await;
+    let keys = |jobs: &[integration_tests::batching::PublishedJob]| {
+        jobs.iter()
+            .map(|j| (j.job.relative_key.clone(), j.body.clone()))
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        keys(&first),
+        keys(&second),
+        "a second replay publishes the same jobs"
+    );
+
+    let mut only_acme = range.to_vec();
+    only_acme.extend(["--tenant", "acme"]);
+    replay(&replays, &only_acme);
+    let acme = take_jobs(&channel, &replays.topology.queue).await;
+    assert!(!acme.is_empty());
+    assert!(acme.iter().all(|j| j.job.tenant_id.as_str() == "acme"));
+    assert_eq!(
+        keys(&acme),
+        keys(&first)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("acme/"))
+            .collect(),
+        "the tenant's objects, the same as in the full replay"
+    );
+    delete_topology(&channel, &live.topology).await;
+    delete_topology(&channel, &replays.topology).await;
+}
