@@ -68,6 +68,24 @@ impl ServiceProcess {
         .await;
     }
 
+    /// Sends SIGTERM and waits up to `within` for the process to exit; returns its exit code.
+    pub async fn terminate(&mut self, within: Duration) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "send SIGTERM to {pid}");
+        let give_up = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the process") {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "the process did not stop within {within:?} of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         self.try_metrics().await.expect("scrape /metrics")

@@ -1,5 +1,6 @@
 //! The batcher as a process on the real broker and RabbitMQ: closed windows become upload jobs
-//! holding every delivered event once, under the key layout of DESIGN §2.
+//! holding every delivered event once, under the key layout of DESIGN §2; replay rebuilds the
+//! live objects; two batchers share the partitions and hand them over.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use integration_tests::batching::{BatcherSetup, EventsTopic, jobs_until_events, 
 use integration_tests::fixtures::{
     IntegrationsTopic, confirm_channel, delete_topology, integration_json,
 };
+use integration_tests::process::{ServiceProcess, labelled_metric_value};
+use integration_tests::wait_for;
 
 #[tokio::test]
 async fn closed_windows_become_jobs_with_every_delivered_event_once() {
@@ -224,4 +227,83 @@ async fn replay_rebuilds_the_live_objects_of_its_range_and_twice_is_the_same() {
     );
     delete_topology(&channel, &live.topology).await;
     delete_topology(&channel, &replays.topology).await;
+}
+
+/// The partitions `batcher` reports reading.
+async fn reading(batcher: &ServiceProcess, partitions: i32) -> Vec<i32> {
+    let Some(metrics) = batcher.try_metrics().await else {
+        return Vec::new();
+    };
+    (0..partitions)
+        .filter(|p| {
+            labelled_metric_value(&metrics, "activity_batcher_next_offset", &format!("partition=\"{p}\"")).is_some()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn two_batchers_split_the_partitions_and_a_stopped_one_hands_over_without_loss_or_repeats() {
+    const PARTITIONS: i32 = 4;
+    let events = EventsTopic::create(PARTITIONS).await;
+    let integrations = IntegrationsTopic::create().await;
+    let tenants: Vec<String> = (0..8).map(|n| format!("tenant{n}")).collect();
+    for tenant in &tenants {
+        integrations.connect(tenant, &format!("{tenant}-bucket")).await;
+    }
+    let setup = BatcherSetup::new(&events, &integrations);
+    let (_connection, channel) = confirm_channel("batcher-group-test").await;
+    setup.topology.declare(&channel).await.expect("declare");
+    let mut first = setup.spawn("10s", "2s", &[]);
+    let second = setup.spawn("10s", "2s", &[]);
+    wait_for("both batchers to read partitions", Duration::from_secs(60), || async {
+        let (a, b) = (reading(&first, PARTITIONS).await, reading(&second, PARTITIONS).await);
+        let all: BTreeSet<i32> = a.iter().chain(&b).copied().collect();
+        (!a.is_empty() && !b.is_empty() && all.len() == PARTITIONS as usize).then_some(())
+    })
+    .await;
+
+    let base = (now_unix_ms() + 30 * 60_000) / 10_000 * 10_000;
+    // Writes a window's events and records that close it; returns how many events.
+    let write_window = async |window: i64| {
+        let mut written = 0;
+        for (n, tenant) in tenants.iter().enumerate() {
+            let partition = i32::try_from(n).expect("small") % PARTITIONS;
+            for k in 0..3 {
+                let id = format!("{tenant}-w{window}-{k}");
+                events.send(partition, tenant, &id, base + window * 10_000 + 1_000 + k, 20).await;
+                written += 1;
+            }
+        }
+        for partition in 0..PARTITIONS {
+            events.send(partition, "nobody", "closer", base + (window + 1) * 10_000 + 2_500, 10).await;
+        }
+        written
+    };
+    let window_0 = write_window(0).await;
+    let before = jobs_until_events(&channel, &setup.topology.queue, window_0, Duration::from_secs(60)).await;
+
+    assert_eq!(first.terminate(Duration::from_secs(30)).await, Some(0), "a clean stop");
+    wait_for("the other batcher to take every partition", Duration::from_secs(60), || async {
+        (reading(&second, PARTITIONS).await.len() == PARTITIONS as usize).then_some(())
+    })
+    .await;
+    let window_1 = write_window(1).await;
+    let after = jobs_until_events(
+        &channel,
+        &setup.topology.queue,
+        window_1,
+        Duration::from_secs(60),
+    )
+    .await;
+    let repeated: Vec<_> = after.keys().filter(|k| before.contains_key(*k)).collect();
+    assert!(repeated.is_empty(), "confirmed window-0 jobs published again: {repeated:?}");
+    let mut ids = BTreeSet::new();
+    for job in before.values().chain(after.values()) {
+        for id in job.event_ids() {
+            assert!(ids.insert(id.clone()), "event {id} in two objects");
+        }
+    }
+    assert_eq!(ids.len(), window_0 + window_1, "no event missing");
+    drop(second);
+    delete_topology(&channel, &setup.topology).await;
 }
