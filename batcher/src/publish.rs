@@ -22,6 +22,8 @@ use crate::metrics::{PUBLISH_CONFIRM_LATENCY, PUBLISH_FAILURES, PUBLISHED};
 
 /// Messages awaiting their confirm at once.
 const IN_FLIGHT: usize = 256;
+/// How often an idle publisher checks that its connection is still up.
+const CONNECTION_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One closed part on its way to RabbitMQ.
 #[derive(Debug)]
@@ -114,20 +116,34 @@ struct Publisher<S> {
 
 impl<S: ConfirmSink> Publisher<S> {
     /// The next part to publish: a waiting one, a new one (waiting for it only when nothing
-    /// is in flight), or none.
-    async fn next(&mut self, nothing_in_flight: bool) -> Option<Outgoing> {
+    /// is in flight), or none. While it waits, a lost connection ends the wait with an error,
+    /// so readiness says so even when nothing is being published.
+    async fn next(
+        &mut self,
+        channel: &lapin::Channel,
+        nothing_in_flight: bool,
+    ) -> anyhow::Result<Option<Outgoing>> {
         if let Some(part) = self.waiting.pop_front() {
-            return Some(part);
+            return Ok(Some(part));
         }
         if self.closed {
-            return None;
+            return Ok(None);
         }
-        if nothing_in_flight {
-            let part = self.parts.recv().await;
-            self.closed = part.is_none();
-            part
-        } else {
-            self.parts.try_recv().ok()
+        if !nothing_in_flight {
+            return Ok(self.parts.try_recv().ok());
+        }
+        let mut check = tokio::time::interval(CONNECTION_CHECK);
+        loop {
+            tokio::select! {
+                part = self.parts.recv() => {
+                    self.closed = part.is_none();
+                    return Ok(part);
+                }
+                _ = check.tick() => anyhow::ensure!(
+                    channel.status().connected(),
+                    "the RabbitMQ connection was lost"
+                ),
+            }
         }
     }
 
@@ -168,7 +184,7 @@ impl<S: ConfirmSink> Publisher<S> {
         let exchange = self.topology.exchange.clone();
         loop {
             if in_flight.len() < IN_FLIGHT
-                && let Some(part) = self.next(in_flight.is_empty()).await
+                && let Some(part) = self.next(channel, in_flight.is_empty()).await?
             {
                 let pending = publish_persistent(
                     channel,

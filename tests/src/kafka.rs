@@ -36,6 +36,40 @@ pub async fn read_until(
         .expect("reader thread")
 }
 
+/// Reads every record `topic` holds now (up to the end offsets when called).
+pub async fn read_all(brokers: &str, topic: &str, deadline: Duration) -> Vec<Record> {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .expect("test client");
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .expect("topic metadata");
+        let ends: Vec<(i32, i64)> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .filter_map(|partition| {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+                    .expect("watermarks");
+                (high > low).then_some((partition, high))
+            })
+            .collect();
+        read_blocking(&brokers, &topic, deadline, move |records| {
+            ends.iter().all(|(partition, end)| {
+                records
+                    .iter()
+                    .any(|r| r.partition == *partition && r.offset + 1 >= *end)
+            })
+        })
+    })
+    .await
+    .expect("reader thread")
+}
+
 fn read_blocking(
     brokers: &str,
     topic: &str,

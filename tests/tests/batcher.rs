@@ -236,7 +236,12 @@ async fn reading(batcher: &ServiceProcess, partitions: i32) -> Vec<i32> {
     };
     (0..partitions)
         .filter(|p| {
-            labelled_metric_value(&metrics, "activity_batcher_next_offset", &format!("partition=\"{p}\"")).is_some()
+            labelled_metric_value(
+                &metrics,
+                "activity_batcher_next_offset",
+                &format!("partition=\"{p}\""),
+            )
+            .is_some()
         })
         .collect()
 }
@@ -248,18 +253,27 @@ async fn two_batchers_split_the_partitions_and_a_stopped_one_hands_over_without_
     let integrations = IntegrationsTopic::create().await;
     let tenants: Vec<String> = (0..8).map(|n| format!("tenant{n}")).collect();
     for tenant in &tenants {
-        integrations.connect(tenant, &format!("{tenant}-bucket")).await;
+        integrations
+            .connect(tenant, &format!("{tenant}-bucket"))
+            .await;
     }
     let setup = BatcherSetup::new(&events, &integrations);
     let (_connection, channel) = confirm_channel("batcher-group-test").await;
     setup.topology.declare(&channel).await.expect("declare");
     let mut first = setup.spawn("10s", "2s", &[]);
     let second = setup.spawn("10s", "2s", &[]);
-    wait_for("both batchers to read partitions", Duration::from_secs(60), || async {
-        let (a, b) = (reading(&first, PARTITIONS).await, reading(&second, PARTITIONS).await);
-        let all: BTreeSet<i32> = a.iter().chain(&b).copied().collect();
-        (!a.is_empty() && !b.is_empty() && all.len() == PARTITIONS as usize).then_some(())
-    })
+    wait_for(
+        "both batchers to read partitions",
+        Duration::from_secs(60),
+        || async {
+            let (a, b) = (
+                reading(&first, PARTITIONS).await,
+                reading(&second, PARTITIONS).await,
+            );
+            let all: BTreeSet<i32> = a.iter().chain(&b).copied().collect();
+            (!a.is_empty() && !b.is_empty() && all.len() == PARTITIONS as usize).then_some(())
+        },
+    )
     .await;
 
     let base = (now_unix_ms() + 30 * 60_000) / 10_000 * 10_000;
@@ -270,22 +284,52 @@ async fn two_batchers_split_the_partitions_and_a_stopped_one_hands_over_without_
             let partition = i32::try_from(n).expect("small") % PARTITIONS;
             for k in 0..3 {
                 let id = format!("{tenant}-w{window}-{k}");
-                events.send(partition, tenant, &id, base + window * 10_000 + 1_000 + k, 20).await;
+                events
+                    .send(
+                        partition,
+                        tenant,
+                        &id,
+                        base + window * 10_000 + 1_000 + k,
+                        20,
+                    )
+                    .await;
                 written += 1;
             }
         }
         for partition in 0..PARTITIONS {
-            events.send(partition, "nobody", "closer", base + (window + 1) * 10_000 + 2_500, 10).await;
+            events
+                .send(
+                    partition,
+                    "nobody",
+                    "closer",
+                    base + (window + 1) * 10_000 + 2_500,
+                    10,
+                )
+                .await;
         }
         written
     };
     let window_0 = write_window(0).await;
-    let before = jobs_until_events(&channel, &setup.topology.queue, window_0, Duration::from_secs(60)).await;
+    let before = jobs_until_events(
+        &channel,
+        &setup.topology.queue,
+        window_0,
+        Duration::from_secs(60),
+    )
+    .await;
 
-    assert_eq!(first.terminate(Duration::from_secs(30)).await, Some(0), "a clean stop");
-    wait_for("the other batcher to take every partition", Duration::from_secs(60), || async {
-        (reading(&second, PARTITIONS).await.len() == PARTITIONS as usize).then_some(())
-    })
+    assert_eq!(
+        first.terminate(Duration::from_secs(30)).await,
+        Some(0),
+        "a clean stop"
+    );
+    wait_for(
+        "the other batcher to take every partition",
+        Duration::from_secs(60),
+        || async {
+            (reading(&second, PARTITIONS).await.len() == PARTITIONS as usize).then_some(())
+        },
+    )
     .await;
     let window_1 = write_window(1).await;
     let after = jobs_until_events(
@@ -296,7 +340,10 @@ async fn two_batchers_split_the_partitions_and_a_stopped_one_hands_over_without_
     )
     .await;
     let repeated: Vec<_> = after.keys().filter(|k| before.contains_key(*k)).collect();
-    assert!(repeated.is_empty(), "confirmed window-0 jobs published again: {repeated:?}");
+    assert!(
+        repeated.is_empty(),
+        "confirmed window-0 jobs published again: {repeated:?}"
+    );
     let mut ids = BTreeSet::new();
     for job in before.values().chain(after.values()) {
         for id in job.event_ids() {
