@@ -2,6 +2,7 @@
 //! members (DESIGN §2 "Memory"); both formats define a concatenation of those as one valid stream,
 //! so readers see one NDJSON document.
 
+use std::cell::RefCell;
 use std::io::{Read, Write};
 
 use crate::key::Codec;
@@ -19,10 +20,22 @@ pub enum DecodeError {
     TooLarge { limit: u64 },
 }
 
+thread_local! {
+    /// Each thread's zstd context and its level: a context costs far more to set up than a
+    /// small frame costs to compress, and parts are compressed in many small frames.
+    static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+}
+
 /// Compresses `raw` as one frame (zstd at `level`) or member (gzip).
 pub fn compress(codec: Codec, raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     match codec {
-        Codec::Zstd => zstd::bulk::compress(raw, level),
+        Codec::Zstd => ZSTD.with_borrow_mut(|cached| {
+            let compressor = match cached {
+                Some((cached_level, compressor)) if *cached_level == level => compressor,
+                slot => &mut slot.insert((level, zstd::bulk::Compressor::new(level)?)).1,
+            };
+            compressor.compress(raw)
+        }),
         Codec::Gzip => {
             let mut encoder = flate2::write::GzEncoder::new(
                 Vec::with_capacity(raw.len() / 4),

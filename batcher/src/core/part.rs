@@ -1,14 +1,17 @@
 //! An open part: the events of one tenant's window read from one partition so far, held as a
 //! sequence of independently compressed frames plus a raw tail (DESIGN §2 "Memory").
 //!
-//! Every byte of a part is a function of its records: frames are cut when the tail reaches the
-//! frame size, never for memory, and spilling only moves finished frames to disk. So a part
-//! rebuilt from the log is byte-for-byte the part first built.
+//! Every byte of a part is a function of its records: frames are cut when the raw tail reaches
+//! the frame size, never for memory. Spilling moves the finished frames to a file and from then
+//! on parks the raw tail in a second file too (a few KiB stay buffered in memory); frames are
+//! still cut at the same raw offsets. So a part rebuilt from the log, spilled or not, is
+//! byte-for-byte the part first built. Files are opened per write, so ten thousand spilled
+//! parts hold no file descriptors.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::hash::{Hash, Hasher};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use common::codec::compress;
@@ -24,15 +27,21 @@ pub struct PartSettings {
     pub zstd_level: i32,
 }
 
-/// Where a part's finished frames live.
+/// A spilled part's raw tail is written to its file in pieces of at least this size.
+const SPILLED_TAIL_BUFFER: usize = 4096;
+
+/// Where a part's finished frames and raw tail live.
 #[derive(Debug)]
-enum Frames {
-    Memory(Vec<u8>),
-    /// Spilled: `bytes` of frames in `path`, which the part owns and removes.
+enum Storage {
+    Memory {
+        frames: Vec<u8>,
+    },
+    /// Spilled: frames in `frames_path`, the raw tail's start in `tail_path`.
     Disk {
-        path: PathBuf,
-        file: File,
-        bytes: u64,
+        frames_path: PathBuf,
+        frames_bytes: u64,
+        tail_path: PathBuf,
+        tail_bytes: usize,
     },
 }
 
@@ -49,8 +58,9 @@ pub struct OpenPart {
     event_count: u64,
     raw_bytes: u64,
     ids: HashSet<u128>,
+    /// The raw tail held in memory: all of it, or for a spilled part what follows `tail_path`.
     tail: Vec<u8>,
-    frames: Frames,
+    storage: Storage,
 }
 
 /// What became of a record offered to a part.
@@ -91,7 +101,7 @@ impl OpenPart {
             raw_bytes: 0,
             ids: HashSet::new(),
             tail: Vec::new(),
-            frames: Frames::Memory(Vec::new()),
+            storage: Storage::Memory { frames: Vec::new() },
         }
     }
 
@@ -102,20 +112,20 @@ impl OpenPart {
         self.event_count == 0 || self.raw_bytes + (line_bytes as u64) < max_bytes
     }
 
-    /// Whether `event_id` is already in this part.
-    pub fn contains(&self, event_id: &str) -> bool {
-        self.ids.contains(&id_hash(event_id))
+    /// Whether the event whose id hashes to `id` (see [`id_hash`]) is already in this part.
+    pub fn contains(&self, id: u128) -> bool {
+        self.ids.contains(&id)
     }
 
-    /// Appends one event line unless its id is already here.
+    /// Appends one event line unless its id (hashed with [`id_hash`]) is already here.
     pub fn add(
         &mut self,
         offset: i64,
-        event_id: &str,
+        id: u128,
         line: &[u8],
         settings: &PartSettings,
     ) -> std::io::Result<Added> {
-        if !self.ids.insert(id_hash(event_id)) {
+        if !self.ids.insert(id) {
             return Ok(Added::Duplicate);
         }
         self.tail.extend_from_slice(line);
@@ -123,8 +133,12 @@ impl OpenPart {
         self.event_count += 1;
         self.raw_bytes += line.len() as u64 + 1;
         self.last_offset = offset;
-        if self.tail.len() >= settings.frame_bytes {
+        if self.raw_tail_bytes() >= settings.frame_bytes {
             self.seal_frame(settings)?;
+        } else if matches!(self.storage, Storage::Disk { .. })
+            && self.tail.len() >= SPILLED_TAIL_BUFFER
+        {
+            self.park_tail()?;
         }
         Ok(Added::Appended)
     }
@@ -135,67 +149,72 @@ impl OpenPart {
 
     /// Bytes this part holds in memory: frames not spilled, the raw tail, the event ids.
     pub fn memory_bytes(&self) -> usize {
-        let frames = match &self.frames {
-            Frames::Memory(frames) => frames.capacity(),
-            Frames::Disk { .. } => 0,
+        let frames = match &self.storage {
+            Storage::Memory { frames } => frames.capacity(),
+            Storage::Disk { .. } => 0,
         };
         frames + self.tail.capacity() + self.ids.capacity() * ID_MEMORY_BYTES
     }
 
-    /// Bytes of finished frames still in memory, which spilling would free.
+    /// Bytes that spilling would free.
     pub fn spillable_bytes(&self) -> usize {
-        match &self.frames {
-            Frames::Memory(frames) => frames.len(),
-            Frames::Disk { .. } => 0,
+        match &self.storage {
+            Storage::Memory { frames } => frames.len() + self.tail.len(),
+            Storage::Disk { .. } => self.tail.len(),
         }
     }
 
-    /// Bytes of frames on disk.
+    /// Bytes on disk.
     pub fn spilled_bytes(&self) -> u64 {
-        match &self.frames {
-            Frames::Memory(_) => 0,
-            Frames::Disk { bytes, .. } => *bytes,
+        match &self.storage {
+            Storage::Memory { .. } => 0,
+            Storage::Disk {
+                frames_bytes,
+                tail_bytes,
+                ..
+            } => frames_bytes + *tail_bytes as u64,
         }
     }
 
-    /// Moves the finished frames to a new file at `path`; later frames are appended to it.
+    /// Moves the part's frames and raw tail to files at `path` (and `path` + `.tail`); later
+    /// frames and tail bytes go there too. Returns the bytes written.
     pub fn spill(&mut self, path: &Path) -> std::io::Result<u64> {
-        let Frames::Memory(frames) = &mut self.frames else {
-            return Ok(0);
-        };
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .append(true)
-            .open(path)?;
-        file.write_all(frames)?;
-        let bytes = frames.len() as u64;
-        self.frames = Frames::Disk {
-            path: path.to_owned(),
-            file,
-            bytes,
-        };
-        Ok(bytes)
+        let mut written = 0;
+        if let Storage::Memory { frames } = &self.storage {
+            let mut file = OpenOptions::new().create_new(true).write(true).open(path)?;
+            file.write_all(frames)?;
+            written += frames.len() as u64;
+            let mut tail_path = path.as_os_str().to_owned();
+            tail_path.push(".tail");
+            self.storage = Storage::Disk {
+                frames_path: path.to_owned(),
+                frames_bytes: frames.len() as u64,
+                tail_path: PathBuf::from(tail_path),
+                tail_bytes: 0,
+            };
+        }
+        written += self.tail.len() as u64;
+        self.park_tail()?;
+        Ok(written)
     }
 
     /// Compresses the tail into a frame and returns the whole body.
     pub fn finish(mut self, settings: &PartSettings) -> std::io::Result<FinishedBody> {
         self.seal_frame(settings)?;
-        let body = match std::mem::replace(&mut self.frames, Frames::Memory(Vec::new())) {
-            Frames::Memory(frames) => frames,
-            Frames::Disk {
-                path,
-                mut file,
-                bytes,
-            } => {
-                let mut body = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0));
-                drop(file.flush());
-                let mut reader = File::open(&path)?;
-                reader.read_to_end(&mut body)?;
-                std::fs::remove_file(&path)?;
-                body
-            }
-        };
+        let body =
+            match std::mem::replace(&mut self.storage, Storage::Memory { frames: Vec::new() }) {
+                Storage::Memory { frames } => frames,
+                Storage::Disk {
+                    frames_path,
+                    tail_path,
+                    ..
+                } => {
+                    let body = std::fs::read(&frames_path)?;
+                    std::fs::remove_file(&frames_path)?;
+                    remove_if_present(&tail_path)?;
+                    body
+                }
+            };
         Ok(FinishedBody {
             body,
             event_count: self.event_count,
@@ -203,18 +222,66 @@ impl OpenPart {
         })
     }
 
+    fn raw_tail_bytes(&self) -> usize {
+        let parked = match &self.storage {
+            Storage::Memory { .. } => 0,
+            Storage::Disk { tail_bytes, .. } => *tail_bytes,
+        };
+        parked + self.tail.len()
+    }
+
+    /// Appends the in-memory tail of a spilled part to its tail file.
+    fn park_tail(&mut self) -> std::io::Result<()> {
+        let Storage::Disk {
+            tail_path,
+            tail_bytes,
+            ..
+        } = &mut self.storage
+        else {
+            return Ok(());
+        };
+        if !self.tail.is_empty() {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&*tail_path)?;
+            file.write_all(&self.tail)?;
+            *tail_bytes += self.tail.len();
+        }
+        self.tail = Vec::new();
+        Ok(())
+    }
+
     fn seal_frame(&mut self, settings: &PartSettings) -> std::io::Result<()> {
-        if self.tail.is_empty() {
+        if self.raw_tail_bytes() == 0 {
             return Ok(());
         }
-        let frame = compress(self.codec, &self.tail, settings.zstd_level)?;
-        // A fresh, exactly sized tail: a part that went quiet keeps no large buffer.
-        self.tail = Vec::new();
-        match &mut self.frames {
-            Frames::Memory(frames) => frames.extend_from_slice(&frame),
-            Frames::Disk { file, bytes, .. } => {
-                file.write_all(&frame)?;
-                *bytes += frame.len() as u64;
+        // A fresh tail: a part that went quiet keeps no large buffer.
+        let in_memory = std::mem::take(&mut self.tail);
+        match &mut self.storage {
+            Storage::Memory { frames } => {
+                frames.extend_from_slice(&compress(self.codec, &in_memory, settings.zstd_level)?);
+            }
+            Storage::Disk {
+                frames_path,
+                frames_bytes,
+                tail_path,
+                tail_bytes,
+            } => {
+                let mut raw = if *tail_bytes > 0 {
+                    std::fs::read(&*tail_path)?
+                } else {
+                    Vec::new()
+                };
+                raw.extend_from_slice(&in_memory);
+                let frame = compress(self.codec, &raw, settings.zstd_level)?;
+                OpenOptions::new()
+                    .append(true)
+                    .open(&*frames_path)?
+                    .write_all(&frame)?;
+                *frames_bytes += frame.len() as u64;
+                remove_if_present(tail_path)?;
+                *tail_bytes = 0;
             }
         }
         Ok(())
@@ -224,23 +291,37 @@ impl OpenPart {
 impl Drop for OpenPart {
     /// A part dropped unfinished (a revoked partition, a shutdown) leaves no file behind.
     fn drop(&mut self) {
-        if let Frames::Disk { path, .. } = &self.frames {
-            drop(std::fs::remove_file(path));
+        if let Storage::Disk {
+            frames_path,
+            tail_path,
+            ..
+        } = &self.storage
+        {
+            drop(remove_if_present(frames_path));
+            drop(remove_if_present(tail_path));
         }
     }
 }
 
-/// A 128-bit hash of an event id: two fixed-key SipHash-1-3 passes, so the same ids give the
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}
+
+/// A 128-bit hash of an event id: fixed-key SipHash-1-3 and FNV-1a, so the same ids give the
 /// same answer in every run (a part must dedup identically when rebuilt) and a false duplicate
-/// needs a 128-bit collision.
-fn id_hash(event_id: &str) -> u128 {
-    let half = |salt: u8| {
-        let mut hasher = std::hash::DefaultHasher::new();
-        salt.hash(&mut hasher);
-        event_id.hash(&mut hasher);
-        hasher.finish()
-    };
-    (u128::from(half(0)) << 64) | u128::from(half(1))
+/// needs both to collide at once.
+pub fn id_hash(event_id: &str) -> u128 {
+    let mut sip = std::hash::DefaultHasher::new();
+    event_id.hash(&mut sip);
+    let fnv = event_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    (u128::from(sip.finish()) << 64) | u128::from(fnv)
 }
 
 #[cfg(test)]
@@ -268,15 +349,15 @@ mod tests {
         let mut part = part(Codec::None);
         let s = settings(1 << 16);
         assert_eq!(
-            part.add(10, "e1", &line(1), &s).expect("add"),
+            part.add(10, id_hash("e1"), &line(1), &s).expect("add"),
             Added::Appended
         );
         assert_eq!(
-            part.add(11, "e1", &line(1), &s).expect("add"),
+            part.add(11, id_hash("e1"), &line(1), &s).expect("add"),
             Added::Duplicate
         );
         assert_eq!(
-            part.add(12, "e2", &line(2), &s).expect("add"),
+            part.add(12, id_hash("e2"), &line(2), &s).expect("add"),
             Added::Appended
         );
         let finished = part.finish(&s).expect("finish");
@@ -298,7 +379,7 @@ mod tests {
             let mut part = part(codec);
             let mut expected = Vec::new();
             for n in 0..50 {
-                part.add(10 + i64::from(n), &format!("e{n}"), &line(n), &s)
+                part.add(10 + i64::from(n), id_hash(&format!("e{n}")), &line(n), &s)
                     .expect("add");
                 expected.extend(line(n));
                 expected.push(b'\n');
@@ -326,12 +407,43 @@ mod tests {
                     assert_eq!(part.spillable_bytes(), 0);
                     assert!(part.spilled_bytes() > 0);
                 }
-                part.add(i64::from(n), &format!("e{n}"), &line(n), &s)
+                part.add(i64::from(n), id_hash(&format!("e{n}")), &line(n), &s)
                     .expect("add");
             }
             part.finish(&s).expect("finish")
         };
         assert_eq!(build(None), build(Some(20)));
+        assert_eq!(build(None), build(Some(1)), "spilled with a short tail");
+        assert!(!path.exists());
+        assert!(!dir.join("p.tail").exists());
+        std::fs::remove_dir_all(&dir).expect("clean");
+    }
+
+    #[test]
+    fn a_spilled_part_parks_its_raw_tail_on_disk_and_cuts_frames_at_the_same_places() {
+        let dir = std::env::temp_dir().join(format!("part-park-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("p");
+        // Frames of 20 KB; each line ~70 bytes, so the tail is parked every ~60 lines.
+        let s = settings(20_000);
+        let build = |spill: bool| {
+            let mut part = part(Codec::Zstd);
+            for n in 0..1_000 {
+                if spill && n == 10 {
+                    part.spill(&path).expect("spill");
+                }
+                part.add(i64::from(n), id_hash(&format!("e{n}")), &line(n), &s)
+                    .expect("add");
+                if spill && n > 10 {
+                    assert!(
+                        part.memory_bytes() < 8 * 1024 + 24 * 2048,
+                        "the tail stays on disk"
+                    );
+                }
+            }
+            part.finish(&s).expect("finish")
+        };
+        assert_eq!(build(false), build(true));
         assert!(!path.exists());
         std::fs::remove_dir_all(&dir).expect("clean");
     }
@@ -341,7 +453,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("part-drop-{}", std::process::id()));
         let s = settings(10);
         let mut part = part(Codec::Zstd);
-        part.add(1, "e1", &line(1), &s).expect("add");
+        part.add(1, id_hash("e1"), &line(1), &s).expect("add");
         part.spill(&path).expect("spill");
         assert!(path.exists());
         drop(part);
@@ -356,7 +468,7 @@ mod tests {
             part.fits(1_000, 10),
             "an empty part takes even an oversized event"
         );
-        part.add(1, "a", b"12345", &s).expect("add");
+        part.add(1, id_hash("a"), b"12345", &s).expect("add");
         assert!(part.fits(3, 10), "6 + 4 bytes fit in 10");
         assert!(!part.fits(4, 10), "6 + 5 bytes do not");
     }

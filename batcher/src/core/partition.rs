@@ -10,7 +10,7 @@ use common::event::TenantId;
 use common::key::Codec;
 use serde::{Deserialize, Serialize};
 
-use super::part::{Added, FinishedBody, OpenPart, PartSettings};
+use super::part::{Added, FinishedBody, OpenPart, PartSettings, id_hash};
 use super::window::window_start;
 
 /// How records become windows and parts.
@@ -429,31 +429,35 @@ impl PartitionState {
                 late,
             )
         };
+        // Most records go to a part that exists: look it up before inserting, since an
+        // entry would need an owned key (a string copy) for every record.
         let part = if late {
             self.late
                 .entry((start, record.tenant.clone()))
                 .or_insert_with(new_part)
         } else {
-            self.windows
-                .entry(start)
-                .or_insert_with(|| OpenWindow {
-                    first_offset: record.offset,
-                    parts: BTreeMap::new(),
-                })
-                .parts
-                .entry(record.tenant.clone())
-                .or_insert_with(new_part)
+            let window = self.windows.entry(start).or_insert_with(|| OpenWindow {
+                first_offset: record.offset,
+                parts: BTreeMap::new(),
+            });
+            if !window.parts.contains_key(record.tenant) {
+                window.parts.insert(record.tenant.clone(), new_part());
+            }
+            match window.parts.get_mut(record.tenant) {
+                Some(part) => part,
+                None => return Ok(()),
+            }
         };
+        let id = id_hash(record.event_id);
         // A repeated id stays a duplicate whatever its size; only new events can cut.
-        let cut = !part.contains(record.event_id)
-            && !part.fits(record.line.len(), settings.max_object_bytes);
+        let cut = !part.contains(id) && !part.fits(record.line.len(), settings.max_object_bytes);
         let full = if cut {
             Some(std::mem::replace(part, new_part()))
         } else {
             None
         };
         let before = part.memory_bytes();
-        let added = part.add(record.offset, record.event_id, record.line, &settings.part)?;
+        let added = part.add(record.offset, id, record.line, &settings.part)?;
         let after = part.memory_bytes();
         if added == Added::Duplicate {
             self.duplicates += 1;
