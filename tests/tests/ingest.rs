@@ -633,6 +633,7 @@ fn every_setting_in_help_is_documented_in_the_readme() {
     let commands = [
         ingest::config::IngestConfig::command(),
         uploader::config::UploaderConfig::command(),
+        batcher::config::BatcherConfig::command(),
         SharedSettings::command(),
     ];
     let missing: Vec<String> = commands
