@@ -72,7 +72,9 @@ async fn main() {
         .unwrap_or(300_000);
     let integrations = IntegrationsTopic::create().await;
     for t in 0..TENANTS {
-        integrations.connect(&format!("tenant{t}"), "bench-bucket").await;
+        integrations
+            .connect(&format!("tenant{t}"), "bench-bucket")
+            .await;
     }
     let topic = EventsTopic::create(PARTITIONS).await;
     let producer: FutureProducer = ClientConfig::new()
@@ -109,10 +111,15 @@ async fn main() {
         join_all(sends).await;
     }
     for partition in 0..PARTITIONS {
-        topic.send(partition, "nobody", "closer", base + 120_000, 10).await;
+        topic
+            .send(partition, "nobody", "closer", base + 120_000, 10)
+            .await;
     }
     let total = events + usize::try_from(PARTITIONS).expect("small");
-    eprintln!("produced {events} events in {:.1} s", produced.elapsed().as_secs_f64());
+    eprintln!(
+        "produced {events} events in {:.1} s",
+        produced.elapsed().as_secs_f64()
+    );
 
     let raw = {
         let name = topic.name.clone();
@@ -153,11 +160,18 @@ async fn main() {
     ])
     .expect("batcher settings");
     let supervisor = Supervisor::new();
-    let address = batcher::start(config, &supervisor).await.expect("batcher starts");
+    let address = batcher::start(config, &supervisor)
+        .await
+        .expect("batcher starts");
     let url = format!("http://{address}/metrics");
     let mut first_record = None;
     let done = loop {
-        let metrics = reqwest::get(&url).await.expect("scrape").text().await.expect("text");
+        let metrics = reqwest::get(&url)
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text");
         let records = metric_value(&metrics, "activity_batcher_records_total").unwrap_or(0.0);
         if records > 0.0 && first_record.is_none() {
             first_record = Some(Instant::now());
@@ -180,12 +194,19 @@ async fn main() {
     let rate = |d: Duration| total as f64 / d.as_secs_f64();
     println!("| path | records | seconds | records/s |");
     println!("| --- | ---: | ---: | ---: |");
-    println!("| raw librdkafka consume | {total} | {:.2} | {:.0} |", raw.as_secs_f64(), rate(raw));
+    println!(
+        "| raw librdkafka consume | {total} | {:.2} | {:.0} |",
+        raw.as_secs_f64(),
+        rate(raw)
+    );
     println!(
         "| batcher consume → {} parts published and confirmed | {total} | {:.2} | {:.0} |",
         done.1,
         batched.as_secs_f64(),
         rate(batched)
     );
-    println!("ratio batcher / raw: {:.2}", raw.as_secs_f64() / batched.as_secs_f64());
+    println!(
+        "ratio batcher / raw: {:.2}",
+        raw.as_secs_f64() / batched.as_secs_f64()
+    );
 }
