@@ -17,6 +17,7 @@ use metrics::{counter, gauge};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc::Sender;
@@ -270,8 +271,9 @@ impl Batching {
             if !due {
                 continue;
             }
-            let (_, high) =
-                consumer.fetch_watermarks(&self.events_topic, partition, REQUEST_TIMEOUT)?;
+            let Some(high) = consumer.context().high_watermark(partition) else {
+                continue;
+            };
             let position = self.progress.get(&partition).map_or(0, |p| p.position);
             if position >= high {
                 let closed = self.core.close_idle(partition, now, position)?;
@@ -301,9 +303,7 @@ impl Batching {
                 gauge!(COMMIT_LAG, "partition" => label.clone())
                     .set((progress.position - committed).max(0) as f64);
             }
-            if let Ok((_, high)) =
-                consumer.fetch_watermarks(&self.events_topic, *partition, REQUEST_TIMEOUT)
-            {
+            if let Some(high) = consumer.context().high_watermark(*partition) {
                 gauge!(CONSUMER_LAG, "partition" => label)
                     .set((high - progress.position).max(0) as f64);
             }
@@ -391,16 +391,31 @@ impl Batching {
     }
 }
 
-/// The consumer's context: rebalances go through the shared batching state.
+/// The consumer's context: rebalances go through the shared batching state, and librdkafka's
+/// statistics give each partition's end offset (from its own fetches, without a request of
+/// ours).
 pub struct BatcherContext {
     batching: Mutex<Batching>,
+    events_topic: String,
+    high_watermarks: Mutex<HashMap<i32, i64>>,
 }
 
 impl BatcherContext {
     pub fn new(batching: Batching) -> Self {
         Self {
+            events_topic: batching.events_topic.clone(),
             batching: Mutex::new(batching),
+            high_watermarks: Mutex::default(),
         }
+    }
+
+    /// The end offset of `partition` as of the last statistics (at most one interval old).
+    fn high_watermark(&self, partition: i32) -> Option<i64> {
+        self.high_watermarks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&partition)
+            .copied()
     }
 
     /// The state is consistent after every step, so a panic elsewhere leaves it usable.
@@ -409,7 +424,22 @@ impl BatcherContext {
     }
 }
 
-impl ClientContext for BatcherContext {}
+impl ClientContext for BatcherContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.events_topic) else {
+            return;
+        };
+        let mut high = self
+            .high_watermarks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (partition, stats) in &topic.partitions {
+            if *partition >= 0 && stats.hi_offset >= 0 {
+                high.insert(*partition, stats.hi_offset);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for BatcherContext {
     fn rebalance(

@@ -97,6 +97,8 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
             ("partition.assignment.strategy", "range,roundrobin"),
+            // End offsets for lag gauges and idle closes come from these statistics.
+            ("statistics.interval.ms", "1000"),
         ])
         .create_with_context(BatcherContext::new(batching))
         .context("cannot create the Kafka consumer")?;
