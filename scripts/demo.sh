@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The demo, as far as the pipeline exists today: starts the local services, builds and runs
 # ingest, sends realistic activity events for two tenants, and shows them as stored in Kafka.
-# The batcher (windows into objects) is not built yet, so nothing reaches a bucket; see the
-# README's Status.
+# Customers connect through the admin API, which is not built yet, so the demo does not run the
+# batcher and uploader into a bucket yet; see the README's Status.
 #
 #   scripts/demo.sh
 #
@@ -54,4 +54,4 @@ printf '%s\n{"id":"x","tenant_id":"../etc","type":"t","occurred_at":"now"}\n' "$
 
 echo "== stored in Kafka topic $topic (key = tenant, value = canonical JSON)"
 "$target_dir/debug/read-topic" 127.0.0.1:9092 "$topic" 4
-echo "== windows and objects in S3 arrive with the batcher (see the README's Status)"
+echo "== objects in a bucket: the demo runs the batcher and uploader once the admin API connects tenants (see the README's Status)"
