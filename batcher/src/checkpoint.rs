@@ -56,6 +56,9 @@ pub struct CheckpointStore {
     producer: FutureProducer,
 }
 
+/// After the end offset, reading stops once nothing more arrives for this long.
+const TRAILING_QUIET: Duration = Duration::from_millis(300);
+
 /// How long writing a checkpoint may take before the commit is given up (and retried later).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -128,7 +131,11 @@ impl CheckpointStore {
             .map_err(read_error)?;
         consumer.assign(&assignment).map_err(read_error)?;
         let mut next = low;
-        while next < high {
+        // Read to the end offset, then on until the partition stays quiet for a moment: the
+        // test broker reports the end of a multi-record batch as its first offset + 1, so the
+        // end offset alone could miss the newest checkpoints.
+        let mut quiet_since: Option<Instant> = None;
+        loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(CheckpointError::ReadTimedOut {
@@ -136,9 +143,16 @@ impl CheckpointStore {
                     timeout,
                 });
             }
-            let Some(message) = consumer.poll(remaining.min(Duration::from_millis(200))) else {
+            let Some(message) = consumer.poll(remaining.min(Duration::from_millis(100))) else {
+                if next >= high {
+                    let since = *quiet_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= TRAILING_QUIET {
+                        break;
+                    }
+                }
                 continue;
             };
+            quiet_since = None;
             let message = message.map_err(read_error)?;
             next = message.offset() + 1;
             let Some(partition) = message

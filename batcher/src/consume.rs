@@ -199,8 +199,17 @@ impl Batching {
             let Some(progress) = self.progress.get_mut(&partition) else {
                 continue;
             };
-            if progress.pending.is_none()
-                && let Some(state) = self.core.partition_mut(partition)
+            let Some(state) = self.core.partition_mut(partition) else {
+                continue;
+            };
+            if progress.unconfirmed.is_empty() {
+                // Everything sent is confirmed: the state as it is now can be committed, so an
+                // older snapshot still waiting is superseded (a final commit at shutdown must
+                // not write a stale one).
+                progress.pending = state
+                    .checkpoint()
+                    .map(|checkpoint| (checkpoint, progress.next_sequence));
+            } else if progress.pending.is_none()
                 && let Some(checkpoint) = state.checkpoint()
             {
                 progress.pending = Some((checkpoint, progress.next_sequence));

@@ -30,14 +30,17 @@ pub struct ServiceProcess {
 }
 
 impl ServiceProcess {
-    /// Starts the service binary `name` with `args`, logging warnings and errors to the test's
-    /// stderr.
+    /// Starts the service binary `name` with `args`, logging to the test's stderr at the level
+    /// `ACTIVITY_TEST_SERVICE_LOG` gives (default `warn`).
     pub fn spawn(name: &str, args: &[&str]) -> Self {
         let port = free_port();
         let child = Command::new(binary(name))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
-            .env("ACTIVITY_LOG", "warn")
+            .env(
+                "ACTIVITY_LOG",
+                std::env::var("ACTIVITY_TEST_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
