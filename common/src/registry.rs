@@ -2,8 +2,10 @@
 //! `activity.integrations` topic in memory and follows it (DESIGN §2).
 //!
 //! It reads every partition from the beginning outside any consumer group, so each process sees
-//! every tenant. It is *caught up* once it has read up to the end offsets it saw on start; until
-//! then a missing tenant may just not have been read yet, so services wait for it before acting.
+//! every tenant. It is *caught up* once it has read up to the end offsets it saw on start and
+//! then nothing more arrived for a moment (the Tansu test broker reports the end of a
+//! multi-record batch as its first offset + 1, so the end offsets alone can be short); until then
+//! a missing tenant may just not have been read yet, so services wait for it before acting.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -25,6 +27,9 @@ use crate::shutdown::Supervisor;
 pub const INVALID_RECORDS: &str = "activity_integrations_invalid_records_total";
 /// Integrations currently known.
 pub const KNOWN: &str = "activity_integrations_known";
+
+/// After the end offsets, the registry is caught up once nothing arrives for this long.
+const SETTLE_QUIET: Duration = Duration::from_millis(300);
 
 /// How long start-up metadata requests may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -139,12 +144,13 @@ impl IntegrationRegistry {
             remaining: end_offsets,
             caught_up: caught_up_tx,
         };
-        follower.check_caught_up();
         let token = supervisor.token();
         supervisor.spawn("integration-registry", async move {
             loop {
+                let settling = follower.settling();
                 tokio::select! {
                     () = token.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(SETTLE_QUIET), if settling => follower.declare_caught_up(),
                     message = consumer.recv() => match message {
                         Ok(message) => follower.apply(
                             message.partition(),
@@ -229,11 +235,16 @@ impl Follower {
         {
             self.remaining.remove(&partition);
         }
-        self.check_caught_up();
     }
 
-    fn check_caught_up(&mut self) {
-        if self.remaining.is_empty() && !*self.caught_up.borrow() {
+    /// Every partition reached its end offset at start, and caught-up is not declared yet.
+    fn settling(&self) -> bool {
+        self.remaining.is_empty() && !*self.caught_up.borrow()
+    }
+
+    /// Declares the registry caught up, once every partition reached its end offset at start.
+    fn declare_caught_up(&mut self) {
+        if self.settling() {
             self.caught_up.send_replace(true);
             tracing::info!(
                 integrations = self.registry.len(),
@@ -283,12 +294,11 @@ mod tests {
             integrations: Arc::default(),
             caught_up: receiver,
         };
-        let mut follower = Follower {
+        let follower = Follower {
             registry: registry.clone(),
             remaining: ends.iter().copied().collect(),
             caught_up,
         };
-        follower.check_caught_up();
         (follower, registry)
     }
 
@@ -338,13 +348,24 @@ mod tests {
         follower.apply(0, 0, Some(b"a"), Some(&value("a", true)));
         follower.apply(1, 0, Some(b"b"), Some(&value("b", true)));
         assert!(!registry.is_caught_up(), "partition 0 has one more record");
+        follower.declare_caught_up();
+        assert!(
+            !registry.is_caught_up(),
+            "declaring too early changes nothing"
+        );
         follower.apply(0, 1, Some(b"c"), Some(&value("c", true)));
+        assert!(follower.settling(), "every end reached: settling");
+        assert!(!registry.is_caught_up());
+        follower.declare_caught_up();
         assert!(registry.is_caught_up());
+        assert!(!follower.settling());
     }
 
     #[test]
-    fn an_empty_topic_is_caught_up_at_once() {
-        let (_follower, registry) = follower(&[]);
+    fn an_empty_topic_is_settling_at_once() {
+        let (mut follower, registry) = follower(&[]);
+        assert!(follower.settling());
+        follower.declare_caught_up();
         assert!(registry.is_caught_up());
     }
 }
