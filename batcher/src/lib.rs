@@ -12,10 +12,9 @@ pub mod replay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
-use common::ops::ReadinessCheck;
 use common::registry::IntegrationRegistry;
 use common::shutdown::Supervisor;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -103,21 +102,11 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
         .create_with_context(BatcherContext::new(batching))
         .context("cannot create the Kafka consumer")?;
 
-    let readiness: ReadinessCheck = {
-        let (registry, rabbitmq, token) = (registry.clone(), rabbitmq.clone(), supervisor.token());
-        Arc::new(move || {
-            let state = if token.is_cancelled() {
-                Err("shutting down".to_string())
-            } else if !registry.is_caught_up() {
-                Err("the integration registry is still catching up".to_string())
-            } else if !rabbitmq.load(Ordering::Relaxed) {
-                Err("not connected to RabbitMQ".to_string())
-            } else {
-                Ok(())
-            };
-            Box::pin(async move { state })
-        })
-    };
+    let readiness = common::ops::registry_and_rabbitmq_readiness(
+        supervisor.token(),
+        registry.clone(),
+        rabbitmq.clone(),
+    );
     let address = common::ops::spawn(config.listen, readiness, metrics, supervisor).await?;
 
     let token = supervisor.token();

@@ -9,11 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
-use common::amqp::{AmqpArgs, Backoff, confirmed, publish_persistent};
+use common::amqp::{AmqpArgs, Backoff, confirm_channel, confirmed, publish_persistent};
 use common::job::UploadJob;
 use common::topology::{UPLOAD_ROUTING_KEY, UploadTopology};
 use lapin::PublisherConfirm;
-use lapin::options::ConfirmSelectOptions;
 use metrics::{counter, histogram};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -154,14 +153,9 @@ impl<S: ConfirmSink> Publisher<S> {
         connection: &lapin::Connection,
         backoff: &mut Backoff,
     ) -> anyhow::Result<()> {
-        let channel = connection
-            .create_channel()
+        let channel = confirm_channel(connection)
             .await
-            .context("cannot open a RabbitMQ channel")?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .context("cannot enable publisher confirms")?;
+            .context("cannot open a RabbitMQ channel with publisher confirms")?;
         self.topology.declare(&channel).await?;
         self.connected.store(true, Ordering::Relaxed);
         backoff.reset();

@@ -164,12 +164,7 @@ pub fn plan(
     let metadata = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
         .with_context(|| format!("cannot read the metadata of {topic}"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let partitions = common::kafka::topic_partitions(&metadata, topic);
     anyhow::ensure!(!partitions.is_empty(), "the topic {topic} does not exist");
     let first_windows: Vec<(i32, i64)> = match start {
         ReplayStart::Time(from) => {

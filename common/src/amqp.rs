@@ -141,6 +141,15 @@ impl AmqpArgs {
     }
 }
 
+/// Opens a channel on `connection` in publisher-confirm mode.
+pub async fn confirm_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
 /// A message that RabbitMQ did not take for sure.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

@@ -132,6 +132,16 @@ impl KafkaArgs {
     }
 }
 
+/// The partition ids of `topic` in a metadata answer; empty when the topic does not exist.
+pub fn topic_partitions(metadata: &rdkafka::metadata::Metadata, topic: &str) -> Vec<i32> {
+    metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect()
+}
+
 /// A topic a service needs, created on start when missing.
 #[derive(Debug, Clone)]
 pub struct TopicSpec<'a> {

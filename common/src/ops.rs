@@ -19,6 +19,27 @@ use tokio_util::sync::CancellationToken;
 pub type ReadinessCheck =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
+/// Readiness of a service that works from the integration registry and a RabbitMQ session:
+/// not while shutting down, before the registry caught up, or while RabbitMQ is away.
+pub fn registry_and_rabbitmq_readiness(
+    shutdown: CancellationToken,
+    registry: crate::registry::IntegrationRegistry,
+    rabbitmq_connected: Arc<std::sync::atomic::AtomicBool>,
+) -> ReadinessCheck {
+    Arc::new(move || {
+        let state = if shutdown.is_cancelled() {
+            Err("shutting down".to_string())
+        } else if !registry.is_caught_up() {
+            Err("the integration registry is still catching up".to_string())
+        } else if !rabbitmq_connected.load(std::sync::atomic::Ordering::Relaxed) {
+            Err("not connected to RabbitMQ".to_string())
+        } else {
+            Ok(())
+        };
+        Box::pin(async move { state })
+    })
+}
+
 #[derive(Clone)]
 struct OpsState {
     readiness: ReadinessCheck,

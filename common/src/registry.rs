@@ -179,12 +179,7 @@ fn assign_from_beginning(
     let metadata = consumer
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(kafka_error)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let partitions = crate::kafka::topic_partitions(&metadata, topic);
     if partitions.is_empty() {
         return Err(RegistryError::NoTopic(topic.to_owned()));
     }

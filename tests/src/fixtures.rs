@@ -13,7 +13,7 @@ use common::key::{Codec, ObjectKey};
 use common::registry::topic_spec;
 use common::shutdown::Supervisor;
 use common::topology::{UPLOAD_ROUTING_KEY, UploadTopology};
-use lapin::options::{ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Channel, Connection};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sha2::{Digest, Sha256};
@@ -111,11 +111,9 @@ pub async fn confirm_channel(name: &str) -> (Connection, Channel) {
         .connect(name)
         .await
         .expect("connect to RabbitMQ");
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
+    let channel = common::amqp::confirm_channel(&connection)
         .await
-        .expect("publisher confirms");
+        .expect("a channel with publisher confirms");
     (connection, channel)
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use common::amqp::{AmqpArgs, Backoff, PublishError, publish_confirmed};
+use common::amqp::{AmqpArgs, Backoff, PublishError, confirm_channel, publish_confirmed};
 use common::clock::now_unix_ms;
 use common::delivery::{DeliveryRecord, outcome};
 use common::integration::Integration;
@@ -18,8 +18,7 @@ use common::registry::IntegrationRegistry;
 use common::topology::{DEAD_ROUTING_KEY, UploadTopology};
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
@@ -292,14 +291,9 @@ impl Uploader {
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
     ) -> anyhow::Result<()> {
-        let publisher = connection
-            .create_channel()
+        let publisher = confirm_channel(connection)
             .await
-            .context("cannot open a RabbitMQ channel")?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .context("cannot enable publisher confirms")?;
+            .context("cannot open a RabbitMQ channel with publisher confirms")?;
         self.topology.declare(&publisher).await?;
         let consumer = connection
             .create_channel()

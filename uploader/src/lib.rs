@@ -14,10 +14,8 @@ pub mod retry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use anyhow::Context;
-use common::ops::ReadinessCheck;
 use common::registry::IntegrationRegistry;
 use common::shutdown::Supervisor;
 
@@ -77,23 +75,11 @@ pub async fn start(config: UploaderConfig, supervisor: &Supervisor) -> anyhow::R
         connected: Arc::default(),
     });
 
-    let readiness: ReadinessCheck = {
-        let registry = registry.clone();
-        let uploader = uploader.clone();
-        let token = supervisor.token();
-        Arc::new(move || {
-            let state = if token.is_cancelled() {
-                Err("shutting down".to_string())
-            } else if !registry.is_caught_up() {
-                Err("the integration registry is still catching up".to_string())
-            } else if !uploader.connected.load(Ordering::Relaxed) {
-                Err("not connected to RabbitMQ".to_string())
-            } else {
-                Ok(())
-            };
-            Box::pin(async move { state })
-        })
-    };
+    let readiness = common::ops::registry_and_rabbitmq_readiness(
+        supervisor.token(),
+        registry.clone(),
+        uploader.connected.clone(),
+    );
     let address = common::ops::spawn(config.listen, readiness, metrics, supervisor).await?;
 
     let token = supervisor.token();

@@ -24,10 +24,7 @@ async fn main() -> ExitCode {
 
 async fn run_dlq(config: &UploaderConfig, action: &DlqAction) -> anyhow::Result<()> {
     let connection = config.amqp.connect("activity-uploader-dlq").await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await?;
+    let channel = common::amqp::confirm_channel(&connection).await?;
     let topology = config.uploads.topology();
     topology.declare(&channel).await?;
     match action {
