@@ -124,9 +124,10 @@ pub fn take_record(
     if only_tenant.is_some_and(|only| *only != event.tenant) {
         return core.skip(partition, offset, timestamp_ms);
     }
-    let integration = registry.get(&event.tenant);
-    let Some(codec) = delivery_codec(integration.as_ref(), timestamp, core.settings.length_ms)
-    else {
+    let window_ms = core.settings.length_ms;
+    let Some(codec) = registry.inspect(&event.tenant, |integration| {
+        delivery_codec(integration, timestamp, window_ms)
+    }) else {
         counter!(UNDELIVERED_RECORDS).increment(1);
         return core.skip(partition, offset, timestamp_ms);
     };

@@ -70,11 +70,18 @@ pub enum RegistryError {
 impl IntegrationRegistry {
     /// The tenant's current integration, if it has one.
     pub fn get(&self, tenant: &TenantId) -> Option<Integration> {
-        self.integrations
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(tenant)
-            .cloned()
+        self.inspect(tenant, |integration| integration.cloned())
+    }
+
+    /// Applies `look` to the tenant's current integration without copying it: for paths that
+    /// read a field or two per record.
+    pub fn inspect<T>(&self, tenant: &TenantId, look: impl FnOnce(Option<&Integration>) -> T) -> T {
+        look(
+            self.integrations
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .get(tenant),
+        )
     }
 
     /// How many tenants have an integration.
