@@ -14,7 +14,7 @@ use common::shutdown::Supervisor;
 use futures_util::future::join_all;
 use integration_tests::batching::{BatcherSetup, EventsTopic, event_json};
 use integration_tests::fixtures::{IntegrationsTopic, confirm_channel, delete_topology};
-use integration_tests::process::metric_value;
+use integration_tests::process::{metric_sum, metric_value};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -54,14 +54,6 @@ fn raw_consume(topic: &str, expected: usize) -> Duration {
         }
     }
     started.map_or(Duration::ZERO, |s| s.elapsed())
-}
-
-fn sum(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::main]
@@ -131,34 +123,13 @@ async fn main() {
     let setup = BatcherSetup::new(&topic, &integrations);
     let (_connection, channel) = confirm_channel("batcher-bench").await;
     setup.topology.declare(&channel).await.expect("declare");
-    let spill_dir = setup.spill_dir.display().to_string();
-    let brokers = integration_tests::kafka::brokers();
-    let config = batcher::config::BatcherConfig::try_parse_from([
-        "batcher",
-        "--listen",
-        "127.0.0.1:0",
-        "--events-topic",
-        &setup.events,
-        "--integrations-topic",
-        &setup.integrations,
-        "--uploads-name",
-        &setup.topology.queue,
-        "--retry-tiers",
-        "60s",
-        "--checkpoints-topic",
-        &setup.checkpoints,
-        "--group",
-        &setup.group,
-        "--spill-dir",
-        &spill_dir,
-        "--window",
-        "10s",
-        "--close-delay",
-        "2s",
-        "--kafka-brokers",
-        &brokers,
-    ])
-    .expect("batcher settings");
+    let mut args = vec![
+        "batcher".to_owned(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.extend(setup.flags("10s", "2s"));
+    let config = batcher::config::BatcherConfig::try_parse_from(args).expect("batcher settings");
     let supervisor = Supervisor::new();
     let address = batcher::start(config, &supervisor)
         .await
@@ -176,8 +147,8 @@ async fn main() {
         if records > 0.0 && first_record.is_none() {
             first_record = Some(Instant::now());
         }
-        let closed = sum(&metrics, "activity_batcher_parts_closed_total");
-        let published = sum(&metrics, "activity_batcher_published_parts_total");
+        let closed = metric_sum(&metrics, "activity_batcher_parts_closed_total");
+        let published = metric_sum(&metrics, "activity_batcher_published_parts_total");
         if records >= total as f64 && closed > 0.0 && published >= closed {
             break (Instant::now(), closed);
         }

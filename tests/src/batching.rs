@@ -100,38 +100,47 @@ impl BatcherSetup {
         }
     }
 
-    /// Starts a batcher process with windows of `window`, closing after `close_delay`,
-    /// committing every 200 ms unless `extra` says otherwise, and `extra` flags.
-    pub fn spawn(&self, window: &str, close_delay: &str, extra: &[&str]) -> ServiceProcess {
-        let brokers = crate::kafka::brokers();
-        let spill_dir = self.spill_dir.display().to_string();
-        let mut args = vec![
+    /// The settings of this deployment with windows of `window` closing after `close_delay`,
+    /// as flags for the service or for `batcher replay`.
+    pub fn flags(&self, window: &str, close_delay: &str) -> Vec<String> {
+        [
             "--events-topic",
             &self.events,
             "--integrations-topic",
             &self.integrations,
             "--uploads-name",
             &self.topology.queue,
+            "--retry-tiers",
+            "60s",
             "--checkpoints-topic",
             &self.checkpoints,
             "--group",
             &self.group,
             "--spill-dir",
-            &spill_dir,
+            &self.spill_dir.display().to_string(),
             "--window",
             window,
             "--close-delay",
             close_delay,
             "--kafka-brokers",
-            &brokers,
-            "--retry-tiers",
-            "60s",
-            // A killed member holds its partitions until its session times out.
+            &crate::kafka::brokers(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// Starts a batcher process with windows of `window`, closing after `close_delay`,
+    /// committing every 200 ms unless `extra` says otherwise, and `extra` flags.
+    pub fn spawn(&self, window: &str, close_delay: &str, extra: &[&str]) -> ServiceProcess {
+        let flags = self.flags(window, close_delay);
+        let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        // A killed member holds its partitions until its session times out.
+        args.extend_from_slice(&[
             "--kafka-property",
             "session.timeout.ms=6000",
             "--kafka-property",
             "heartbeat.interval.ms=1000",
-        ];
+        ]);
         if !extra.contains(&"--commit-interval") {
             args.extend_from_slice(&["--commit-interval", "200ms"]);
         }

@@ -146,13 +146,26 @@ pub fn metric_value(exposition: &str, metric: &str) -> Option<f64> {
 
 /// The value of the first sample of `metric` whose labels contain `label` (`partition="0"`).
 pub fn labelled_metric_value(exposition: &str, metric: &str, label: &str) -> Option<f64> {
+    samples(exposition, metric)
+        .find(|(labels, _)| labels.contains(label))
+        .map(|(_, value)| value)
+}
+
+/// The sum of every sample of `metric`, whatever its labels.
+pub fn metric_sum(exposition: &str, metric: &str) -> f64 {
+    samples(exposition, metric).map(|(_, value)| value).sum()
+}
+
+/// The samples of `metric`: what follows its name (labels and value) and the value.
+fn samples<'a>(exposition: &'a str, metric: &'a str) -> impl Iterator<Item = (&'a str, f64)> {
     exposition
         .lines()
         .filter(|line| !line.starts_with('#'))
-        .find(|line| {
-            line.strip_prefix(metric).is_some_and(|rest| {
-                (rest.starts_with(' ') || rest.starts_with('{')) && rest.contains(label)
-            })
+        .filter_map(move |line| {
+            let rest = line.strip_prefix(metric)?;
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                return None;
+            }
+            Some((rest, rest.rsplit(' ').next()?.parse().ok()?))
         })
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
 }

@@ -212,3 +212,14 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// Runs `rabbitmqctl` on the local RabbitMQ (tests that stop it or raise its alarms), failing
+/// the test when it fails.
+pub fn rabbitmqctl(args: &[&str]) {
+    let status = Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run rabbitmqctl (the tests control the local RabbitMQ)");
+    assert!(status.success(), "rabbitmqctl {args:?} failed: {status}");
+}

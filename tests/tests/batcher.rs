@@ -108,28 +108,9 @@ fn rfc3339(ms: i64) -> String {
 
 /// Runs `batcher replay` for `setup` with `range` flags and returns what it printed.
 fn replay(setup: &BatcherSetup, range: &[&str]) -> String {
-    let spill_dir = setup.spill_dir.display().to_string();
-    let brokers = integration_tests::kafka::brokers();
     // The service's settings (the same ACTIVITY_* variables) come before the command.
     let output = std::process::Command::new(integration_tests::process::binary("batcher"))
-        .args([
-            "--events-topic",
-            &setup.events,
-            "--integrations-topic",
-            &setup.integrations,
-            "--uploads-name",
-            &setup.topology.queue,
-            "--retry-tiers",
-            "60s",
-            "--spill-dir",
-            &spill_dir,
-            "--window",
-            "10s",
-            "--close-delay",
-            "2s",
-            "--kafka-brokers",
-            &brokers,
-        ])
+        .args(setup.flags("10s", "2s"))
         .arg("replay")
         .args(range)
         .env("ACTIVITY_LOG", "warn")

@@ -12,7 +12,8 @@ use std::time::Duration;
 use common::clock::now_unix_ms;
 use integration_tests::batching::{BatcherSetup, EventsTopic, PublishedJob, jobs_until_events};
 use integration_tests::fixtures::{IntegrationsTopic, confirm_channel, delete_topology};
-use integration_tests::process::{ServiceProcess, labelled_metric_value};
+use integration_tests::process::{ServiceProcess, labelled_metric_value, metric_sum};
+use integration_tests::services::rabbitmqctl;
 use integration_tests::wait_for;
 
 const WINDOW_MS: i64 = 10_000;
@@ -107,27 +108,12 @@ async fn all_confirmed(batcher: &ServiceProcess) {
         Duration::from_secs(60),
         || async {
             let metrics = batcher.try_metrics().await?;
-            let sum = |name: &str| -> f64 {
-                metrics
-                    .lines()
-                    .filter(|l| l.starts_with(name))
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum()
-            };
-            let closed = sum("activity_batcher_parts_closed_total");
-            (closed > 0.0 && sum("activity_batcher_published_parts_total") >= closed).then_some(())
+            let closed = metric_sum(&metrics, "activity_batcher_parts_closed_total");
+            let published = metric_sum(&metrics, "activity_batcher_published_parts_total");
+            (closed > 0.0 && published >= closed).then_some(())
         },
     )
     .await;
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("run rabbitmqctl");
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
 }
 
 /// Raises RabbitMQ's memory alarm, which blocks every publisher (no confirms), until dropped.

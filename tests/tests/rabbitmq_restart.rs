@@ -15,6 +15,7 @@ use integration_tests::fixtures::{
 use integration_tests::process::{
     ServiceProcess, labelled_metric_value, metric_value, spawn_uploader,
 };
+use integration_tests::services::rabbitmqctl;
 use integration_tests::{unique, wait_for};
 
 /// One test at a time restarts the broker.
@@ -36,15 +37,6 @@ impl Drop for StartOnDrop {
         rabbitmqctl(&["start_app"]);
         rabbitmqctl(&["await_startup"]);
     }
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("run rabbitmqctl (the tests restart the local RabbitMQ)");
-    assert!(status.success(), "rabbitmqctl {args:?} failed: {status}");
 }
 
 async fn readiness_becomes(service: &ServiceProcess, status: u16) {
