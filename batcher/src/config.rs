@@ -107,6 +107,14 @@ pub struct TopicArgs {
         default_value = "activity.integrations"
     )]
     pub integrations_topic: String,
+
+    /// Topic of first-delivery requests, written by the admin API when a tenant connects.
+    #[arg(
+        long,
+        env = "ACTIVITY_KAFKA_FIRST_DELIVERIES_TOPIC",
+        default_value = "activity.first-deliveries"
+    )]
+    pub first_deliveries_topic: String,
 }
 
 /// How events become windows and objects; a replay must use the values the live batcher used,

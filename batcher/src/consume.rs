@@ -31,7 +31,7 @@ use crate::metrics::{
     OPEN_WINDOWS, PARTS_CLOSED, PUBLISH_BACKLOG, SPILLED_BYTES,
 };
 use crate::publish::{Confirmed, Outgoing};
-use crate::records::take_record;
+use crate::records::{Horizon, take_record};
 
 /// How long a rebalance may wait for the confirms of a revoked partition's parts.
 const REVOKE_CONFIRM_WAIT: Duration = Duration::from_secs(10);
@@ -106,7 +106,7 @@ impl Batching {
         if let Some(progress) = self.progress.get_mut(&message.partition()) {
             progress.position = message.offset() + 1;
         }
-        let closed = take_record(&mut self.core, &self.registry, None, message)?;
+        let closed = take_record(&mut self.core, &self.registry, Horizon::Live, None, message)?;
         self.send(closed)
     }
 

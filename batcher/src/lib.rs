@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod consume;
 pub mod core;
+pub mod first_delivery;
 pub mod metrics;
 pub mod publish;
 pub mod records;
@@ -42,9 +43,13 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
                     &config.topics.integrations_topic,
                     config.kafka.replication,
                 ),
+                common::integration::first_deliveries_topic_spec(
+                    &config.topics.first_deliveries_topic,
+                    config.kafka.replication,
+                ),
             ])
             .await
-            .context("cannot make sure the checkpoints and integrations topics exist")?;
+            .context("cannot make sure the checkpoints, integrations and first-deliveries topics exist")?;
     }
     let spill_dir = prepare_spill_dir(&config.spill_dir)?;
     let registry =
@@ -108,6 +113,21 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
         rabbitmq.clone(),
     );
     let address = common::ops::spawn(config.listen, readiness, metrics, supervisor).await?;
+
+    {
+        let (config, registry, token) = (
+            Arc::new(config.clone()),
+            registry.clone(),
+            supervisor.token(),
+        );
+        supervisor.spawn("first-deliveries", async move {
+            tokio::select! {
+                () = registry.caught_up() => {}
+                () = token.cancelled() => return Ok(()),
+            }
+            first_delivery::run(config, registry, token).await
+        });
+    }
 
     let token = supervisor.token();
     let (events_topic, commit_interval, drain) = (

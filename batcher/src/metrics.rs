@@ -37,7 +37,22 @@ pub const NEXT_OFFSET: &str = "activity_batcher_next_offset";
 /// Checkpoints written and offsets committed.
 pub const COMMITS: &str = "activity_batcher_commits_total";
 
+/// First-delivery requests handled, by outcome (delivered, stale, failed, invalid).
+pub const FIRST_DELIVERIES: &str = "activity_batcher_first_deliveries_total";
+/// First-delivery requests waiting for their windows to close.
+pub const FIRST_DELIVERIES_PENDING: &str = "activity_batcher_first_deliveries_pending";
+
 pub fn describe() {
+    describe_counter!(
+        FIRST_DELIVERIES,
+        Unit::Count,
+        "First-delivery requests handled, by outcome (delivered, stale, failed, invalid)."
+    );
+    describe_gauge!(
+        FIRST_DELIVERIES_PENDING,
+        Unit::Count,
+        "First-delivery requests waiting for their windows to close."
+    );
     describe_counter!(RECORDS, Unit::Count, "Records read from the events topic.");
     describe_counter!(
         INVALID_RECORDS,

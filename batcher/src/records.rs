@@ -12,7 +12,7 @@ use metrics::counter;
 use rdkafka::message::{BorrowedMessage, Message};
 
 use crate::core::window::window_start;
-use crate::core::{ClosedPart, Core, Record};
+use crate::core::{ClosedPart, Core, Record, WindowSettings};
 use crate::metrics::{INVALID_RECORDS, RECORDS, UNDELIVERED_RECORDS};
 
 /// The fields of an event the batcher reads; the line itself is delivered verbatim.
@@ -77,23 +77,62 @@ pub fn read_event<'a>(
     })
 }
 
-/// The codec to deliver a record of `timestamp_ms` in, or `None` when its tenant gets no
-/// delivery for it: without an integration, or older than the window before the one the
-/// integration was connected in (DESIGN §1: the first delivery covers the previous hour,
-/// nothing older). A disabled integration still gets its objects built: the uploader parks
-/// them in the dead-letter queue until the customer enables it and they are redriven.
+/// Which records of a connected tenant a reader takes.
 ///
-/// This depends only on the integration and the record, so live batching and replay agree.
+/// A tenant connected at `T` gets every event accepted from the start of the window before
+/// `T`'s window (DESIGN §1: the first delivery covers the previous hour, nothing older). Live
+/// batching cannot deliver those windows: it read them before the integration existed. So live
+/// batching starts with the first window that begins after `T` plus the close delay, a point
+/// every batcher has learnt of the integration long before it reads records of that time, and
+/// the windows before it are the *first delivery*, built by a replay once they have closed.
+/// Either side takes a record or not by the integration and the record alone, so a rebuild or a
+/// second replay makes the same objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Horizon {
+    /// The live batcher: windows from [`live_from_ms`].
+    Live,
+    /// Replays, including first deliveries: windows from [`first_delivery_from_ms`].
+    Replay,
+}
+
+/// Milliseconds since the epoch of the integration's `connected_at`.
+pub fn connected_ms(integration: &Integration) -> i64 {
+    i64::try_from(integration.connected_at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// The start of the window before the one the integration was connected in: nothing older is
+/// ever delivered.
+pub fn first_delivery_from_ms(connected_ms: i64, settings: &WindowSettings) -> i64 {
+    window_start(connected_ms, settings.length_ms) - settings.length_ms
+}
+
+/// The first window live batching delivers: the one after the window holding the connection
+/// time plus the close delay (which also bounds how long an integration may take to reach
+/// every batcher).
+pub fn live_from_ms(connected_ms: i64, settings: &WindowSettings) -> i64 {
+    window_start(
+        connected_ms.saturating_add(settings.close_delay_ms),
+        settings.length_ms,
+    ) + settings.length_ms
+}
+
+/// The codec to deliver a record of `timestamp_ms` in, or `None` when this reader does not
+/// take it for its tenant: without an integration, or outside the `horizon`. A disabled
+/// integration still gets its objects built: the uploader parks them in the dead-letter queue
+/// until the customer enables it and they are redriven.
 pub fn delivery_codec(
     integration: Option<&Integration>,
     timestamp_ms: i64,
-    window_ms: i64,
+    settings: &WindowSettings,
+    horizon: Horizon,
 ) -> Option<Codec> {
     let integration = integration?;
-    let connected_ms =
-        i64::try_from(integration.connected_at.unix_timestamp_nanos() / 1_000_000).ok()?;
-    let first_window = window_start(connected_ms, window_ms) - window_ms;
-    (timestamp_ms >= first_window).then_some(integration.compression)
+    let connected = connected_ms(integration);
+    let from = match horizon {
+        Horizon::Live => live_from_ms(connected, settings),
+        Horizon::Replay => first_delivery_from_ms(connected, settings),
+    };
+    (timestamp_ms >= from).then_some(integration.compression)
 }
 
 /// Feeds one record of the events topic to `core`: into its tenant's part when the tenant gets
@@ -102,6 +141,7 @@ pub fn delivery_codec(
 pub fn take_record(
     core: &mut Core,
     registry: &IntegrationRegistry,
+    horizon: Horizon,
     only_tenant: Option<&TenantId>,
     message: &BorrowedMessage<'_>,
 ) -> std::io::Result<Vec<ClosedPart>> {
@@ -124,9 +164,8 @@ pub fn take_record(
     if only_tenant.is_some_and(|only| *only != event.tenant) {
         return core.skip(partition, offset, timestamp_ms);
     }
-    let window_ms = core.settings.length_ms;
     let Some(codec) = registry.inspect(&event.tenant, |integration| {
-        delivery_codec(integration, timestamp, window_ms)
+        delivery_codec(integration, timestamp, &core.settings, horizon)
     }) else {
         counter!(UNDELIVERED_RECORDS).increment(1);
         return core.skip(partition, offset, timestamp_ms);
@@ -198,20 +237,48 @@ mod tests {
         .expect("integration")
     }
 
+    fn settings(length_ms: i64, close_delay_ms: i64) -> WindowSettings {
+        WindowSettings {
+            length_ms,
+            close_delay_ms,
+            max_object_bytes: 1 << 20,
+            part: crate::core::part::PartSettings {
+                frame_bytes: 64 * 1024,
+                zstd_level: 3,
+            },
+        }
+    }
+
     #[test]
-    fn deliveries_start_with_the_window_before_the_one_connected_in() {
+    fn replays_start_with_the_window_before_the_one_connected_in() {
         const HOUR: i64 = 3_600_000;
+        let hourly = settings(HOUR, 120_000);
         let connected = integration(10 * HOUR + 25 * 60_000); // 10:25
+        let codec = |timestamp, horizon| delivery_codec(Some(&connected), timestamp, &hourly, horizon);
+        assert_eq!(codec(9 * HOUR, Horizon::Replay), Some(Codec::Gzip));
+        assert_eq!(codec(9 * HOUR - 1, Horizon::Replay), None);
+        assert_eq!(delivery_codec(None, 11 * HOUR, &hourly, Horizon::Replay), None);
         assert_eq!(
-            delivery_codec(Some(&connected), 9 * HOUR, HOUR),
-            Some(Codec::Gzip)
-        );
-        assert_eq!(delivery_codec(Some(&connected), 9 * HOUR - 1, HOUR), None);
-        assert_eq!(delivery_codec(None, 11 * HOUR, HOUR), None);
-        assert_eq!(
-            delivery_codec(Some(&connected), 11 * HOUR, HOUR),
+            codec(11 * HOUR, Horizon::Replay),
             Some(Codec::Gzip),
             "a disabled integration still gets its objects built"
         );
+    }
+
+    #[test]
+    fn live_batching_starts_with_the_window_after_the_connection_and_its_margin() {
+        const HOUR: i64 = 3_600_000;
+        let hourly = settings(HOUR, 120_000);
+        let at_10_25 = integration(10 * HOUR + 25 * 60_000);
+        assert_eq!(delivery_codec(Some(&at_10_25), 11 * HOUR - 1, &hourly, Horizon::Live), None);
+        assert_eq!(
+            delivery_codec(Some(&at_10_25), 11 * HOUR, &hourly, Horizon::Live),
+            Some(Codec::Gzip)
+        );
+        // Connected a minute before the hour: the margin reaches into the next window, which
+        // a batcher may already be reading, so live batching starts one window later.
+        let at_10_59 = integration(10 * HOUR + 59 * 60_000);
+        assert_eq!(live_from_ms(connected_ms(&at_10_59), &hourly), 12 * HOUR);
+        assert_eq!(first_delivery_from_ms(connected_ms(&at_10_59), &hourly), 9 * HOUR);
     }
 }

@@ -21,7 +21,8 @@ use crate::config::{BatcherConfig, ReplayArgs, ReplayStart};
 use crate::core::window::window_start;
 use crate::core::{ClosedPart, Core, WindowSettings};
 use crate::publish::{self, Confirmed, Outgoing};
-use crate::records::take_record;
+use crate::records::{Horizon, take_record};
+use tokio_util::sync::CancellationToken;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
@@ -41,16 +42,56 @@ pub struct PartitionPlan {
     pub to_end: bool,
 }
 
-/// Counts for the summary.
-#[derive(Debug, Default)]
-struct Summary {
-    records: u64,
-    parts: BTreeMap<&'static str, u64>,
-    events: u64,
-    bytes: u64,
-    left_open: usize,
+/// Where a replay's plan and progress go, a line at a time.
+pub type Report = std::sync::Arc<dyn Fn(String) + Send + Sync>;
+
+/// What a replay rebuilds.
+#[derive(Debug, Clone)]
+pub struct ReplayScope {
+    pub from: ReplayStart,
+    /// Windows starting at or after this are not built.
+    pub to_ms: i64,
+    /// Only this tenant's objects, when given.
+    pub tenant: Option<TenantId>,
 }
 
+/// What a replay enqueued.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub records: u64,
+    pub parts: BTreeMap<&'static str, u64>,
+    pub events: u64,
+    pub bytes: u64,
+    /// Window parts the range does not close, left to live batching.
+    pub left_open: usize,
+}
+
+impl Summary {
+    pub fn objects(&self) -> u64 {
+        self.parts.values().sum()
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "replayed {} record(s): {} object(s) enqueued and confirmed ({}), {} event(s), {} byte(s) compressed; {} window part(s) still open, left to live batching",
+            self.records,
+            self.objects(),
+            self.parts
+                .iter()
+                .map(|(reason, n)| format!("{n} {reason}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.events,
+            self.bytes,
+            self.left_open
+        )
+    }
+}
+
+/// `batcher replay`: follows the integrations, rebuilds the range and prints what it did.
 pub async fn run(config: &BatcherConfig, args: &ReplayArgs) -> anyhow::Result<()> {
     let supervisor = Supervisor::new();
     let registry = IntegrationRegistry::follow(
@@ -69,10 +110,31 @@ pub async fn run(config: &BatcherConfig, args: &ReplayArgs) -> anyhow::Result<()
             "tenant {tenant} has no integration: there is nowhere to deliver its events"
         );
     }
+    let scope = ReplayScope {
+        from: args.from.clone(),
+        to_ms: args.to.map_or_else(now_unix_ms, |to| {
+            i64::try_from(to.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+        }),
+        tenant: args.tenant.clone(),
+    };
+    let print: Report = std::sync::Arc::new(|line| println!("{line}"));
+    let summary = execute(config, &registry, &scope, supervisor.token(), print).await;
+    supervisor.cancel();
+    println!("{}", summary?);
+    Ok(())
+}
+
+/// Rebuilds the windows of `scope` with the tenants' current integrations and enqueues their
+/// objects, returning once RabbitMQ has confirmed every one. `report` receives the plan and
+/// progress.
+pub async fn execute(
+    config: &BatcherConfig,
+    registry: &IntegrationRegistry,
+    scope: &ReplayScope,
+    token: CancellationToken,
+    report: Report,
+) -> anyhow::Result<Summary> {
     let settings = config.batching.window_settings();
-    let to_ms = args.to.map_or_else(now_unix_ms, |to| {
-        i64::try_from(to.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-    });
     let consumer: BaseConsumer = config
         .kafka
         .client_config(&[
@@ -83,8 +145,9 @@ pub async fn run(config: &BatcherConfig, args: &ReplayArgs) -> anyhow::Result<()
         .create()
         .context("cannot create the Kafka consumer")?;
     let topic = config.topics.events_topic.clone();
+    let to_ms = scope.to_ms;
     let (consumer, plans) = {
-        let (start, settings, topic) = (args.from.clone(), settings.clone(), topic.clone());
+        let (start, settings, topic) = (scope.from.clone(), settings.clone(), topic.clone());
         tokio::task::spawn_blocking(move || {
             let plans = plan(&consumer, &topic, &start, to_ms, &settings);
             plans.map(|plans| (consumer, plans))
@@ -92,32 +155,37 @@ pub async fn run(config: &BatcherConfig, args: &ReplayArgs) -> anyhow::Result<()
         .await
         .context("planning panicked")??
     };
-    print_plan(&topic, &plans, to_ms, args.tenant.as_ref(), &settings);
+    describe_plan(&topic, &plans, to_ms, scope.tenant.as_ref(), &settings, &*report);
     if plans.is_empty() {
-        println!("nothing to replay");
-        supervisor.cancel();
-        return Ok(());
+        report("nothing to replay".to_owned());
+        return Ok(Summary::default());
     }
 
     let (parts_tx, parts_rx) = tokio::sync::mpsc::channel(256);
     let (confirms_tx, confirms_rx) = std::sync::mpsc::channel::<Confirmed>();
+    // The publisher stops once every part is sent (the sender is dropped) or on `token`.
+    let publisher_token = token.child_token();
     let publisher = tokio::spawn(publish::run(
         config.amqp.clone(),
         config.uploads.topology(),
         parts_rx,
         confirms_tx,
         std::sync::Arc::default(),
-        supervisor.token(),
+        publisher_token.clone(),
     ));
-    let spill_dir =
-        std::env::temp_dir().join(format!("activity-batcher-replay-{}", std::process::id()));
+    let spill_dir = std::env::temp_dir().join(format!(
+        "activity-batcher-replay-{}-{}",
+        std::process::id(),
+        REPLAYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&spill_dir).context("cannot create a spill directory")?;
     let core = Core::new(
         settings,
         usize::try_from(config.memory_budget).unwrap_or(usize::MAX),
         spill_dir.clone(),
     );
-    let only_tenant = args.tenant.clone();
+    let (registry, only_tenant) = (registry.clone(), scope.tenant.clone());
+    let replay_report = report.clone();
     let summary = tokio::task::spawn_blocking(move || {
         replay(
             &consumer,
@@ -129,29 +197,20 @@ pub async fn run(config: &BatcherConfig, args: &ReplayArgs) -> anyhow::Result<()
             to_ms,
             &parts_tx,
             &confirms_rx,
+            &*replay_report,
         )
     })
-    .await
-    .context("the replay panicked")??;
-    publisher.await.context("the publisher panicked")??;
-    supervisor.cancel();
+    .await;
+    publisher_token.cancel();
+    let published = publisher.await;
     drop(std::fs::remove_dir_all(&spill_dir));
-    let parts: u64 = summary.parts.values().sum();
-    println!(
-        "replayed {} record(s): {parts} object(s) enqueued and confirmed ({}), {} event(s), {} byte(s) compressed; {} window part(s) still open, left to live batching",
-        summary.records,
-        summary
-            .parts
-            .iter()
-            .map(|(reason, n)| format!("{n} {reason}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        summary.events,
-        summary.bytes,
-        summary.left_open
-    );
-    Ok(())
+    let summary = summary.context("the replay panicked")??;
+    published.context("the publisher panicked")??;
+    Ok(summary)
 }
+
+/// Tells concurrent replays' spill directories apart.
+static REPLAYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Works out, per partition, where reading starts and stops.
 pub fn plan(
@@ -316,28 +375,29 @@ fn format_time(ms: i64) -> String {
         .unwrap_or_else(|| format!("{ms} ms"))
 }
 
-fn print_plan(
+fn describe_plan(
     topic: &str,
     plans: &[PartitionPlan],
     to_ms: i64,
     tenant: Option<&TenantId>,
     settings: &WindowSettings,
+    report: &dyn Fn(String),
 ) {
-    println!(
+    report(format!(
         "replay of {topic}, windows of {} s from their start up to {} (exclusive), tenant: {}",
         settings.length_ms / 1000,
         format_time(to_ms),
         tenant.map_or_else(|| "all with an integration".to_owned(), ToString::to_string)
-    );
+    ));
     for plan in plans {
-        println!(
+        report(format!(
             "  partition {}: offsets {} to {}{}, windows from {}",
             plan.partition,
             plan.start_offset,
             plan.end_offset - 1,
             if plan.to_end { " (end of log)" } else { "" },
             format_time(plan.first_window_ms)
-        );
+        ));
     }
 }
 
@@ -352,6 +412,7 @@ fn replay(
     to_ms: i64,
     parts: &tokio::sync::mpsc::Sender<Outgoing>,
     confirms: &std::sync::mpsc::Receiver<Confirmed>,
+    report: &dyn Fn(String),
 ) -> anyhow::Result<Summary> {
     let mut summary = Summary::default();
     let mut sent = 0_u64;
@@ -395,17 +456,17 @@ fn replay(
             }
             next = message.offset() + 1;
             summary.records += 1;
-            for part in take_record(&mut core, registry, only_tenant, &message)? {
+            for part in take_record(&mut core, registry, Horizon::Replay, only_tenant, &message)? {
                 publish(part, &mut summary, plan)?;
             }
             if last_progress.elapsed() >= PROGRESS_INTERVAL {
                 last_progress = Instant::now();
-                println!(
+                report(format!(
                     "  partition {}: at offset {next} of {}, {} object(s) enqueued so far",
                     plan.partition,
                     plan.end_offset,
-                    summary.parts.values().sum::<u64>()
-                );
+                    summary.objects()
+                ));
             }
         }
         if plan.to_end {
@@ -422,10 +483,10 @@ fn replay(
         match confirms.recv_timeout(PROGRESS_INTERVAL) {
             Ok(_) => confirmed += 1,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                println!(
+                report(format!(
                     "  waiting for RabbitMQ to confirm {} more object(s)",
                     sent - confirmed
-                );
+                ));
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 anyhow::bail!(

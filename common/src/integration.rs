@@ -55,6 +55,30 @@ impl Integration {
     }
 }
 
+/// Asks the batchers for a newly connected tenant's *first delivery*: the windows from the one
+/// before `connected_at`'s window up to where live batching takes over (DESIGN §1 step 5). The
+/// admin API writes it to the first-deliveries topic before saving the integration; a request
+/// whose `connected_at` no longer matches the tenant's integration is stale and dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirstDeliveryRequest {
+    #[serde(with = "tenant_id_serde")]
+    pub tenant_id: TenantId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub connected_at: OffsetDateTime,
+}
+
+/// The first-deliveries topic as services create it: one partition, so requests are handled in
+/// the order they were made, kept a week.
+pub fn first_deliveries_topic_spec(name: &str, replication: i32) -> crate::kafka::TopicSpec<'_> {
+    crate::kafka::TopicSpec {
+        name,
+        partitions: 1,
+        replication,
+        config: vec![("retention.ms", "604800000")],
+    }
+}
+
 mod tenant_id_serde {
     use serde::{Deserialize, Deserializer, Serializer};
 

@@ -15,6 +15,8 @@ pub mod key;
 pub mod metrics;
 pub mod ops;
 pub mod registry;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;

@@ -50,6 +50,8 @@ pub fn topic_spec(name: &str, replication: i32) -> TopicSpec<'_> {
 pub struct IntegrationRegistry {
     integrations: Arc<RwLock<HashMap<TenantId, Integration>>>,
     caught_up: watch::Receiver<bool>,
+    /// Per partition, the offset after the last record applied.
+    applied: watch::Receiver<HashMap<i32, i64>>,
 }
 
 /// Why the registry could not start following the topic.
@@ -108,6 +110,16 @@ impl IntegrationRegistry {
         let _ = caught_up.wait_for(|done| *done).await;
     }
 
+    /// Waits until the record at `offset` of `partition` has been applied, so a writer reads its
+    /// own write. False when the follower stopped first.
+    pub async fn applied(&self, partition: i32, offset: i64) -> bool {
+        let mut applied = self.applied.clone();
+        applied
+            .wait_for(|next| next.get(&partition).is_some_and(|next| *next > offset))
+            .await
+            .is_ok()
+    }
+
     /// Starts following `topic` under `supervisor`.
     pub async fn follow(
         kafka: &KafkaArgs,
@@ -142,14 +154,17 @@ impl IntegrationRegistry {
         };
 
         let (caught_up_tx, caught_up) = watch::channel(false);
+        let (applied_tx, applied) = watch::channel(HashMap::new());
         let registry = Self {
             integrations: Arc::default(),
             caught_up,
+            applied,
         };
         let mut follower = Follower {
             registry: registry.clone(),
             remaining: end_offsets,
             caught_up: caught_up_tx,
+            applied: applied_tx,
         };
         let token = supervisor.token();
         supervisor.spawn("integration-registry", async move {
@@ -213,6 +228,7 @@ struct Follower {
     /// Partitions not yet read up to their end offset at start.
     remaining: HashMap<i32, i64>,
     caught_up: watch::Sender<bool>,
+    applied: watch::Sender<HashMap<i32, i64>>,
 }
 
 impl Follower {
@@ -230,6 +246,9 @@ impl Follower {
             }
         }
         gauge!(KNOWN).set(self.registry.len() as f64);
+        self.applied.send_modify(|applied| {
+            applied.insert(partition, offset + 1);
+        });
         if self
             .remaining
             .get(&partition)
@@ -292,14 +311,17 @@ mod tests {
 
     fn follower(ends: &[(i32, i64)]) -> (Follower, IntegrationRegistry) {
         let (caught_up, receiver) = watch::channel(false);
+        let (applied, applied_receiver) = watch::channel(HashMap::new());
         let registry = IntegrationRegistry {
             integrations: Arc::default(),
             caught_up: receiver,
+            applied: applied_receiver,
         };
         let follower = Follower {
             registry: registry.clone(),
             remaining: ends.iter().copied().collect(),
             caught_up,
+            applied,
         };
         (follower, registry)
     }
@@ -329,6 +351,21 @@ mod tests {
         );
         follower.apply(0, 2, Some(b"acme"), None);
         assert!(registry.get(&tenant("acme")).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_writer_waits_until_its_record_is_applied() {
+        let (mut follower, registry) = follower(&[]);
+        let waiting = tokio::spawn({
+            let registry = registry.clone();
+            async move { registry.applied(0, 1).await }
+        });
+        follower.apply(0, 0, Some(b"acme"), Some(&value("acme", true)));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "offset 1 is not applied yet");
+        follower.apply(0, 1, Some(b"acme"), Some(&value("acme", false)));
+        assert!(waiting.await.expect("task"));
+        assert_eq!(registry.get(&tenant("acme")).map(|i| i.enabled), Some(false));
     }
 
     #[test]

@@ -1,0 +1,197 @@
+//! Upload failures, classified once (STYLE "Errors"): the class alone decides between a retry
+//! tier and the dead-letter queue.
+
+use std::fmt;
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+
+/// What a failure means for the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// Transient: throttling, 5xx, timeouts, network, expired credentials. Next retry tier.
+    Retryable,
+    /// The customer's setup is wrong: access denied, no such bucket, wrong region, role or
+    /// external id refused. Dead-letter at once and record it on the integration's status.
+    Configuration,
+    /// The tenant has no integration any more. Ack, count, log.
+    Discard,
+    /// The integration is disabled. Park in the dead-letter queue until it is enabled again.
+    Park,
+    /// The job itself is unusable (bad headers, tenant mismatch, checksum of the body). Dead-letter.
+    InvalidJob,
+}
+
+impl ErrorClass {
+    /// The label used in metrics and delivery records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retryable => "retryable",
+            Self::Configuration => "configuration",
+            Self::Discard => "discard",
+            Self::Park => "park",
+            Self::InvalidJob => "invalid_job",
+        }
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed upload step: its class, the AWS (or our own) error code, and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{step}: {code}: {message}")]
+pub struct UploadError {
+    pub class: ErrorClass,
+    /// The step that failed: `assume-role`, `put-object`, `resolve-destination`, ...
+    pub step: &'static str,
+    pub code: String,
+    pub message: String,
+}
+
+impl UploadError {
+    pub fn new(
+        class: ErrorClass,
+        step: &'static str,
+        code: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            class,
+            step,
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// Classifies an AWS SDK error of any operation.
+    pub fn from_sdk<E>(step: &'static str, error: &SdkError<E>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let detail = aws_sdk_s3::error::DisplayErrorContext(error).to_string();
+        match error {
+            SdkError::ServiceError(context) => {
+                let status = context.raw().status().as_u16();
+                // Responses without a body (HEAD requests, some proxies and S3-compatible servers)
+                // carry no error code; the status then says what S3 would have.
+                let code = context
+                    .err()
+                    .code()
+                    .unwrap_or_else(|| code_for_status(status));
+                let message = context.err().message().unwrap_or(&detail);
+                Self::new(classify(Some(status), code), step, code, message)
+            }
+            SdkError::TimeoutError(_) => Self::new(ErrorClass::Retryable, step, "Timeout", detail),
+            SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+                Self::new(ErrorClass::Retryable, step, "Network", detail)
+            }
+            _ => Self::new(ErrorClass::Retryable, step, "SdkError", detail),
+        }
+    }
+}
+
+/// The error code S3 uses for a bare status.
+fn code_for_status(status: u16) -> &'static str {
+    match status {
+        301 => "PermanentRedirect",
+        400 => "BadRequest",
+        403 => "AccessDenied",
+        404 => "NotFound",
+        412 => "PreconditionFailed",
+        429 => "Throttling",
+        500 => "InternalError",
+        503 => "ServiceUnavailable",
+        _ => "Unknown",
+    }
+}
+
+/// The class of an AWS error response, from its status and code. Pure, so every rule is tested.
+pub fn classify(status: Option<u16>, code: &str) -> ErrorClass {
+    const RETRYABLE_CODES: &[&str] = &[
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "BadDigest",
+        "IDPCommunicationError",
+    ];
+    const CONFIGURATION_CODES: &[&str] = &[
+        "AccessDenied",
+        "AllAccessDisabled",
+        "NoSuchBucket",
+        "PermanentRedirect",
+        "AuthorizationHeaderMalformed",
+        "IllegalLocationConstraintException",
+        "InvalidBucketName",
+        "RegionDisabledException",
+        "MalformedPolicyDocument",
+        "InvalidClientTokenId",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+    ];
+    if RETRYABLE_CODES.contains(&code) {
+        return ErrorClass::Retryable;
+    }
+    if CONFIGURATION_CODES.contains(&code) {
+        return ErrorClass::Configuration;
+    }
+    match status {
+        Some(429) => ErrorClass::Retryable,
+        Some(s) if s >= 500 => ErrorClass::Retryable,
+        // A redirect means the bucket lives in another region than the integration says.
+        Some(301 | 307 | 400..=499) => ErrorClass::Configuration,
+        // Anything else, including no answer at all, is worth another try.
+        _ => ErrorClass::Retryable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_server_errors_and_expired_credentials_are_retried() {
+        for (status, code) in [
+            (Some(503), "SlowDown"),
+            (Some(500), "InternalError"),
+            (Some(502), "Unknown"),
+            (Some(429), "Unknown"),
+            (Some(400), "ExpiredToken"),
+            (Some(400), "RequestTimeout"),
+            (None, "Unknown"),
+        ] {
+            assert_eq!(
+                classify(status, code),
+                ErrorClass::Retryable,
+                "{status:?} {code}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_broken_customer_setup_is_a_configuration_error() {
+        for (status, code) in [
+            (Some(403), "AccessDenied"),
+            (Some(404), "NoSuchBucket"),
+            (Some(301), "PermanentRedirect"),
+            (Some(400), "AuthorizationHeaderMalformed"),
+            (Some(403), "RegionDisabledException"),
+            (Some(400), "InvalidRequest"),
+        ] {
+            assert_eq!(
+                classify(status, code),
+                ErrorClass::Configuration,
+                "{status:?} {code}"
+            );
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Writing into a customer's bucket with the customer's role (DESIGN §2–§3): assuming the role
+//! with the tenant's external id, and putting or deleting objects with the headers every
+//! delivered object carries. The uploader delivers through it and the admin API's connection
+//! test proves access through it, so the test exercises exactly what delivery will do.
+
+pub mod error;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use aws_config::{Region, SdkConfig};
+use aws_sdk_s3::config::Credentials;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, ServerSideEncryption};
+use base64::Engine;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::integration::Integration;
+use crate::job::UploadJob;
+use crate::key::full_key;
+
+pub use error::{ErrorClass, UploadError};
+
+/// Content type of every object.
+pub const CONTENT_TYPE: &str = "application/x-ndjson";
+
+/// Requested session length of an assumed role.
+const SESSION_SECONDS: i32 = 3600;
+/// STS's limit on `RoleSessionName`.
+const MAX_SESSION_NAME: usize = 64;
+
+/// Assumes the integration's role with its external id, in the integration's region (regional
+/// STS endpoints keep working when the global one is slow or disabled for the account).
+/// `base` carries the vendor's own identity (the standard chain) and any endpoint override.
+pub async fn assume_role(
+    base: &SdkConfig,
+    integration: &Integration,
+) -> Result<Credentials, UploadError> {
+    let step = "assume-role";
+    let config = aws_sdk_sts::config::Builder::from(base)
+        .region(Region::new(integration.region.clone()))
+        .build();
+    let output = aws_sdk_sts::Client::from_conf(config)
+        .assume_role()
+        .role_arn(&integration.role_arn)
+        .external_id(&integration.external_id)
+        .role_session_name(session_name(integration.tenant_id.as_str()))
+        .duration_seconds(SESSION_SECONDS)
+        .send()
+        .await
+        .map_err(|error| UploadError::from_sdk(step, &error))?;
+    let issued = output.credentials().ok_or_else(|| {
+        UploadError::new(
+            ErrorClass::Retryable,
+            step,
+            "NoCredentials",
+            "STS answered without credentials",
+        )
+    })?;
+    let expires = SystemTime::try_from(*issued.expiration()).ok();
+    Ok(Credentials::new(
+        issued.access_key_id(),
+        issued.secret_access_key(),
+        Some(issued.session_token().to_owned()),
+        expires,
+        "activity-logs-assume-role",
+    ))
+}
+
+/// `activity-<tenant>`, cut to STS's length limit; tenant ids only hold characters STS allows.
+pub fn session_name(tenant: &str) -> String {
+    let mut name = format!("activity-{tenant}");
+    name.truncate(MAX_SESSION_NAME);
+    name
+}
+
+/// How a successful put ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// The object was written.
+    Created,
+    /// An object with this key was already there (`412` to `If-None-Match: *`): an earlier
+    /// attempt or a rebuild delivered it, which is success.
+    AlreadyThere,
+}
+
+/// One object to put, with what its metadata says about it.
+#[derive(Debug, Clone)]
+pub struct ObjectToPut {
+    /// The key below the integration's prefix.
+    pub relative_key: String,
+    pub body: Vec<u8>,
+    pub sha256: [u8; 32],
+    pub event_count: u64,
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+}
+
+/// Puts and deletes objects with per-tenant credentials through one S3 client per region.
+pub struct S3Writer {
+    base: SdkConfig,
+    /// Path-style addressing, for S3-compatible servers reached through an endpoint override.
+    force_path_style: bool,
+    clients: Mutex<HashMap<String, aws_sdk_s3::Client>>,
+}
+
+impl S3Writer {
+    pub fn new(base: SdkConfig) -> Self {
+        let force_path_style = base.endpoint_url().is_some();
+        Self {
+            base,
+            force_path_style,
+            clients: Mutex::default(),
+        }
+    }
+
+    /// The vendor-side AWS configuration the writer was built from.
+    pub fn base(&self) -> &SdkConfig {
+        &self.base
+    }
+
+    fn client(&self, region: &str) -> aws_sdk_s3::Client {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        clients
+            .entry(region.to_owned())
+            .or_insert_with(|| {
+                let config = aws_sdk_s3::config::Builder::from(&self.base)
+                    .region(Region::new(region.to_owned()))
+                    .force_path_style(self.force_path_style)
+                    .build();
+                aws_sdk_s3::Client::from_conf(config)
+            })
+            .clone()
+    }
+
+    /// Puts an upload job's body under the integration's bucket and prefix.
+    pub async fn put(
+        &self,
+        integration: &Integration,
+        credentials: Credentials,
+        job: &UploadJob,
+        body: Vec<u8>,
+        sha256: [u8; 32],
+    ) -> Result<Stored, UploadError> {
+        let object = ObjectToPut {
+            relative_key: job.relative_key.clone(),
+            body,
+            sha256,
+            event_count: job.event_count,
+            window_start_ms: job.window_start_ms,
+            window_end_ms: job.window_end_ms,
+        };
+        self.put_object(integration, credentials, object).await
+    }
+
+    /// Puts an object under the integration's bucket and prefix, with server-side encryption,
+    /// a SHA-256 checksum S3 verifies, `If-None-Match: *` and the window metadata.
+    pub async fn put_object(
+        &self,
+        integration: &Integration,
+        credentials: Credentials,
+        object: ObjectToPut,
+    ) -> Result<Stored, UploadError> {
+        let key = full_key(&integration.prefix, &object.relative_key);
+        let result = self
+            .client(&integration.region)
+            .put_object()
+            .bucket(&integration.bucket)
+            .key(&key)
+            .content_type(CONTENT_TYPE)
+            .server_side_encryption(ServerSideEncryption::Aes256)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(object.sha256))
+            .if_none_match("*")
+            .metadata("event-count", object.event_count.to_string())
+            .metadata("window-start", rfc3339_ms(object.window_start_ms))
+            .metadata("window-end", rfc3339_ms(object.window_end_ms))
+            .body(ByteStream::from(object.body))
+            .customize()
+            .config_override(
+                aws_sdk_s3::config::Builder::default().credentials_provider(credentials),
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Stored::Created),
+            Err(error) => {
+                let precondition_failed = error
+                    .raw_response()
+                    .is_some_and(|r| r.status().as_u16() == 412);
+                if precondition_failed {
+                    Ok(Stored::AlreadyThere)
+                } else {
+                    Err(UploadError::from_sdk("put-object", &error))
+                }
+            }
+        }
+    }
+
+    /// Deletes the object at `relative_key` below the integration's prefix.
+    pub async fn delete_object(
+        &self,
+        integration: &Integration,
+        credentials: Credentials,
+        relative_key: &str,
+    ) -> Result<(), UploadError> {
+        self.client(&integration.region)
+            .delete_object()
+            .bucket(&integration.bucket)
+            .key(full_key(&integration.prefix, relative_key))
+            .customize()
+            .config_override(
+                aws_sdk_s3::config::Builder::default().credentials_provider(credentials),
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|error| UploadError::from_sdk("delete-object", &error))
+    }
+}
+
+/// RFC 3339 with milliseconds, as object metadata carries window bounds.
+pub fn rfc3339_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_names_name_the_tenant_within_the_limit() {
+        assert_eq!(session_name("acme"), "activity-acme");
+        assert_eq!(session_name(&"t".repeat(63)).len(), MAX_SESSION_NAME);
+    }
+}
