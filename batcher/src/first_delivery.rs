@@ -147,9 +147,9 @@ pub async fn run(
     loop {
         gauge!(FIRST_DELIVERIES_PENDING).set(schedule.len() as f64);
         let wait = match (&running, schedule.next_due()) {
-            (None, Some((_, due_ms))) => {
-                Some(Duration::from_millis(u64::try_from(due_ms - now_unix_ms()).unwrap_or(0)))
-            }
+            (None, Some((_, due_ms))) => Some(Duration::from_millis(
+                u64::try_from(due_ms - now_unix_ms()).unwrap_or(0),
+            )),
             _ => None,
         };
         tokio::select! {

@@ -49,7 +49,9 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
                 ),
             ])
             .await
-            .context("cannot make sure the checkpoints, integrations and first-deliveries topics exist")?;
+            .context(
+                "cannot make sure the checkpoints, integrations and first-deliveries topics exist",
+            )?;
     }
     let spill_dir = prepare_spill_dir(&config.spill_dir)?;
     let registry =

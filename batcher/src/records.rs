@@ -254,10 +254,14 @@ mod tests {
         const HOUR: i64 = 3_600_000;
         let hourly = settings(HOUR, 120_000);
         let connected = integration(10 * HOUR + 25 * 60_000); // 10:25
-        let codec = |timestamp, horizon| delivery_codec(Some(&connected), timestamp, &hourly, horizon);
+        let codec =
+            |timestamp, horizon| delivery_codec(Some(&connected), timestamp, &hourly, horizon);
         assert_eq!(codec(9 * HOUR, Horizon::Replay), Some(Codec::Gzip));
         assert_eq!(codec(9 * HOUR - 1, Horizon::Replay), None);
-        assert_eq!(delivery_codec(None, 11 * HOUR, &hourly, Horizon::Replay), None);
+        assert_eq!(
+            delivery_codec(None, 11 * HOUR, &hourly, Horizon::Replay),
+            None
+        );
         assert_eq!(
             codec(11 * HOUR, Horizon::Replay),
             Some(Codec::Gzip),
@@ -270,7 +274,10 @@ mod tests {
         const HOUR: i64 = 3_600_000;
         let hourly = settings(HOUR, 120_000);
         let at_10_25 = integration(10 * HOUR + 25 * 60_000);
-        assert_eq!(delivery_codec(Some(&at_10_25), 11 * HOUR - 1, &hourly, Horizon::Live), None);
+        assert_eq!(
+            delivery_codec(Some(&at_10_25), 11 * HOUR - 1, &hourly, Horizon::Live),
+            None
+        );
         assert_eq!(
             delivery_codec(Some(&at_10_25), 11 * HOUR, &hourly, Horizon::Live),
             Some(Codec::Gzip)
@@ -279,6 +286,9 @@ mod tests {
         // a batcher may already be reading, so live batching starts one window later.
         let at_10_59 = integration(10 * HOUR + 59 * 60_000);
         assert_eq!(live_from_ms(connected_ms(&at_10_59), &hourly), 12 * HOUR);
-        assert_eq!(first_delivery_from_ms(connected_ms(&at_10_59), &hourly), 9 * HOUR);
+        assert_eq!(
+            first_delivery_from_ms(connected_ms(&at_10_59), &hourly),
+            9 * HOUR
+        );
     }
 }

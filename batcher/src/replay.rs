@@ -155,7 +155,14 @@ pub async fn execute(
         .await
         .context("planning panicked")??
     };
-    describe_plan(&topic, &plans, to_ms, scope.tenant.as_ref(), &settings, &*report);
+    describe_plan(
+        &topic,
+        &plans,
+        to_ms,
+        scope.tenant.as_ref(),
+        &settings,
+        &*report,
+    );
     if plans.is_empty() {
         report("nothing to replay".to_owned());
         return Ok(Summary::default());

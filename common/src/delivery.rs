@@ -3,6 +3,18 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::kafka::TopicSpec;
+
+/// The deliveries topic as services create it, keyed by tenant.
+pub fn topic_spec(name: &str, replication: i32) -> TopicSpec<'_> {
+    TopicSpec {
+        name,
+        partitions: 12,
+        replication,
+        config: vec![],
+    }
+}
+
 /// Outcome labels, shared by records and metrics.
 pub mod outcome {
     pub const STORED: &str = "stored";

@@ -12,10 +12,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, gauge};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::event::TenantId;
@@ -148,9 +147,19 @@ impl IntegrationRegistry {
         // Start-up reads are blocking librdkafka calls: keep them off the runtime's threads.
         let (consumer, end_offsets) = {
             let owned_topic = topic.to_owned();
-            tokio::task::spawn_blocking(move || assign_from_beginning(consumer, &owned_topic))
-                .await
-                .map_err(|_| RegistryError::StartPanicked)??
+            tokio::task::spawn_blocking(move || {
+                crate::kafka::assign_from_beginning(&*consumer, &owned_topic, METADATA_TIMEOUT)
+                    .map(|ends| (consumer, ends))
+            })
+            .await
+            .map_err(|_| RegistryError::StartPanicked)?
+            .map_err(|error| match error {
+                crate::kafka::AssignError::NoTopic => RegistryError::NoTopic(topic.to_owned()),
+                crate::kafka::AssignError::Kafka(source) => RegistryError::Kafka {
+                    topic: topic.to_owned(),
+                    source,
+                },
+            })?
         };
 
         let (caught_up_tx, caught_up) = watch::channel(false);
@@ -187,39 +196,6 @@ impl IntegrationRegistry {
         });
         Ok(registry)
     }
-}
-
-/// Assigns every partition from its start and returns, per partition, the end offset at start.
-fn assign_from_beginning(
-    consumer: Arc<StreamConsumer>,
-    topic: &str,
-) -> Result<(Arc<StreamConsumer>, HashMap<i32, i64>), RegistryError> {
-    let kafka_error = |source| RegistryError::Kafka {
-        topic: topic.to_owned(),
-        source,
-    };
-    let metadata = consumer
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .map_err(kafka_error)?;
-    let partitions = crate::kafka::topic_partitions(&metadata, topic);
-    if partitions.is_empty() {
-        return Err(RegistryError::NoTopic(topic.to_owned()));
-    }
-    let mut assignment = TopicPartitionList::new();
-    let mut end_offsets = HashMap::new();
-    for partition in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
-            .map_err(kafka_error)?;
-        if high > low {
-            end_offsets.insert(partition, high);
-        }
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .map_err(kafka_error)?;
-    }
-    consumer.assign(&assignment).map_err(kafka_error)?;
-    Ok((consumer, end_offsets))
 }
 
 /// Applies records to the registry; a pure state machine apart from the shared map.
@@ -365,7 +341,10 @@ mod tests {
         assert!(!waiting.is_finished(), "offset 1 is not applied yet");
         follower.apply(0, 1, Some(b"acme"), Some(&value("acme", false)));
         assert!(waiting.await.expect("task"));
-        assert_eq!(registry.get(&tenant("acme")).map(|i| i.enabled), Some(false));
+        assert_eq!(
+            registry.get(&tenant("acme")).map(|i| i.enabled),
+            Some(false)
+        );
     }
 
     #[test]

@@ -4,11 +4,12 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser};
+use common::aws::AwsArgs;
 use common::config::{ShutdownArgs, parse_positive_duration};
 use common::kafka::KafkaArgs;
 use common::telemetry::LogArgs;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 /// Shortest bearer token accepted, so a typo'd or placeholder token cannot guard the API.
 pub const MIN_TOKEN_CHARS: usize = 16;
@@ -86,10 +87,89 @@ pub struct IngestConfig {
     pub tenant_burst: Option<NonZeroU32>,
 
     #[command(flatten)]
+    pub admin: AdminArgs,
+
+    #[command(flatten)]
     pub log: LogArgs,
 
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
+}
+
+/// Shortest external-id secret accepted: it is all that keeps external ids unguessable.
+pub const MIN_SECRET_CHARS: usize = 32;
+
+/// The admin API, where customers connect their buckets. Off unless admin tokens are set.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// Bearer tokens of the admin API, comma separated; unset, the admin API is off. They must
+    /// differ from the events API's tokens.
+    #[arg(
+        long = "admin-token",
+        env = "ACTIVITY_ADMIN_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_parser = parse_token
+    )]
+    pub admin_tokens: Vec<SecretString>,
+
+    /// The vendor's IAM role that assumes customer roles (the uploader's identity); customers'
+    /// trust policies name it.
+    #[arg(long, env = "ACTIVITY_VENDOR_ROLE_ARN")]
+    pub vendor_role_arn: Option<String>,
+
+    /// Secret the tenants' external ids are derived from (HMAC-SHA256), at least 32 characters.
+    /// Saved integrations keep their external id when it changes.
+    #[arg(long, env = "ACTIVITY_EXTERNAL_ID_SECRET", hide_env_values = true,
+          value_parser = parse_secret)]
+    pub external_id_secret: Option<SecretString>,
+
+    /// Longest a connection test (assume role, put, delete) may take.
+    #[arg(long, env = "ACTIVITY_ADMIN_CONNECTION_TEST_TIMEOUT", default_value = "30s",
+          value_parser = parse_positive_duration)]
+    pub connection_test_timeout: Duration,
+
+    /// Compacted topic holding every tenant's integration.
+    #[arg(
+        long,
+        env = "ACTIVITY_KAFKA_INTEGRATIONS_TOPIC",
+        default_value = "activity.integrations"
+    )]
+    pub integrations_topic: String,
+
+    /// Topic of first-delivery requests for the batchers.
+    #[arg(
+        long,
+        env = "ACTIVITY_KAFKA_FIRST_DELIVERIES_TOPIC",
+        default_value = "activity.first-deliveries"
+    )]
+    pub first_deliveries_topic: String,
+
+    /// Topic of the uploaders' delivery records, which integration status is built from.
+    #[arg(
+        long,
+        env = "ACTIVITY_KAFKA_DELIVERIES_TOPIC",
+        default_value = "activity.deliveries"
+    )]
+    pub deliveries_topic: String,
+
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+impl AdminArgs {
+    pub fn enabled(&self) -> bool {
+        !self.admin_tokens.is_empty()
+    }
+}
+
+fn parse_secret(raw: &str) -> Result<SecretString, String> {
+    if raw.chars().count() < MIN_SECRET_CHARS {
+        return Err(format!(
+            "the secret must be at least {MIN_SECRET_CHARS} characters long"
+        ));
+    }
+    Ok(SecretString::from(raw))
 }
 
 fn parse_token(raw: &str) -> Result<SecretString, String> {
@@ -110,6 +190,29 @@ impl IngestConfig {
                 "ACTIVITY_INGEST_MAX_EVENT_BYTES, _MAX_BODY_BYTES and _MAX_EVENTS must be positive"
                     .into(),
             );
+        }
+        if self.admin.enabled() {
+            let role = self.admin.vendor_role_arn.as_deref().ok_or(
+                "ACTIVITY_VENDOR_ROLE_ARN is required with ACTIVITY_ADMIN_TOKENS: customers' trust policies name it",
+            )?;
+            let account = role.split(':').nth(4).unwrap_or_default();
+            common::integration::check_role_arn(role, account)
+                .map_err(|problem| format!("ACTIVITY_VENDOR_ROLE_ARN {problem}"))?;
+            if self.admin.external_id_secret.is_none() {
+                return Err(
+                    "ACTIVITY_EXTERNAL_ID_SECRET is required with ACTIVITY_ADMIN_TOKENS".into(),
+                );
+            }
+            let shared = self.admin.admin_tokens.iter().any(|admin| {
+                self.tokens
+                    .iter()
+                    .any(|events| events.expose_secret() == admin.expose_secret())
+            });
+            if shared {
+                return Err(
+                    "ACTIVITY_ADMIN_TOKENS must differ from ACTIVITY_INGEST_TOKENS: event producers must not manage integrations".into(),
+                );
+            }
         }
         if self.max_inflight_bytes < self.max_body_bytes {
             return Err(format!(
@@ -165,6 +268,44 @@ mod tests {
             config.effective_tenant_burst().map(NonZeroU32::get),
             Some(10_000)
         );
+    }
+
+    #[test]
+    fn the_admin_api_needs_its_own_tokens_a_vendor_role_and_a_secret() {
+        let secret = "s".repeat(MIN_SECRET_CHARS);
+        let role = "arn:aws:iam::111122223333:role/Delivery";
+        let token = "admin-token-0123456789";
+        let ok = parse(&[
+            "--admin-token",
+            token,
+            "--vendor-role-arn",
+            role,
+            "--external-id-secret",
+            &secret,
+        ])
+        .expect("parses");
+        assert!(ok.admin.enabled());
+        assert_eq!(ok.validate(), Ok(()));
+        let no_role =
+            parse(&["--admin-token", token, "--external-id-secret", &secret]).expect("parses");
+        assert!(
+            no_role
+                .validate()
+                .unwrap_err()
+                .contains("ACTIVITY_VENDOR_ROLE_ARN")
+        );
+        let shared = parse(&[
+            "--admin-token",
+            "0123456789abcdef0123",
+            "--vendor-role-arn",
+            role,
+            "--external-id-secret",
+            &secret,
+        ])
+        .expect("parses");
+        assert!(shared.validate().unwrap_err().contains("must differ"));
+        assert!(parse(&["--external-id-secret", "short"]).is_err());
+        assert!(!parse(&[]).expect("parses").admin.enabled());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The ingest service: accepts activity events over HTTP and writes them to Kafka, answering
 //! `202` only after Kafka has acknowledged every event of the request (DESIGN §3).
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;
@@ -21,12 +22,63 @@ use common::kafka::TopicSpec;
 use common::ops::ReadinessCheck;
 use common::shutdown::Supervisor;
 
+use common::registry::IntegrationRegistry;
+use common::s3::S3Writer;
+
+use crate::admin::AdminApi;
+use crate::admin::setup::Vendor;
+use crate::admin::status::DeliveryStatuses;
 use crate::auth::Tokens;
 use crate::body::Limits;
 use crate::config::IngestConfig;
 use crate::http::EventsApi;
 use crate::produce::EventWriter;
 use crate::rate_limit::TenantRateLimiter;
+
+/// Follows the integrations and delivery records and builds what the admin API needs.
+async fn start_admin(
+    config: &IngestConfig,
+    supervisor: &Supervisor,
+) -> anyhow::Result<Arc<AdminApi>> {
+    let admin = &config.admin;
+    let registry =
+        IntegrationRegistry::follow(&config.kafka, &admin.integrations_topic, supervisor)
+            .await
+            .context("cannot follow the integrations")?;
+    let statuses = DeliveryStatuses::default();
+    statuses
+        .follow(&config.kafka, &admin.deliveries_topic, supervisor)
+        .await
+        .context("cannot follow the delivery records")?;
+    let producer = config
+        .kafka
+        .producer_config(config.produce_timeout)
+        .create()
+        .context("cannot create the admin API's Kafka producer")?;
+    let (Some(vendor_role_arn), Some(external_id_secret)) = (
+        admin.vendor_role_arn.clone(),
+        admin.external_id_secret.clone(),
+    ) else {
+        anyhow::bail!(
+            "the admin API needs ACTIVITY_VENDOR_ROLE_ARN and ACTIVITY_EXTERNAL_ID_SECRET"
+        );
+    };
+    Ok(Arc::new(AdminApi {
+        tokens: Tokens::new(&admin.admin_tokens),
+        vendor: Vendor {
+            role_arn: vendor_role_arn,
+        },
+        external_id_secret,
+        registry,
+        statuses,
+        writer: S3Writer::new(admin.aws.sdk_config().await),
+        producer,
+        integrations_topic: admin.integrations_topic.clone(),
+        first_deliveries_topic: admin.first_deliveries_topic.clone(),
+        connection_test_timeout: admin.connection_test_timeout,
+        write_timeout: config.produce_timeout,
+    }))
+}
 
 /// How often tenants with full token buckets are forgotten.
 const RATE_LIMITER_CLEANUP: Duration = Duration::from_secs(60);
@@ -40,16 +92,28 @@ pub async fn start(config: IngestConfig, supervisor: &Supervisor) -> anyhow::Res
     metrics::describe();
 
     if config.kafka.create_topics {
+        let replication = config.kafka.replication;
+        let mut topics = vec![TopicSpec {
+            name: &config.events_topic,
+            partitions: config.events_partitions,
+            replication,
+            config: vec![],
+        }];
+        if config.admin.enabled() {
+            topics.extend([
+                common::registry::topic_spec(&config.admin.integrations_topic, replication),
+                common::integration::first_deliveries_topic_spec(
+                    &config.admin.first_deliveries_topic,
+                    replication,
+                ),
+                common::delivery::topic_spec(&config.admin.deliveries_topic, replication),
+            ]);
+        }
         config
             .kafka
-            .ensure_topics(&[TopicSpec {
-                name: &config.events_topic,
-                partitions: config.events_partitions,
-                replication: config.kafka.replication,
-                config: vec![],
-            }])
+            .ensure_topics(&topics)
             .await
-            .context("cannot make sure the events topic exists")?;
+            .context("cannot make sure the topics exist")?;
     }
     let writer = Arc::new(
         EventWriter::new(
@@ -92,10 +156,13 @@ pub async fn start(config: IngestConfig, supervisor: &Supervisor) -> anyhow::Res
             })
         })
     };
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/v1/events", post(http::post_events))
         .with_state(api.clone())
         .merge(common::ops::router(readiness, metrics));
+    if config.admin.enabled() {
+        router = router.merge(admin::router(start_admin(&config, supervisor).await?));
+    }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

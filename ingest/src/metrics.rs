@@ -15,7 +15,15 @@ pub const REQUEST_BODY: &str = "activity_ingest_request_body_bytes";
 /// Request bytes held in memory right now.
 pub const INFLIGHT_BYTES: &str = "activity_ingest_inflight_bytes";
 
+/// Admin API requests answered, by route and HTTP status code.
+pub const ADMIN_REQUESTS: &str = "activity_ingest_admin_requests_total";
+
 pub fn describe() {
+    describe_counter!(
+        ADMIN_REQUESTS,
+        Unit::Count,
+        "Admin API requests answered, by route and HTTP status code."
+    );
     describe_counter!(
         REQUESTS,
         Unit::Count,

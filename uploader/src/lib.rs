@@ -24,9 +24,6 @@ use crate::consume::{DeliveryLog, Uploader};
 use crate::credentials::AssumedRoles;
 use crate::destination::S3Writer;
 
-/// Partitions of the deliveries topic when the uploader creates it.
-const DELIVERIES_PARTITIONS: i32 = 12;
-
 /// Starts the uploader under `supervisor` and returns the address of its health and metrics
 /// endpoints. Jobs are consumed only once the integration registry has caught up, so no job is
 /// discarded for a tenant whose integration was simply not read yet.
@@ -37,12 +34,7 @@ pub async fn start(config: UploaderConfig, supervisor: &Supervisor) -> anyhow::R
         config
             .kafka
             .ensure_topics(&[
-                common::kafka::TopicSpec {
-                    name: &config.deliveries_topic,
-                    partitions: DELIVERIES_PARTITIONS,
-                    replication: config.kafka.replication,
-                    config: vec![],
-                },
+                common::delivery::topic_spec(&config.deliveries_topic, config.kafka.replication),
                 common::registry::topic_spec(&config.integrations_topic, config.kafka.replication),
             ])
             .await

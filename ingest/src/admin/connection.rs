@@ -1,0 +1,233 @@
+//! The connection test (DESIGN §1 step 4): assume the customer's role with the tenant's external
+//! id, put a small object under the destination with the headers every delivered object
+//! carries, and delete it. The first step that fails is reported with AWS's code and message and
+//! a hint of what to fix on the customer's side.
+
+use std::time::Duration;
+
+use common::clock::now_unix_ms;
+use common::codec::compress;
+use common::integration::Integration;
+use common::s3::{ErrorClass, ObjectToPut, S3Writer, UploadError, assume_role};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// The steps, in order.
+pub const STEPS: [&str; 3] = ["assume-role", "put-object", "delete-object"];
+
+/// Why a connection test failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionFailure {
+    /// The step that failed: `assume-role`, `put-object` or `delete-object`.
+    pub step: &'static str,
+    /// AWS's error code, or `Timeout` / `Network` when AWS did not answer.
+    pub code: String,
+    /// AWS's message.
+    pub message: String,
+    /// What the customer should check.
+    pub hint: String,
+    /// Whether trying again unchanged may succeed (throttling, timeouts, 5xx).
+    pub transient: bool,
+    /// Steps that succeeded before.
+    pub passed: Vec<&'static str>,
+}
+
+/// A successful test.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionSuccess {
+    pub steps: [&'static str; 3],
+    /// The key the test object had (it was deleted again).
+    pub test_object_key: String,
+}
+
+/// Runs the three steps, bounded by `timeout` as a whole.
+pub async fn test_connection(
+    writer: &S3Writer,
+    integration: &Integration,
+    timeout: Duration,
+) -> Result<ConnectionSuccess, ConnectionFailure> {
+    let mut passed = Vec::new();
+    match tokio::time::timeout(timeout, run_steps(writer, integration, &mut passed)).await {
+        Ok(Ok(key)) => Ok(ConnectionSuccess {
+            steps: STEPS,
+            test_object_key: common::key::full_key(&integration.prefix, &key),
+        }),
+        Ok(Err(error)) => Err(failure(integration, error, passed)),
+        Err(_) => {
+            let step = STEPS.get(passed.len()).copied().unwrap_or("delete-object");
+            let error = UploadError::new(
+                ErrorClass::Retryable,
+                step,
+                "Timeout",
+                format!("no answer within {} s", timeout.as_secs()),
+            );
+            Err(failure(integration, error, passed))
+        }
+    }
+}
+
+async fn run_steps(
+    writer: &S3Writer,
+    integration: &Integration,
+    passed: &mut Vec<&'static str>,
+) -> Result<String, UploadError> {
+    let credentials = assume_role(writer.base(), integration).await?;
+    passed.push("assume-role");
+    let object = test_object(integration)?;
+    let key = object.relative_key.clone();
+    writer
+        .put_object(integration, credentials.clone(), object)
+        .await?;
+    passed.push("put-object");
+    writer.delete_object(integration, credentials, &key).await?;
+    passed.push("delete-object");
+    Ok(key)
+}
+
+/// A one-line NDJSON object in the integration's codec, under the tenant's folder of the
+/// destination, named so it cannot collide with a delivered object.
+fn test_object(integration: &Integration) -> Result<ObjectToPut, UploadError> {
+    let now_ms = now_unix_ms();
+    let id = uuid::Uuid::new_v4();
+    let line = serde_json::json!({
+        "id": format!("connection-test-{id}"),
+        "tenant_id": integration.tenant_id.as_str(),
+        "type": "activity_logs.connection_test",
+        "occurred_at": common::s3::rfc3339_ms(now_ms),
+    });
+    let raw = format!("{line}\n");
+    let body = compress(integration.compression, raw.as_bytes(), 3).map_err(|error| {
+        UploadError::new(
+            ErrorClass::Retryable,
+            "put-object",
+            "Compression",
+            error.to_string(),
+        )
+    })?;
+    let sha256: [u8; 32] = Sha256::digest(&body).into();
+    Ok(ObjectToPut {
+        relative_key: format!(
+            "{}/_connection-test-{id}.{}",
+            integration.tenant_id,
+            integration.compression.extension()
+        ),
+        body,
+        sha256,
+        event_count: 1,
+        window_start_ms: now_ms,
+        window_end_ms: now_ms,
+    })
+}
+
+fn failure(
+    integration: &Integration,
+    error: UploadError,
+    passed: Vec<&'static str>,
+) -> ConnectionFailure {
+    ConnectionFailure {
+        step: error.step,
+        hint: hint(integration, error.step, &error.code, error.class),
+        transient: error.class == ErrorClass::Retryable,
+        code: error.code,
+        message: error.message,
+        passed,
+    }
+}
+
+/// What to fix, by step and AWS error code.
+pub fn hint(integration: &Integration, step: &str, code: &str, class: ErrorClass) -> String {
+    let bucket = &integration.bucket;
+    let objects = if integration.prefix.is_empty() {
+        format!("arn:aws:s3:::{bucket}/*")
+    } else {
+        format!("arn:aws:s3:::{bucket}/{}/*", integration.prefix)
+    };
+    if class == ErrorClass::Retryable {
+        return "AWS answered with a temporary error or did not answer in time; nothing is wrong with the settings as far as this test could tell. Try again.".into();
+    }
+    match (step, code) {
+        ("assume-role", "AccessDenied") => format!(
+            "The role {} must trust the vendor's role: its trust policy must allow sts:AssumeRole for the vendor role with the condition sts:ExternalId = {} (see the setup documents). Check that role_arn names that role and that the trust policy was saved.",
+            integration.role_arn, integration.external_id
+        ),
+        ("assume-role", "RegionDisabledException") => format!(
+            "STS is not active in {} for the customer's account: activate the region in IAM account settings, or use the bucket's region.",
+            integration.region
+        ),
+        ("assume-role", _) => format!(
+            "The role {} could not be assumed: check that it exists in account {} and that its trust policy names the vendor's role and external id.",
+            integration.role_arn, integration.aws_account_id
+        ),
+        ("put-object", "NoSuchBucket") => format!(
+            "There is no bucket named {bucket}: check the bucket name (and that it was created in {}).",
+            integration.region
+        ),
+        ("put-object", "PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException") => format!(
+            "The bucket {bucket} is not in {}: set region to the bucket's region.",
+            integration.region
+        ),
+        ("put-object", "AccessDenied" | "AllAccessDisabled") => format!(
+            "The role may not write to the destination: its inline policy must allow s3:PutObject on {objects}, and the bucket policy must not deny it. A bucket policy that denies requests without TLS is fine (deliveries use HTTPS); one that requires SSE-KMS needs kms:GenerateDataKey for the role, and deliveries use SSE-S3 (AES256)."
+        ),
+        ("put-object", _) => format!(
+            "The test object could not be written to bucket {bucket}: check the bucket's policy, default encryption and object lock settings."
+        ),
+        ("delete-object", "AccessDenied") => format!(
+            "The role may write but not delete: its inline policy must allow s3:DeleteObject on {objects}, and the bucket policy must not deny it. The test object was left in the bucket; it can be removed by hand."
+        ),
+        ("delete-object", _) => "The test object was written but could not be deleted; it may be left in the bucket and can be removed by hand.".into(),
+        _ => "See AWS's message.".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn integration(prefix: &str) -> Integration {
+        serde_json::from_value(serde_json::json!({
+            "tenant_id": "acme", "enabled": true, "aws_account_id": "123456789012",
+            "bucket": "acme-logs", "prefix": prefix,
+            "role_arn": "arn:aws:iam::123456789012:role/Writer",
+            "external_id": "ext-0123456789", "region": "eu-west-1",
+            "connected_at": "2026-11-27T10:00:00Z", "updated_at": "2026-11-27T10:00:00Z"
+        }))
+        .expect("integration")
+    }
+
+    #[test]
+    fn hints_point_at_what_to_fix() {
+        let with_prefix = integration("audit");
+        let hint = |step, code| hint(&with_prefix, step, code, ErrorClass::Configuration);
+        assert!(hint("assume-role", "AccessDenied").contains("sts:ExternalId = ext-0123456789"));
+        assert!(hint("put-object", "NoSuchBucket").contains("no bucket named acme-logs"));
+        assert!(
+            hint("put-object", "AccessDenied")
+                .contains("s3:PutObject on arn:aws:s3:::acme-logs/audit/*")
+        );
+        assert!(hint("delete-object", "AccessDenied").contains("s3:DeleteObject"));
+        assert!(hint("put-object", "PermanentRedirect").contains("not in eu-west-1"));
+        assert!(
+            super::hint(
+                &with_prefix,
+                "put-object",
+                "SlowDown",
+                ErrorClass::Retryable
+            )
+            .contains("Try again")
+        );
+    }
+
+    #[test]
+    fn the_test_object_is_one_event_of_the_tenant_in_its_codec() {
+        let object = test_object(&integration("")).expect("object");
+        assert!(object.relative_key.starts_with("acme/_connection-test-"));
+        assert!(object.relative_key.ends_with(".jsonl.zst"));
+        let raw = common::codec::decompress(common::key::Codec::Zstd, &object.body, 1 << 20)
+            .expect("decompress");
+        let event: serde_json::Value =
+            serde_json::from_slice(raw.strip_suffix(b"\n").expect("one line")).expect("json");
+        assert_eq!(event["tenant_id"], "acme");
+        assert_eq!(object.event_count, 1);
+    }
+}
