@@ -80,6 +80,7 @@ pub fn event_json(tenant: &str, id: &str, pad: usize) -> String {
 pub struct BatcherSetup {
     pub events: String,
     pub integrations: String,
+    pub first_deliveries: String,
     pub topology: UploadTopology,
     pub checkpoints: String,
     pub group: String,
@@ -93,6 +94,7 @@ impl BatcherSetup {
         Self {
             events: events.name.clone(),
             integrations: integrations.name.clone(),
+            first_deliveries: crate::unique("activity.first-deliveries"),
             topology: UploadTopology::new(&uploads, &[Duration::from_secs(60)]),
             checkpoints: crate::unique("activity.checkpoints"),
             group: crate::unique("batcher"),
@@ -108,6 +110,8 @@ impl BatcherSetup {
             &self.events,
             "--integrations-topic",
             &self.integrations,
+            "--first-deliveries-topic",
+            &self.first_deliveries,
             "--uploads-name",
             &self.topology.queue,
             "--retry-tiers",

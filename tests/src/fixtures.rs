@@ -225,13 +225,14 @@ pub async fn finish(supervisor: Supervisor, channel: &Channel, topology: &Upload
         .expect("stops cleanly");
 }
 
-/// The integration JSON the tests write: `tenant` delivering to `bucket` under `audit/`.
+/// The integration JSON the tests write: `tenant` delivering to `bucket` under `audit/`,
+/// connected long ago, so live batching delivers every window the tests write.
 pub fn integration_json(tenant: &str, bucket: &str) -> String {
     serde_json::json!({
         "tenant_id": tenant, "enabled": true, "aws_account_id": "123456789012", "bucket": bucket,
         "prefix": "audit", "role_arn": "arn:aws:iam::123456789012:role/Writer",
         "external_id": "ext-0123456789", "region": REGION, "compression": "none",
-        "connected_at": "2026-11-27T10:00:00Z", "updated_at": "2026-11-27T10:00:00Z"
+        "connected_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
     })
     .to_string()
 }

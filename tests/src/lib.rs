@@ -2,6 +2,7 @@
 //! `scripts/local-services.sh`), a fresh topic per test, and the services run in-process through
 //! their library entry points.
 
+pub mod admin;
 pub mod batching;
 pub mod fault_proxy;
 pub mod fixtures;

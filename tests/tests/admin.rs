@@ -1,0 +1,362 @@
+//! The admin API against real Kafka (Tansu), moto S3/STS and, for STS refusals, the fault proxy:
+//! validation, the connection test, setup documents, status, disable, enable and delete.
+
+use std::time::Duration;
+
+use integration_tests::admin::{
+    ADMIN_TOKEN, AdminIngest, AdminTopics, CUSTOMER_ROLE, VENDOR_ROLE, integration_path, settings,
+};
+use integration_tests::fault_proxy::{FaultProxy, Faults};
+use integration_tests::fixtures::{
+    aws_config, deny_on_objects, moto_endpoint, new_bucket, object_count, s3_client,
+};
+use integration_tests::services::TEST_TOKEN;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// The fields named by a 422 answer.
+fn problem_fields(answer: &Value) -> Vec<String> {
+    answer["problems"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no problems listed: {answer}"))
+        .iter()
+        .map(|p| p["field"].as_str().expect("field").to_owned())
+        .collect()
+}
+
+async fn integrations_written(admin: &AdminIngest) -> usize {
+    integration_tests::kafka::read_all(
+        &integration_tests::kafka::brokers(),
+        &admin.topics.integrations,
+        Duration::from_secs(10),
+    )
+    .await
+    .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_invalid_setting_is_named_and_nothing_is_saved() {
+    let admin = AdminIngest::spawn(&moto_endpoint(), AdminTopics::unique(), &[]).await;
+    let long_prefix = "p".repeat(513);
+    let cases: Vec<(&str, &str, Value)> = vec![
+        ("aws_account_id", "aws_account_id", json!("12345")),
+        ("aws_account_id", "aws_account_id", json!("12345678901x")),
+        ("role_arn", "aws_account_id", json!("210987654321")),
+        ("bucket", "bucket", json!("Bad_Bucket")),
+        ("bucket", "bucket", json!("ab")),
+        ("bucket", "bucket", json!("192.168.1.1")),
+        ("bucket", "bucket", json!("logs..bucket")),
+        ("region", "region", json!("Europe")),
+        ("region", "region", json!("eu-west")),
+        ("prefix", "prefix", json!("/leading")),
+        ("prefix", "prefix", json!("a/../b")),
+        ("prefix", "prefix", json!("a//b")),
+        ("prefix", "prefix", json!(long_prefix)),
+        ("prefix", "prefix", json!("with space")),
+        (
+            "role_arn",
+            "role_arn",
+            json!("arn:aws:iam::123456789012:user/Someone"),
+        ),
+        ("role_arn", "role_arn", json!("ActivityLogWriter")),
+        ("compression", "compression", json!("lz4")),
+        ("enabled", "enabled", json!("yes")),
+        ("colour", "colour", json!("blue")),
+        ("bucket", "bucket", Value::Null),
+    ];
+    for (field, key, value) in cases {
+        let mut body = settings("acme-audit-logs");
+        if value.is_null() {
+            body.as_object_mut().expect("object").remove(key);
+        } else {
+            body[key] = value.clone();
+        }
+        for (route, (status, answer)) in [
+            ("PUT", admin.put("acme", &body).await),
+            ("POST test", admin.test("acme", &body).await),
+        ] {
+            assert_eq!(
+                status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{route} {key}={value}: {answer}"
+            );
+            assert_eq!(
+                problem_fields(&answer),
+                [field],
+                "{route} {key}={value}: {answer}"
+            );
+            assert!(
+                answer["message"]
+                    .as_str()
+                    .expect("message")
+                    .contains("nothing was saved")
+            );
+        }
+    }
+
+    let (status, answer) = admin.put("-acme", &settings("acme-audit-logs")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(problem_fields(&answer), ["tenant"]);
+    let (status, answer) = admin
+        .call(Method::PUT, &integration_path("acme"), None)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(problem_fields(&answer), ["body"]);
+
+    // The events API's token does not open the admin API, nor does none.
+    let http = reqwest::Client::new();
+    for token in [Some(TEST_TOKEN), None] {
+        let mut request = http.get(admin.ingest.url(&integration_path("acme")));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let status = request.send().await.expect("request").status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "token {token:?}");
+    }
+    // Nor does the admin token post events.
+    let status = http
+        .post(admin.ingest.url("/v1/events"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/x-ndjson")
+        .body("{}")
+        .send()
+        .await
+        .expect("request")
+        .status();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    assert_eq!(admin.get("acme").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(integrations_written(&admin).await, 0, "nothing was saved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_test_failures_name_their_step_and_success_leaves_no_object() {
+    let proxy = FaultProxy::start(&moto_endpoint()).await;
+    let admin = AdminIngest::spawn(&proxy.url(), AdminTopics::unique(), &[]).await;
+    let s3 = s3_client(&aws_config(&moto_endpoint()).await);
+
+    let failure = |answer: &Value| {
+        let test = &answer["connection_test"];
+        (
+            test["step"].as_str().unwrap_or_default().to_owned(),
+            test["code"].as_str().unwrap_or_default().to_owned(),
+            test["hint"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+
+    // A bucket that does not exist.
+    let missing = integration_tests::unique("missing");
+    let (status, answer) = admin.put("acme", &settings(&missing)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let (step, code, hint) = failure(&answer);
+    assert_eq!(
+        (step.as_str(), code.as_str()),
+        ("put-object", "NoSuchBucket"),
+        "{answer}"
+    );
+    assert!(
+        hint.contains(&format!("no bucket named {missing}")),
+        "{hint}"
+    );
+    assert_eq!(answer["connection_test"]["passed"], json!(["assume-role"]));
+
+    // A bucket policy denying PutObject.
+    let no_put = new_bucket(&s3).await;
+    deny_on_objects(&s3, &no_put, "s3:PutObject").await;
+    let (status, answer) = admin.put("acme", &settings(&no_put)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let (step, code, hint) = failure(&answer);
+    assert_eq!(
+        (step.as_str(), code.as_str()),
+        ("put-object", "AccessDenied"),
+        "{answer}"
+    );
+    assert!(hint.contains("s3:PutObject on arn:aws:s3:::"), "{hint}");
+
+    // A bucket policy denying DeleteObject: the put worked, the delete did not.
+    let no_delete = new_bucket(&s3).await;
+    deny_on_objects(&s3, &no_delete, "s3:DeleteObject").await;
+    let (status, answer) = admin.put("acme", &settings(&no_delete)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let (step, code, hint) = failure(&answer);
+    assert_eq!(
+        (step.as_str(), code.as_str()),
+        ("delete-object", "AccessDenied"),
+        "{answer}"
+    );
+    assert!(hint.contains("s3:DeleteObject"), "{hint}");
+    assert_eq!(
+        answer["connection_test"]["passed"],
+        json!(["assume-role", "put-object"])
+    );
+
+    // STS refuses the role (a trust policy without the vendor role or external id).
+    let good = new_bucket(&s3).await;
+    proxy.set(Faults {
+        deny_assume_role: true,
+        ..Faults::default()
+    });
+    let (status, answer) = admin.put("acme", &settings(&good)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let (step, code, hint) = failure(&answer);
+    assert_eq!(
+        (step.as_str(), code.as_str()),
+        ("assume-role", "AccessDenied"),
+        "{answer}"
+    );
+    assert!(hint.contains("sts:ExternalId"), "{hint}");
+    assert!(hint.contains(CUSTOMER_ROLE), "{hint}");
+    assert_eq!(
+        admin.get("acme").await.0,
+        StatusCode::NOT_FOUND,
+        "nothing was saved"
+    );
+    assert_eq!(integrations_written(&admin).await, 0, "nothing was saved");
+
+    // The fault cleared: the test alone passes, leaves nothing behind and saves nothing.
+    proxy.set(Faults::default());
+    let (status, answer) = admin.test("acme", &settings(&good)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer["connection_test"]["steps"],
+        json!(["assume-role", "put-object", "delete-object"])
+    );
+    let test_key = answer["connection_test"]["test_object_key"]
+        .as_str()
+        .expect("key");
+    assert!(
+        test_key.starts_with("audit/acme/_connection-test-"),
+        "{test_key}"
+    );
+    assert_eq!(
+        object_count(&s3, &good).await.unwrap_or(0),
+        0,
+        "the test object was deleted"
+    );
+    assert_eq!(admin.get("acme").await.0, StatusCode::NOT_FOUND);
+
+    // Saving runs the test again, then the integration is there at once.
+    let (status, answer) = admin.put("acme", &settings(&good)).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["first_delivery_requested"], json!(true));
+    assert_eq!(object_count(&s3, &good).await.unwrap_or(0), 0);
+    let (status, answer) = admin.get("acme").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a GET right after the PUT sees it: {answer}"
+    );
+    assert_eq!(answer["integration"]["bucket"], json!(good));
+    assert_eq!(answer["integration"]["enabled"], json!(true));
+    assert_eq!(integrations_written(&admin).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_documents_are_policies_naming_the_bucket_the_vendor_role_and_the_external_id() {
+    let admin = AdminIngest::spawn(&moto_endpoint(), AdminTopics::unique(), &[]).await;
+    let s3 = s3_client(&aws_config(&moto_endpoint()).await);
+    let bucket = new_bucket(&s3).await;
+    let (status, setup) = admin
+        .call(
+            Method::GET,
+            &format!("/v1/integrations/s3/setup?tenant=acme&bucket={bucket}&prefix=audit"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{setup}");
+    assert_eq!(setup["vendor_role_arn"], json!(VENDOR_ROLE));
+    assert_eq!(setup["vendor_account_id"], json!("111122223333"));
+    assert_eq!(
+        setup["destination"],
+        json!(format!("s3://{bucket}/audit/acme/"))
+    );
+    let external_id = setup["external_id"]
+        .as_str()
+        .expect("external id")
+        .to_owned();
+    assert_eq!(external_id.len(), 64);
+
+    let trust = &setup["trust_policy"]["Statement"][0];
+    assert_eq!(trust["Principal"]["AWS"], json!(VENDOR_ROLE));
+    assert_eq!(trust["Action"], json!("sts:AssumeRole"));
+    assert_eq!(
+        trust["Condition"]["StringEquals"]["sts:ExternalId"],
+        json!(external_id)
+    );
+    let role = &setup["role_policy"]["Statement"];
+    assert_eq!(role[0]["Action"], json!("s3:ListBucket"));
+    assert_eq!(role[0]["Resource"], json!(format!("arn:aws:s3:::{bucket}")));
+    assert_eq!(
+        role[1]["Resource"],
+        json!(format!("arn:aws:s3:::{bucket}/audit/*"))
+    );
+    let ssl_only = &setup["bucket_policy"]["Statement"][0];
+    assert_eq!(ssl_only["Effect"], json!("Deny"));
+    assert_eq!(
+        ssl_only["Resource"][1],
+        json!(format!("arn:aws:s3:::{bucket}/*"))
+    );
+
+    // A second tenant gets another external id; asking again gives the same one.
+    let (_, other) = admin
+        .call(
+            Method::GET,
+            &format!("/v1/integrations/s3/setup?tenant=globex&bucket={bucket}"),
+            None,
+        )
+        .await;
+    assert_ne!(other["external_id"], json!(external_id));
+    let (_, again) = admin
+        .call(
+            Method::GET,
+            &format!("/v1/integrations/s3/setup?tenant=acme&bucket={bucket}"),
+            None,
+        )
+        .await;
+    assert_eq!(again["external_id"], json!(external_id));
+
+    // The saved integration carries the external id the documents showed.
+    let (status, answer) = admin.put("acme", &settings(&bucket)).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["integration"]["external_id"], json!(external_id));
+
+    // S3 takes the SSL-only bucket policy as written, and enforces it: this test server speaks
+    // plain HTTP, so every request of the connection test is now refused.
+    s3.put_bucket_policy()
+        .bucket(&bucket)
+        .policy(setup["bucket_policy"].to_string())
+        .send()
+        .await
+        .expect("S3 accepts the bucket policy document");
+    let (status, answer) = admin.test("acme", &settings(&bucket)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["connection_test"]["step"], json!("put-object"));
+    assert!(
+        answer["connection_test"]["hint"]
+            .as_str()
+            .expect("hint")
+            .contains("TLS"),
+        "{answer}"
+    );
+
+    for (query, field) in [
+        (format!("tenant=acme"), "bucket"),
+        (format!("tenant=../x&bucket={bucket}"), "tenant"),
+        (format!("tenant=acme&bucket=Bad_Bucket"), "bucket"),
+        (format!("tenant=acme&bucket={bucket}&prefix=/x"), "prefix"),
+    ] {
+        let (status, answer) = admin
+            .call(
+                Method::GET,
+                &format!("/v1/integrations/s3/setup?{query}"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{query}: {answer}"
+        );
+        assert_eq!(problem_fields(&answer), [field], "{query}");
+    }
+}
