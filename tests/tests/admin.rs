@@ -360,3 +360,123 @@ async fn setup_documents_are_policies_naming_the_bucket_the_vendor_role_and_the_
         assert_eq!(problem_fields(&answer), [field], "{query}");
     }
 }
+
+/// GET's status, once `ready` holds for it.
+async fn status_when(admin: &AdminIngest, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    integration_tests::wait_for(what, Duration::from_secs(30), || async {
+        let (status, answer) = admin.get("acme").await;
+        (status == StatusCode::OK && ready(&answer["status"])).then(|| answer["status"].clone())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_follows_deliveries_and_failures_and_disable_enable_delete_behave() {
+    use common::topology::UploadTopology;
+    use integration_tests::fixtures::{confirm_channel, delete_topology, enqueue_job, payload, upload_job, wait_for_object};
+    use integration_tests::process::{labelled_metric_value, spawn_uploader};
+
+    let moto = moto_endpoint();
+    let admin = AdminIngest::spawn(&moto, AdminTopics::unique(), &[]).await;
+    let s3 = s3_client(&aws_config(&moto).await);
+    let bucket = new_bucket(&s3).await;
+    let uploads = integration_tests::unique("uploads");
+    let topology = UploadTopology::new(&uploads, &[Duration::from_secs(1)]);
+    let mut uploader = spawn_uploader(
+        &admin.topics.integrations,
+        &uploads,
+        &moto,
+        &["--deliveries-topic", &admin.topics.deliveries],
+    );
+    uploader.ready().await;
+    let (_connection, channel) = confirm_channel("admin-status-test").await;
+    let body = payload("acme");
+    let job = |offset| upload_job("acme", offset, &body);
+    let key = |offset| format!("audit/{}", job(offset).relative_key);
+
+    let (status, answer) = admin.put("acme", &settings(&bucket)).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    // Jobs for a tenant the uploader has not read yet are discarded: wait until it has.
+    integration_tests::wait_for("the uploader to know the integration", Duration::from_secs(20), || async {
+        let metrics = uploader.try_metrics().await?;
+        integration_tests::process::metric_value(&metrics, "activity_integrations_known")
+            .filter(|known| *known >= 1.0)
+    })
+    .await;
+    let (_, fresh) = admin.get("acme").await;
+    assert_eq!(fresh["status"]["last_delivery"], Value::Null);
+    assert_eq!(fresh["status"]["last_24h"]["objects_delivered"], json!(0));
+
+    // A delivery shows as the last one, with its key, and in the day's counts.
+    enqueue_job(&channel, &topology, &job(0), &body).await;
+    wait_for_object(&s3, &bucket, &key(0), Duration::from_secs(30)).await;
+    let status = status_when(&admin, "the first delivery in the status", |s| {
+        s["last_24h"]["objects_delivered"] == json!(1)
+    })
+    .await;
+    assert_eq!(status["last_delivery"]["key"], json!(key(0)));
+    assert_eq!(status["last_delivery"]["bucket"], json!(bucket));
+    assert_eq!(status["last_24h"]["events_delivered"], json!(2));
+    assert_eq!(status["last_error"], Value::Null);
+
+    // The customer's policy starts denying writes: the failure shows with its class and code.
+    deny_on_objects(&s3, &bucket, "s3:PutObject").await;
+    enqueue_job(&channel, &topology, &job(10), &body).await;
+    let status = status_when(&admin, "the failure in the status", |s| {
+        s["last_24h"]["objects_failed"] == json!(1)
+    })
+    .await;
+    assert_eq!(status["last_error"]["code"], json!("AccessDenied"));
+    assert_eq!(status["last_error"]["class"], json!("configuration"));
+    assert_eq!(status["last_error"]["outcome"], json!("dead_lettered"));
+    assert_eq!(status["last_24h"]["events_failed"], json!(2));
+    s3.delete_bucket_policy().bucket(&bucket).send().await.expect("lift the deny");
+
+    // Disabled: saved without a connection test, and jobs park in the dead-letter queue.
+    let mut disabled = settings(&bucket);
+    disabled["enabled"] = json!(false);
+    let (status, answer) = admin.put("acme", &disabled).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["connection_test"], Value::Null);
+    assert_eq!(answer["first_delivery_requested"], json!(false));
+    enqueue_job(&channel, &topology, &job(20), &body).await;
+    let status = status_when(&admin, "the parked job in the status", |s| {
+        s["last_24h"]["objects_failed"] == json!(2)
+    })
+    .await;
+    assert_eq!(status["last_error"]["code"], json!("IntegrationDisabled"));
+    assert!(s3.head_object().bucket(&bucket).key(key(20)).send().await.is_err(), "nothing delivered while disabled");
+
+    // Enabled again (the connection test passes now) and redriven: both parked jobs land.
+    let (status, answer) = admin.put("acme", &settings(&bucket)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer["connection_test"]["steps"].is_array(), "{answer}");
+    let redriven = uploader::dlq::redrive(&channel, &topology, Some(&"acme".parse().expect("tenant")), None)
+        .await
+        .expect("redrive");
+    assert_eq!(redriven.redriven.len(), 2);
+    wait_for_object(&s3, &bucket, &key(10), Duration::from_secs(30)).await;
+    wait_for_object(&s3, &bucket, &key(20), Duration::from_secs(30)).await;
+    status_when(&admin, "the redriven deliveries in the status", |s| {
+        s["last_24h"]["objects_delivered"] == json!(3)
+    })
+    .await;
+
+    // Deleted: gone at once, and a job still queued is discarded and counted, not delivered.
+    let (status, _) = admin.delete("acme").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(admin.get("acme").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(admin.delete("acme").await.0, StatusCode::NOT_FOUND);
+    enqueue_job(&channel, &topology, &job(30), &body).await;
+    integration_tests::wait_for("the discarded job", Duration::from_secs(30), || async {
+        let metrics = uploader.try_metrics().await?;
+        labelled_metric_value(&metrics, "activity_uploader_uploads_total", "outcome=\"discarded\"")
+            .filter(|n| *n >= 1.0)
+    })
+    .await;
+    assert!(s3.head_object().bucket(&bucket).key(key(30)).send().await.is_err());
+    assert_eq!(object_count(&s3, &bucket).await, Some(3));
+
+    uploader.terminate(Duration::from_secs(20)).await;
+    delete_topology(&channel, &topology).await;
+}
