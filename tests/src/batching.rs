@@ -90,11 +90,20 @@ pub struct BatcherSetup {
 impl BatcherSetup {
     /// A deployment reading `events`, with integrations from `integrations`.
     pub fn new(events: &EventsTopic, integrations: &IntegrationsTopic) -> Self {
+        Self::for_topics(
+            &events.name,
+            &integrations.name,
+            &crate::unique("activity.first-deliveries"),
+        )
+    }
+
+    /// A deployment on topics made elsewhere (by an ingest service, say).
+    pub fn for_topics(events: &str, integrations: &str, first_deliveries: &str) -> Self {
         let uploads = crate::unique("uploads");
         Self {
-            events: events.name.clone(),
-            integrations: integrations.name.clone(),
-            first_deliveries: crate::unique("activity.first-deliveries"),
+            events: events.to_owned(),
+            integrations: integrations.to_owned(),
+            first_deliveries: first_deliveries.to_owned(),
             topology: UploadTopology::new(&uploads, &[Duration::from_secs(60)]),
             checkpoints: crate::unique("activity.checkpoints"),
             group: crate::unique("batcher"),

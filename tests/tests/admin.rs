@@ -340,9 +340,9 @@ async fn setup_documents_are_policies_naming_the_bucket_the_vendor_role_and_the_
     );
 
     for (query, field) in [
-        (format!("tenant=acme"), "bucket"),
+        ("tenant=acme".to_owned(), "bucket"),
         (format!("tenant=../x&bucket={bucket}"), "tenant"),
-        (format!("tenant=acme&bucket=Bad_Bucket"), "bucket"),
+        ("tenant=acme&bucket=Bad_Bucket".to_owned(), "bucket"),
         (format!("tenant=acme&bucket={bucket}&prefix=/x"), "prefix"),
     ] {
         let (status, answer) = admin
@@ -373,7 +373,9 @@ async fn status_when(admin: &AdminIngest, what: &str, ready: impl Fn(&Value) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_follows_deliveries_and_failures_and_disable_enable_delete_behave() {
     use common::topology::UploadTopology;
-    use integration_tests::fixtures::{confirm_channel, delete_topology, enqueue_job, payload, upload_job, wait_for_object};
+    use integration_tests::fixtures::{
+        confirm_channel, delete_topology, enqueue_job, payload, upload_job, wait_for_object,
+    };
     use integration_tests::process::{labelled_metric_value, spawn_uploader};
 
     let moto = moto_endpoint();
@@ -397,11 +399,15 @@ async fn status_follows_deliveries_and_failures_and_disable_enable_delete_behave
     let (status, answer) = admin.put("acme", &settings(&bucket)).await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     // Jobs for a tenant the uploader has not read yet are discarded: wait until it has.
-    integration_tests::wait_for("the uploader to know the integration", Duration::from_secs(20), || async {
-        let metrics = uploader.try_metrics().await?;
-        integration_tests::process::metric_value(&metrics, "activity_integrations_known")
-            .filter(|known| *known >= 1.0)
-    })
+    integration_tests::wait_for(
+        "the uploader to know the integration",
+        Duration::from_secs(20),
+        || async {
+            let metrics = uploader.try_metrics().await?;
+            integration_tests::process::metric_value(&metrics, "activity_integrations_known")
+                .filter(|known| *known >= 1.0)
+        },
+    )
     .await;
     let (_, fresh) = admin.get("acme").await;
     assert_eq!(fresh["status"]["last_delivery"], Value::Null);
@@ -430,7 +436,11 @@ async fn status_follows_deliveries_and_failures_and_disable_enable_delete_behave
     assert_eq!(status["last_error"]["class"], json!("configuration"));
     assert_eq!(status["last_error"]["outcome"], json!("dead_lettered"));
     assert_eq!(status["last_24h"]["events_failed"], json!(2));
-    s3.delete_bucket_policy().bucket(&bucket).send().await.expect("lift the deny");
+    s3.delete_bucket_policy()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("lift the deny");
 
     // Disabled: saved without a connection test, and jobs park in the dead-letter queue.
     let mut disabled = settings(&bucket);
@@ -445,15 +455,28 @@ async fn status_follows_deliveries_and_failures_and_disable_enable_delete_behave
     })
     .await;
     assert_eq!(status["last_error"]["code"], json!("IntegrationDisabled"));
-    assert!(s3.head_object().bucket(&bucket).key(key(20)).send().await.is_err(), "nothing delivered while disabled");
+    assert!(
+        s3.head_object()
+            .bucket(&bucket)
+            .key(key(20))
+            .send()
+            .await
+            .is_err(),
+        "nothing delivered while disabled"
+    );
 
     // Enabled again (the connection test passes now) and redriven: both parked jobs land.
     let (status, answer) = admin.put("acme", &settings(&bucket)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert!(answer["connection_test"]["steps"].is_array(), "{answer}");
-    let redriven = uploader::dlq::redrive(&channel, &topology, Some(&"acme".parse().expect("tenant")), None)
-        .await
-        .expect("redrive");
+    let redriven = uploader::dlq::redrive(
+        &channel,
+        &topology,
+        Some(&"acme".parse().expect("tenant")),
+        None,
+    )
+    .await
+    .expect("redrive");
     assert_eq!(redriven.redriven.len(), 2);
     wait_for_object(&s3, &bucket, &key(10), Duration::from_secs(30)).await;
     wait_for_object(&s3, &bucket, &key(20), Duration::from_secs(30)).await;
@@ -470,11 +493,22 @@ async fn status_follows_deliveries_and_failures_and_disable_enable_delete_behave
     enqueue_job(&channel, &topology, &job(30), &body).await;
     integration_tests::wait_for("the discarded job", Duration::from_secs(30), || async {
         let metrics = uploader.try_metrics().await?;
-        labelled_metric_value(&metrics, "activity_uploader_uploads_total", "outcome=\"discarded\"")
-            .filter(|n| *n >= 1.0)
+        labelled_metric_value(
+            &metrics,
+            "activity_uploader_uploads_total",
+            "outcome=\"discarded\"",
+        )
+        .filter(|n| *n >= 1.0)
     })
     .await;
-    assert!(s3.head_object().bucket(&bucket).key(key(30)).send().await.is_err());
+    assert!(
+        s3.head_object()
+            .bucket(&bucket)
+            .key(key(30))
+            .send()
+            .await
+            .is_err()
+    );
     assert_eq!(object_count(&s3, &bucket).await, Some(3));
 
     uploader.terminate(Duration::from_secs(20)).await;
