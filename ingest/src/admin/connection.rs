@@ -137,10 +137,12 @@ fn failure(
 /// What to fix, by step and AWS error code.
 pub fn hint(integration: &Integration, step: &str, code: &str, class: ErrorClass) -> String {
     let bucket = &integration.bucket;
+    // S3 ARNs are in the role's partition (aws, aws-cn, aws-us-gov).
+    let partition = integration.role_arn.split(':').nth(1).unwrap_or("aws");
     let objects = if integration.prefix.is_empty() {
-        format!("arn:aws:s3:::{bucket}/*")
+        format!("arn:{partition}:s3:::{bucket}/*")
     } else {
-        format!("arn:aws:s3:::{bucket}/{}/*", integration.prefix)
+        format!("arn:{partition}:s3:::{bucket}/{}/*", integration.prefix)
     };
     if class == ErrorClass::Retryable {
         return "AWS answered with a temporary error or did not answer in time; nothing is wrong with the settings as far as this test could tell. Try again.".into();

@@ -362,12 +362,23 @@ async fn put_integration(
     finish("put", connect(&api, &headers, &tenant, &body).await)
 }
 
-async fn connect(api: &AdminApi, headers: &HeaderMap, tenant: &str, body: &[u8]) -> AdminResult {
+/// The integration a PUT or test request proposes, once authorized and validated, and whether
+/// it would be a new connection.
+fn proposed(
+    api: &AdminApi,
+    headers: &HeaderMap,
+    tenant: &str,
+    body: &[u8],
+) -> Result<(Integration, bool), AdminError> {
     api.authorize(headers)?;
     let tenant = tenant_from_path(tenant)?;
     let settings = settings::parse(body).map_err(AdminError::Invalid)?;
     api.ready()?;
-    let (integration, new_connection) = api.integration(&tenant, settings);
+    Ok(api.integration(&tenant, settings))
+}
+
+async fn connect(api: &AdminApi, headers: &HeaderMap, tenant: &str, body: &[u8]) -> AdminResult {
+    let (integration, new_connection) = proposed(api, headers, tenant, body)?;
     // Disabling must work while the customer's side is broken; everything else is proven.
     let connection_test = if integration.enabled {
         let success = test_connection(&api.writer, &integration, api.connection_test_timeout)
@@ -378,7 +389,7 @@ async fn connect(api: &AdminApi, headers: &HeaderMap, tenant: &str, body: &[u8])
         None
     };
     api.save(&integration, new_connection).await?;
-    tracing::info!(tenant = %tenant, new_connection, enabled = integration.enabled, bucket = %integration.bucket, "integration saved");
+    tracing::info!(tenant = %integration.tenant_id, new_connection, enabled = integration.enabled, bucket = %integration.bucket, "integration saved");
     let status = if new_connection {
         StatusCode::CREATED
     } else {
@@ -455,11 +466,7 @@ async fn try_connection(
     tenant: &str,
     body: &[u8],
 ) -> AdminResult {
-    api.authorize(headers)?;
-    let tenant = tenant_from_path(tenant)?;
-    let settings = settings::parse(body).map_err(AdminError::Invalid)?;
-    api.ready()?;
-    let (integration, _) = api.integration(&tenant, settings);
+    let (integration, _) = proposed(api, headers, tenant, body)?;
     let success = test_connection(&api.writer, &integration, api.connection_test_timeout)
         .await
         .map_err(AdminError::ConnectionFailed)?;
