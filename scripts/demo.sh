@@ -1,57 +1,161 @@
 #!/usr/bin/env bash
-# The demo, as far as the pipeline exists today: starts the local services, builds and runs
-# ingest, sends realistic activity events for two tenants, and shows them as stored in Kafka.
-# Customers connect through the admin API, which is not built yet, so the demo does not run the
-# batcher and uploader into a bucket yet; see the README's Status.
+# The whole pipeline on this machine: starts the local services (Kafka protocol, RabbitMQ, S3/STS),
+# builds and runs ingest (with its admin API), the batcher and the uploader, creates two customer
+# buckets, connects two tenants through the admin API, streams realistic activity events, and
+# prints every object as it lands in a bucket, with its event count and first event decoded.
 #
 #   scripts/demo.sh
 #
-# Ctrl-C, or the end of the demo, stops the ingest it started; the local services keep running
-# (scripts/local-services.sh stop ends them).
+# Windows are one minute long (ACTIVITY_DEMO_WINDOW), so the first objects arrive a minute or two
+# after the tenants connect: the window before the connection and the connection's own window
+# come as the first delivery, then one object per tenant per window. Ctrl-C stops what the demo
+# started; the local services keep running (scripts/local-services.sh stop ends them).
+#
+# ACTIVITY_DEMO_OBJECTS=N stops by itself once each bucket holds N objects (CI runs it so);
+# ACTIVITY_DEMO_TIMEOUT bounds that wait. Every run uses its own topics, queues and buckets, so
+# running it twice is safe.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+window=${ACTIVITY_DEMO_WINDOW:-1m}
+close_delay=${ACTIVITY_DEMO_CLOSE_DELAY:-5s}
+until_objects=${ACTIVITY_DEMO_OBJECTS:-0}
+timeout=${ACTIVITY_DEMO_TIMEOUT:-10m}
+base_port=${ACTIVITY_DEMO_PORT:-18080}
+aws_endpoint=http://127.0.0.1:${ACTIVITY_LOCAL_MOTO_PORT:-5000}
+
 scripts/local-services.sh start
-echo "== building ingest"
-cargo build --locked --quiet -p ingest -p integration-tests --bin ingest --bin read-topic
-target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+echo "== building the services"
+cargo build --locked --quiet -p ingest -p batcher -p uploader -p integration-tests \
+  --bin ingest --bin batcher --bin uploader --bin show-deliveries
+bin=${CARGO_TARGET_DIR:-$PWD/target}/debug
 
-port=${ACTIVITY_DEMO_PORT:-18080}
-topic="demo.activity.events.$(date +%Y%m%d%H%M%S)"
-token="demo-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-log=$(mktemp -t activity-demo-ingest.XXXXXX.log)
+run="demo-$(date +%Y%m%d%H%M%S)-$RANDOM"
+logs=$(mktemp -d -t activity-demo.XXXXXX)
+# The S3/STS test server takes any credentials; the SDK must find some and must not wait for
+# instance metadata.
+export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-demo} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-demo}
+export AWS_EC2_METADATA_DISABLED=true
+# One deployment: every service reads these.
+export ACTIVITY_AWS_ENDPOINT_URL=$aws_endpoint ACTIVITY_AWS_REGION=us-east-1
+export ACTIVITY_KAFKA_EVENTS_TOPIC=$run.events ACTIVITY_KAFKA_EVENTS_PARTITIONS=3
+export ACTIVITY_KAFKA_INTEGRATIONS_TOPIC=$run.integrations
+export ACTIVITY_KAFKA_DELIVERIES_TOPIC=$run.deliveries
+export ACTIVITY_KAFKA_FIRST_DELIVERIES_TOPIC=$run.first-deliveries
+export ACTIVITY_KAFKA_CHECKPOINTS_TOPIC=$run.checkpoints
+export ACTIVITY_UPLOADS_NAME=$run.uploads ACTIVITY_RETRY_TIERS=5s,30s
+export ACTIVITY_BATCHER_GROUP=$run.batcher ACTIVITY_BATCHER_SPILL_DIR=$logs/spill
+export ACTIVITY_BATCHER_WINDOW=$window ACTIVITY_BATCHER_CLOSE_DELAY=$close_delay
 
-ACTIVITY_INGEST_LISTEN=127.0.0.1:$port ACTIVITY_INGEST_TOKENS=$token \
-  ACTIVITY_KAFKA_EVENTS_TOPIC=$topic ACTIVITY_KAFKA_EVENTS_PARTITIONS=1 \
-  "$target_dir/debug/ingest" 2>"$log" &
-ingest_pid=$!
-trap 'kill $ingest_pid 2>/dev/null; wait $ingest_pid 2>/dev/null || true' EXIT
+events_token="events-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+admin_token="admin-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+ingest_url=http://127.0.0.1:$base_port
 
-for _ in $(seq 100); do
-  curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-  kill -0 $ingest_pid 2>/dev/null || { cat "$log"; exit 1; }
-  sleep 0.2
-done
-echo "== ingest is ready on 127.0.0.1:$port (log: $log)"
+pids=()
+stop_services() {
+  trap - EXIT INT TERM
+  [ -n "${events_pid:-}" ] && kill "$events_pid" 2>/dev/null || true
+  if [ ${#pids[@]} -gt 0 ]; then
+    echo "== stopping the services (SIGTERM)"
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+  fi
+  echo "== logs: $logs"
+}
+trap stop_services EXIT
+trap 'exit 130' INT TERM
 
-now() { date -u +%Y-%m-%dT%H:%M:%S.%3NZ; }
-events() {
-  cat <<JSON
-{"id":"$(uuidgen 2>/dev/null || echo e1-$RANDOM)","tenant_id":"acme","type":"device.lock","occurred_at":"$(now)","actor":{"type":"admin","email":"it@acme.example"},"target":{"type":"device","name":"MacBook Pro (Finance-0423)","serial":"C02XK1ZZJGH5"},"details":{"reason":"reported lost"}}
-{"id":"e2-$RANDOM","tenant_id":"acme","type":"blueprint.update","occurred_at":"$(now)","actor":{"type":"admin","email":"it@acme.example"},"target":{"type":"blueprint","name":"Finance Laptops"},"details":{"changed":["filevault","firewall"]}}
-{"id":"e3-$RANDOM","tenant_id":"globex","type":"user.invite","occurred_at":"$(now)","actor":{"type":"admin","email":"root@globex.example"},"target":{"type":"user","email":"new.hire@globex.example"},"details":{"role":"viewer"}}
-{"id":"e4-$RANDOM","tenant_id":"globex","type":"auth.login_failed","occurred_at":"$(now)","actor":{"type":"user","email":"new.hire@globex.example","ip":"203.0.113.7"},"details":{"method":"sso","reason":"mfa_timeout"}}
-JSON
+start() { # name, then the command
+  local name=$1
+  shift
+  "$@" 2>"$logs/$name.log" &
+  pids+=($!)
+  echo "   $name: pid $!, log $logs/$name.log"
+}
+wait_ready() { # name, port
+  for _ in $(seq 300); do
+    curl -fsS "http://127.0.0.1:$2/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "$1 did not become ready; its log:" >&2
+  tail -20 "$logs/$1.log" >&2
+  exit 1
 }
 
-echo "== POST /v1/events (4 events, two tenants)"
-events | curl -sS -w ' -> HTTP %{http_code}\n' -H "Authorization: Bearer $token" \
-  -H 'Content-Type: application/x-ndjson' --data-binary @- "http://127.0.0.1:$port/v1/events"
-echo "== a bad request is refused whole, naming line and field"
-printf '%s\n{"id":"x","tenant_id":"../etc","type":"t","occurred_at":"now"}\n' "$(events | head -1)" |
-  curl -sS -w ' -> HTTP %{http_code}\n' -H "Authorization: Bearer $token" \
-    -H 'Content-Type: application/x-ndjson' --data-binary @- "http://127.0.0.1:$port/v1/events"
+echo "== starting ingest (events and admin API), batcher and uploader; windows of $window"
+ACTIVITY_INGEST_LISTEN=127.0.0.1:$base_port ACTIVITY_INGEST_TOKENS=$events_token \
+  ACTIVITY_ADMIN_TOKENS=$admin_token \
+  ACTIVITY_VENDOR_ROLE_ARN=arn:aws:iam::111122223333:role/ActivityLogDelivery \
+  ACTIVITY_EXTERNAL_ID_SECRET="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')" \
+  start ingest "$bin/ingest"
+wait_ready ingest "$base_port"
+ACTIVITY_BATCHER_LISTEN=127.0.0.1:$((base_port + 1)) start batcher "$bin/batcher"
+ACTIVITY_UPLOADER_LISTEN=127.0.0.1:$((base_port + 2)) start uploader "$bin/uploader"
+wait_ready batcher $((base_port + 1))
+wait_ready uploader $((base_port + 2))
 
-echo "== stored in Kafka topic $topic (key = tenant, value = canonical JSON)"
-"$target_dir/debug/read-topic" 127.0.0.1:9092 "$topic" 4
-echo "== objects in a bucket: the demo runs the batcher and uploader once the admin API connects tenants (see the README's Status)"
+admin() { # method, path, [body]
+  curl -sS -X "$1" -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
+    ${3:+--data-binary "$3"} -w '\n   -> HTTP %{http_code}\n' "$ingest_url$2"
+}
+settings() { # bucket
+  printf '{"aws_account_id":"123456789012","bucket":"%s","prefix":"activity-logs","role_arn":"arn:aws:iam::123456789012:role/ActivityLogWriter","region":"us-east-1","compression":"zstd"}' "$1"
+}
+
+buckets=()
+for tenant in acme globex; do
+  bucket="$tenant-audit-$run"
+  curl -fsS -X PUT "$aws_endpoint/$bucket" >/dev/null
+  buckets+=("$bucket")
+done
+
+echo "== what acme's admin is asked to create (GET /v1/integrations/s3/setup)"
+admin GET "/v1/integrations/s3/setup?tenant=acme&bucket=${buckets[0]}&prefix=activity-logs" |
+  head -c 700
+echo " ..."
+echo "== a mistyped setting is refused, naming the field, and nothing is saved"
+admin PUT /v1/tenants/acme/integrations/s3 "$(settings "Acme_Logs")"
+for i in 0 1; do
+  tenant=$([ $i = 0 ] && echo acme || echo globex)
+  echo "== connecting $tenant to s3://${buckets[$i]}/activity-logs/ (connection test, then save)"
+  admin PUT "/v1/tenants/$tenant/integrations/s3" "$(settings "${buckets[$i]}")"
+done
+
+# Realistic activity: device, blueprint, user and auth actions with actors and targets.
+event() { # tenant, n
+  local tenant=$1 n=$2 now id kind
+  now=$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)
+  id="$run-$tenant-$n"
+  kind=$((n % 6))
+  case $kind in
+    0) printf '{"id":"%s","tenant_id":"%s","type":"device.lock","occurred_at":"%s","actor":{"type":"admin","email":"it@%s.example"},"target":{"type":"device","name":"MacBook Pro (Finance-%04d)","serial":"C02X%05dJGH5"},"details":{"reason":"reported lost"}}\n' "$id" "$tenant" "$now" "$tenant" $((n % 9000)) $((n % 90000)) ;;
+    1) printf '{"id":"%s","tenant_id":"%s","type":"blueprint.update","occurred_at":"%s","actor":{"type":"admin","email":"it@%s.example"},"target":{"type":"blueprint","name":"Finance Laptops"},"details":{"changed":["filevault","firewall"]}}\n' "$id" "$tenant" "$now" "$tenant" ;;
+    2) printf '{"id":"%s","tenant_id":"%s","type":"user.invite","occurred_at":"%s","actor":{"type":"admin","email":"root@%s.example"},"target":{"type":"user","email":"new.hire.%d@%s.example"},"details":{"role":"viewer"}}\n' "$id" "$tenant" "$now" "$tenant" "$n" "$tenant" ;;
+    3) printf '{"id":"%s","tenant_id":"%s","type":"auth.login","occurred_at":"%s","actor":{"type":"user","email":"user.%d@%s.example","ip":"198.51.100.%d"},"details":{"method":"sso","mfa":true}}\n' "$id" "$tenant" "$now" $((n % 40)) "$tenant" $((n % 250)) ;;
+    4) printf '{"id":"%s","tenant_id":"%s","type":"auth.login_failed","occurred_at":"%s","actor":{"type":"user","email":"user.%d@%s.example","ip":"203.0.113.%d"},"details":{"method":"password","reason":"bad_password"}}\n' "$id" "$tenant" "$now" $((n % 40)) "$tenant" $((n % 250)) ;;
+    5) printf '{"id":"%s","tenant_id":"%s","type":"device.enroll","occurred_at":"%s","actor":{"type":"system","name":"automated-device-enrollment"},"target":{"type":"device","name":"iPad (Store-%03d)","serial":"DMPX%05dQ1GC"},"details":{"blueprint":"Retail iPads"}}\n' "$id" "$tenant" "$now" $((n % 500)) $((n % 90000)) ;;
+  esac
+}
+stream_events() {
+  local n=0
+  while true; do
+    { for _ in 1 2 3 4 5; do event acme $n; event globex $n; n=$((n + 1)); done; } |
+      curl -sS -o /dev/null -w '' -H "Authorization: Bearer $events_token" \
+        -H 'Content-Type: application/x-ndjson' --data-binary @- "$ingest_url/v1/events" || true
+    sleep 1
+  done
+}
+echo "== streaming 10 events a second (two tenants) into POST /v1/events"
+stream_events &
+events_pid=$!
+
+echo "== objects as they land (first delivery after the connection window closes, then one per window)"
+if [ "$until_objects" -gt 0 ]; then
+  "$bin/show-deliveries" --endpoint "$aws_endpoint" --bucket "${buckets[0]}" --bucket "${buckets[1]}" \
+    --until-objects "$until_objects" --timeout "$timeout"
+  echo "== acme's integration and delivery status (GET /v1/tenants/acme/integrations/s3)"
+  admin GET /v1/tenants/acme/integrations/s3
+else
+  echo "   (Ctrl-C to stop)"
+  "$bin/show-deliveries" --endpoint "$aws_endpoint" --bucket "${buckets[0]}" --bucket "${buckets[1]}"
+fi

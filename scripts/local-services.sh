@@ -22,7 +22,11 @@ MOTO_PORT=${ACTIVITY_LOCAL_MOTO_PORT:-5000}
 TANSU_BIN="$PREFIX/tansu-$TANSU_VERSION/bin/tansu"
 MOTO_VENV="$PREFIX/moto-$MOTO_VERSION"
 BUILD_PACKAGES=(cmake g++ make libcurl4-openssl-dev libsasl2-dev libssl-dev zlib1g-dev libzstd-dev
-  pkg-config python3-venv ca-certificates curl openssl socat)
+  pkg-config python3-venv python3-yaml ca-certificates curl openssl socat)
+# promtool, for the test that checks the Prometheus configuration and alert rules: unpacked from
+# Debian's prometheus package, without installing (and starting) the server.
+PROMTOOL_DIR="$PREFIX/promtool"
+PROMTOOL_BIN="$PROMTOOL_DIR/usr/bin/promtool"
 
 log() { printf '[local-services] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -64,6 +68,21 @@ ensure_build_deps() {
   ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
   command -v cargo >/dev/null ||
     die "cargo is not installed: install Rust 1.90 or later (https://rustup.rs), then run this again"
+}
+
+install_promtool() {
+  [[ -x $PROMTOOL_BIN ]] && return 0
+  log "unpacking promtool from Debian's prometheus package into $PROMTOOL_DIR"
+  local download
+  download=$(mktemp -d)
+  if [[ -z $apt_updated ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  (cd "$download" && apt-get download -qq prometheus >/dev/null) || die "cannot download Debian's prometheus package"
+  dpkg-deb -x "$download"/prometheus_*.deb "$PROMTOOL_DIR"
+  rm -rf "$download"
+  [[ -x $PROMTOOL_BIN ]] || die "the prometheus package holds no usr/bin/promtool"
 }
 
 start_kafka() {
@@ -147,6 +166,7 @@ mkdir -p "$STATE" "$PREFIX"
 case ${1:-start} in
   start)
     ensure_build_deps
+    install_promtool
     start_kafka
     start_rabbitmq
     start_moto

@@ -43,6 +43,16 @@ pub const FIRST_DELIVERIES: &str = "activity_batcher_first_deliveries_total";
 pub const FIRST_DELIVERIES_PENDING: &str = "activity_batcher_first_deliveries_pending";
 
 pub fn describe() {
+    common::metrics::register_counters(&[
+        RECORDS,
+        INVALID_RECORDS,
+        UNDELIVERED_RECORDS,
+        DUPLICATES,
+        SPILLED_BYTES,
+        PUBLISHED,
+        PUBLISH_FAILURES,
+        COMMITS,
+    ]);
     describe_counter!(
         FIRST_DELIVERIES,
         Unit::Count,

@@ -37,3 +37,11 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     *slot = Some(handle.clone());
     Ok(handle)
 }
+
+/// Exports `counters` at zero from the start, so a dashboard's `rate()` and an alert's
+/// comparison have a series before the first event happens.
+pub fn register_counters(counters: &[&'static str]) {
+    for name in counters {
+        metrics::counter!(*name).increment(0);
+    }
+}

@@ -1,6 +1,7 @@
 //! The ingest service: accepts activity events over HTTP and writes them to Kafka, answering
 //! `202` only after Kafka has acknowledged every event of the request (DESIGN §3).
 
+#[cfg(feature = "admin")]
 pub mod admin;
 pub mod auth;
 pub mod body;
@@ -22,12 +23,8 @@ use common::kafka::TopicSpec;
 use common::ops::ReadinessCheck;
 use common::shutdown::Supervisor;
 
-use common::registry::IntegrationRegistry;
-use common::s3::S3Writer;
-
+#[cfg(feature = "admin")]
 use crate::admin::AdminApi;
-use crate::admin::setup::Vendor;
-use crate::admin::status::DeliveryStatuses;
 use crate::auth::Tokens;
 use crate::body::Limits;
 use crate::config::IngestConfig;
@@ -36,10 +33,16 @@ use crate::produce::EventWriter;
 use crate::rate_limit::TenantRateLimiter;
 
 /// Follows the integrations and delivery records and builds what the admin API needs.
+#[cfg(feature = "admin")]
 async fn start_admin(
     config: &IngestConfig,
     supervisor: &Supervisor,
 ) -> anyhow::Result<Arc<AdminApi>> {
+    use crate::admin::setup::Vendor;
+    use crate::admin::status::DeliveryStatuses;
+    use common::registry::IntegrationRegistry;
+    use common::s3::S3Writer;
+
     let admin = &config.admin;
     let registry =
         IntegrationRegistry::follow(&config.kafka, &admin.integrations_topic, supervisor)
@@ -156,13 +159,21 @@ pub async fn start(config: IngestConfig, supervisor: &Supervisor) -> anyhow::Res
             })
         })
     };
-    let mut router = Router::new()
+    let router = Router::new()
         .route("/v1/events", post(http::post_events))
         .with_state(api.clone())
         .merge(common::ops::router(readiness, metrics));
-    if config.admin.enabled() {
-        router = router.merge(admin::router(start_admin(&config, supervisor).await?));
-    }
+    #[cfg(feature = "admin")]
+    let router = if config.admin.enabled() {
+        router.merge(admin::router(start_admin(&config, supervisor).await?))
+    } else {
+        router
+    };
+    #[cfg(not(feature = "admin"))]
+    anyhow::ensure!(
+        !config.admin.enabled(),
+        "this ingest was built without the admin API; unset ACTIVITY_ADMIN_TOKENS"
+    );
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

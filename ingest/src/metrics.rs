@@ -19,6 +19,7 @@ pub const INFLIGHT_BYTES: &str = "activity_ingest_inflight_bytes";
 pub const ADMIN_REQUESTS: &str = "activity_ingest_admin_requests_total";
 
 pub fn describe() {
+    common::metrics::register_counters(&[EVENTS_ACCEPTED]);
     describe_counter!(
         ADMIN_REQUESTS,
         Unit::Count,

@@ -82,6 +82,8 @@ pub struct BatcherSetup {
     pub integrations: String,
     pub first_deliveries: String,
     pub topology: UploadTopology,
+    /// The one retry tier, as `--retry-tiers` takes it.
+    pub retry_tier: String,
     pub checkpoints: String,
     pub group: String,
     pub spill_dir: PathBuf,
@@ -105,10 +107,18 @@ impl BatcherSetup {
             integrations: integrations.to_owned(),
             first_deliveries: first_deliveries.to_owned(),
             topology: UploadTopology::new(&uploads, &[Duration::from_secs(60)]),
+            retry_tier: "60s".into(),
             checkpoints: crate::unique("activity.checkpoints"),
             group: crate::unique("batcher"),
             spill_dir: std::env::temp_dir().join(crate::unique("batcher-spill")),
         }
+    }
+
+    /// The same deployment with one retry tier of `delay`.
+    pub fn with_retry_tier(mut self, delay: Duration) -> Self {
+        self.topology = UploadTopology::new(&self.topology.queue, &[delay]);
+        self.retry_tier = format!("{}ms", delay.as_millis());
+        self
     }
 
     /// The settings of this deployment with windows of `window` closing after `close_delay`,
@@ -124,7 +134,7 @@ impl BatcherSetup {
             "--uploads-name",
             &self.topology.queue,
             "--retry-tiers",
-            "60s",
+            &self.retry_tier,
             "--checkpoints-topic",
             &self.checkpoints,
             "--group",

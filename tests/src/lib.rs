@@ -7,6 +7,7 @@ pub mod batching;
 pub mod fault_proxy;
 pub mod fixtures;
 pub mod kafka;
+pub mod pipeline;
 pub mod process;
 pub mod services;
 pub mod tls;

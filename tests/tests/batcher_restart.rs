@@ -297,3 +297,93 @@ async fn a_batcher_killed_anywhere_around_a_close_publishes_what_an_uninterrupte
     delete_topology(&channel, &killed.topology).await;
     delete_topology(&channel, &uninterrupted.topology).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batcher_stopped_by_sigterm_while_reading_publishes_what_an_uninterrupted_one_does() {
+    let integrations = IntegrationsTopic::create().await;
+    for tenant in ["acme", "globex"] {
+        integrations
+            .connect(tenant, &format!("{tenant}-bucket"))
+            .await;
+    }
+    let topic = EventsTopic::create(i32::try_from(PARTITIONS).expect("partitions")).await;
+    let base = (now_unix_ms() + 30 * 60_000) / WINDOW_MS * WINDOW_MS;
+    let mut log = Log {
+        topic,
+        base,
+        written: [0; PARTITIONS],
+        delivered: BTreeSet::new(),
+    };
+    let stopped = BatcherSetup::new(&log.topic, &integrations);
+    let (_connection, channel) = confirm_channel("batcher-sigterm-test").await;
+    stopped.topology.declare(&channel).await.expect("declare");
+
+    // Each round writes a burst that spans a window close and stops the batcher with SIGTERM
+    // while it is still reading it; the next round's batcher takes over from what was committed.
+    let rounds: i64 = 4;
+    for round in 0..rounds {
+        let mut batcher = spawn(&stopped, &[]);
+        batcher.ready().await;
+        for n in 0..40 {
+            let (partition, tenant) = if n % 2 == 0 {
+                (0, "acme")
+            } else {
+                (1, "globex")
+            };
+            let at = round * WINDOW_MS + WINDOW_MS / 2 + n * (WINDOW_MS / 40);
+            log.write(partition, tenant, &format!("r{round}-{n}"), at, 200)
+                .await;
+        }
+        assert_eq!(
+            batcher.terminate(Duration::from_secs(30)).await,
+            Some(0),
+            "round {round}: a clean exit"
+        );
+    }
+    let batcher = spawn(&stopped, &[]);
+    log.write(0, "nobody", "n0", (rounds + 3) * WINDOW_MS, 10)
+        .await;
+    log.write(1, "nobody", "n1", (rounds + 3) * WINDOW_MS, 10)
+        .await;
+    let events = log.delivered.len();
+    let after_stops = jobs_until_events(
+        &channel,
+        &stopped.topology.queue,
+        events,
+        Duration::from_secs(60),
+    )
+    .await;
+    drop(batcher);
+
+    let uninterrupted = BatcherSetup::new(&log.topic, &integrations);
+    uninterrupted
+        .topology
+        .declare(&channel)
+        .await
+        .expect("declare");
+    let reference = spawn(&uninterrupted, &[]);
+    let expected = jobs_until_events(
+        &channel,
+        &uninterrupted.topology.queue,
+        events,
+        Duration::from_secs(60),
+    )
+    .await;
+    drop(reference);
+
+    assert_eq!(
+        event_owners(&after_stops),
+        event_owners(&expected),
+        "every event in the same object, once"
+    );
+    assert_eq!(
+        after_stops.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "the same objects"
+    );
+    for (key, job) in &expected {
+        assert_eq!(after_stops[key].body, job.body, "{key}: the same bytes");
+    }
+    delete_topology(&channel, &stopped.topology).await;
+    delete_topology(&channel, &uninterrupted.topology).await;
+}

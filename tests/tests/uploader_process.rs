@@ -128,3 +128,86 @@ async fn a_thousand_uploads_for_one_tenant_assume_its_role_once() {
     drop(uploader);
     delete_topology(&channel, &topology).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploader_stopped_by_sigterm_under_load_finishes_its_uploads_and_nothing_is_stored_twice()
+ {
+    let config = aws_config(&moto_endpoint()).await;
+    let s3 = s3_client(&config);
+    let bucket = new_bucket(&s3).await;
+    // Every answer takes 300 ms, so uploads are in flight whenever SIGTERM comes.
+    let proxy = FaultProxy::start(&moto_endpoint()).await;
+    proxy.set(Faults {
+        delay: Duration::from_millis(300),
+        ..Faults::default()
+    });
+    let topic = IntegrationsTopic::create().await;
+    topic.connect("acme", &bucket).await;
+    let deliveries = unique("activity.deliveries");
+    let uploads = unique("uploads");
+    let topology = UploadTopology::new(&uploads, &[Duration::from_secs(1)]);
+    let (_connection, channel) = confirm_channel("uploader-sigterm-test").await;
+    topology.declare(&channel).await.expect("declare");
+    let flags = [
+        "--deliveries-topic",
+        deliveries.as_str(),
+        "--concurrency",
+        "4",
+    ];
+
+    const JOBS: i64 = 40;
+    let body = payload("acme");
+    for n in 0..JOBS {
+        let job = upload_job("acme", n * 10, &body);
+        enqueue_job(&channel, &topology, &job, &body).await;
+    }
+    let mut first = spawn_uploader(&topic.name, &uploads, &proxy.url(), &flags);
+    first.ready().await;
+    wait_for("some objects stored", Duration::from_secs(60), || async {
+        object_count(&s3, &bucket).await.filter(|n| *n >= 8)
+    })
+    .await;
+    assert_eq!(
+        first.terminate(Duration::from_secs(30)).await,
+        Some(0),
+        "a clean exit"
+    );
+    let stored_by_first = object_count(&s3, &bucket).await.unwrap_or(0);
+    assert!(
+        i64::from(stored_by_first) < JOBS,
+        "SIGTERM came while jobs were still queued ({stored_by_first} stored)"
+    );
+
+    let mut second = spawn_uploader(&topic.name, &uploads, &proxy.url(), &flags);
+    wait_for("every object stored", Duration::from_secs(90), || async {
+        object_count(&s3, &bucket)
+            .await
+            .filter(|n| i64::from(*n) == JOBS)
+    })
+    .await;
+    assert_eq!(second.terminate(Duration::from_secs(30)).await, Some(0));
+
+    // Every job was stored exactly once: the first process finished what it had taken before
+    // acking and exiting, so the second found nothing of it already there.
+    let records = integration_tests::kafka::read_until(
+        &integration_tests::kafka::brokers(),
+        &deliveries,
+        Duration::from_secs(30),
+        |records| records.len() >= usize::try_from(JOBS).unwrap_or(0),
+    )
+    .await;
+    let mut stored = std::collections::BTreeMap::<String, usize>::new();
+    for record in &records {
+        let delivery: common::delivery::DeliveryRecord =
+            serde_json::from_str(&record.value).expect("a delivery record");
+        assert_eq!(
+            delivery.outcome, "stored",
+            "{}: {}",
+            delivery.relative_key, delivery.outcome
+        );
+        *stored.entry(delivery.relative_key).or_default() += 1;
+    }
+    assert_eq!(stored.len(), usize::try_from(JOBS).unwrap_or(0));
+    assert!(stored.values().all(|n| *n == 1), "{stored:?}");
+    delete_topology(&channel, &topology).await;
+}

@@ -18,7 +18,8 @@ use common::registry::IntegrationRegistry;
 use common::topology::{DEAD_ROUTING_KEY, UploadTopology};
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
@@ -33,8 +34,8 @@ use crate::destination::{S3Writer, Stored, resolve, verify_body};
 use crate::error::{ErrorClass, UploadError};
 use crate::fairness::{TenantSlot, TenantSlots};
 use crate::metrics::{
-    DEFERRED, DELIVERY_RECORDS_FAILED, DLQ_DEPTH, IN_FLIGHT, OBJECT_SIZE, RECONNECTS, RETRIES,
-    UPLOAD_LATENCY, UPLOADS,
+    DEFERRED, DELIVERY_LAG, DELIVERY_RECORDS_FAILED, DLQ_DEPTH, IN_FLIGHT, OBJECT_SIZE, RECONNECTS,
+    RETRIES, UPLOAD_LATENCY, UPLOADS,
 };
 use crate::retry::{NextStep, RetryPolicy};
 
@@ -146,7 +147,13 @@ impl Uploader {
             .ok()
             .map(|(_, integration)| integration.clone());
         let outcome = match result {
-            Ok((stored, _)) => Outcome::Stored(stored),
+            Ok((stored, _)) => {
+                if stored == Stored::Created {
+                    let lag_ms = now_unix_ms().saturating_sub(job.window_end_ms).max(0);
+                    histogram!(DELIVERY_LAG).record(lag_ms as f64 / 1000.0);
+                }
+                Outcome::Stored(stored)
+            }
             Err(error) => {
                 let attempts = job.attempt.saturating_add(1);
                 match self.policy.next_step(error.class, attempts, age(&job)) {
@@ -306,7 +313,7 @@ impl Uploader {
         let mut deliveries = consumer
             .basic_consume(
                 self.topology.queue.as_str().into(),
-                "activity-uploader".into(),
+                CONSUMER_TAG.into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -322,7 +329,20 @@ impl Uploader {
         let mut depth_tick = tokio::time::interval(DLQ_DEPTH_INTERVAL);
         loop {
             let delivery = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
+                () = shutdown.cancelled() => {
+                    // Stop new deliveries, then let the uploads in flight finish and settle on
+                    // this channel: closing it first would hand their jobs back, and a job
+                    // already stored would be delivered a second time.
+                    if let Err(error) = consumer
+                        .basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default())
+                        .await
+                    {
+                        tracing::warn!(%error, "cannot cancel the upload consumer");
+                    }
+                    in_flight.close();
+                    in_flight.wait().await;
+                    return Ok(());
+                }
                 _ = depth_tick.tick() => {
                     let depth = queue_depth(&depth, &self.topology.dead_letter_queue).await?;
                     gauge!(DLQ_DEPTH).set(f64::from(depth));
@@ -403,6 +423,9 @@ impl Uploader {
         .await
     }
 }
+
+/// The upload consumer's tag, to cancel it on shutdown.
+const CONSUMER_TAG: &str = "activity-uploader";
 
 /// Header counting how often a job waited because its tenant had its share of uploads running.
 pub const DEFERRALS: &str = "deferrals";

@@ -30,6 +30,10 @@ use crate::destination::S3Writer;
 pub async fn start(config: UploaderConfig, supervisor: &Supervisor) -> anyhow::Result<SocketAddr> {
     let metrics = common::metrics::install().context("cannot install the metrics recorder")?;
     metrics::describe();
+    // Every retry tier has a series from the start.
+    for tier in 1..=config.uploads.topology().retry_queues.len() {
+        ::metrics::counter!(metrics::RETRIES, "tier" => tier.to_string()).increment(0);
+    }
     if config.kafka.create_topics {
         config
             .kafka

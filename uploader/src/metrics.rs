@@ -6,6 +6,9 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 pub const UPLOADS: &str = "activity_uploader_uploads_total";
 /// Time from taking a job off the queue until it is stored (successful uploads only).
 pub const UPLOAD_LATENCY: &str = "activity_uploader_upload_latency_seconds";
+/// Time from a window's end until its object was stored: the end-to-end delivery lag, the
+/// system's key SLO (objects that were already there are not counted).
+pub const DELIVERY_LAG: &str = "activity_uploader_delivery_lag_seconds";
 /// Sizes of stored objects.
 pub const OBJECT_SIZE: &str = "activity_uploader_object_size_bytes";
 /// Jobs sent to a retry tier, by tier (1-based).
@@ -26,12 +29,24 @@ pub const ASSUME_ROLE_CALLS: &str = "activity_uploader_assume_role_calls_total";
 pub const ASSUME_ROLE_CACHE_HITS: &str = "activity_uploader_assume_role_cache_hits_total";
 
 pub fn describe() {
+    common::metrics::register_counters(&[
+        DELIVERY_RECORDS_FAILED,
+        DEFERRED,
+        RECONNECTS,
+        ASSUME_ROLE_CALLS,
+        ASSUME_ROLE_CACHE_HITS,
+    ]);
     describe_histogram!(
         UPLOAD_LATENCY,
         Unit::Seconds,
         "Time from taking a job off the queue until it is stored (successful uploads only)."
     );
     describe_histogram!(OBJECT_SIZE, Unit::Bytes, "Sizes of stored objects.");
+    describe_histogram!(
+        DELIVERY_LAG,
+        Unit::Seconds,
+        "Time from a window's end until its object was stored (objects already there are not counted)."
+    );
     describe_counter!(
         RETRIES,
         Unit::Count,
