@@ -139,9 +139,11 @@ event() { # tenant, n
 stream_events() {
   local n=0
   while true; do
-    { for _ in 1 2 3 4 5; do event acme $n; event globex $n; n=$((n + 1)); done; } |
-      curl -sS -o /dev/null -w '' -H "Authorization: Bearer $events_token" \
+    # The batch is built in a subshell (the pipeline), so the counter moves on out here.
+    for i in 0 1 2 3 4; do event acme $((n + i)); event globex $((n + i)); done |
+      curl -sS -o /dev/null -H "Authorization: Bearer $events_token" \
         -H 'Content-Type: application/x-ndjson' --data-binary @- "$ingest_url/v1/events" || true
+    n=$((n + 5))
     sleep 1
   done
 }
