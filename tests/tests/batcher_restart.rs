@@ -144,6 +144,61 @@ fn event_owners(jobs: &BTreeMap<String, PublishedJob>) -> BTreeMap<String, Strin
     owners
 }
 
+/// The objects an uninterrupted batcher makes of the whole log: the reference every
+/// interrupted run is compared with. Checks that they hold every event that must be delivered.
+async fn uninterrupted_run(
+    log: &Log,
+    integrations: &IntegrationsTopic,
+    channel: &lapin::Channel,
+) -> BTreeMap<String, PublishedJob> {
+    let uninterrupted = BatcherSetup::new(&log.topic, integrations);
+    uninterrupted
+        .topology
+        .declare(channel)
+        .await
+        .expect("declare");
+    let reference = spawn(&uninterrupted, &[]);
+    let expected = jobs_until_events(
+        channel,
+        &uninterrupted.topology.queue,
+        log.delivered.len(),
+        Duration::from_secs(60),
+    )
+    .await;
+    drop(reference);
+    delete_topology(channel, &uninterrupted.topology).await;
+    assert_eq!(
+        event_owners(&expected)
+            .keys()
+            .cloned()
+            .collect::<BTreeSet<_>>(),
+        log.delivered,
+        "the uninterrupted run delivers every event"
+    );
+    expected
+}
+
+/// The interrupted run made the reference's objects: the same keys, each event in the same
+/// object, the same bytes.
+fn assert_same_objects(
+    interrupted: &BTreeMap<String, PublishedJob>,
+    expected: &BTreeMap<String, PublishedJob>,
+) {
+    assert_eq!(
+        event_owners(interrupted),
+        event_owners(expected),
+        "every event in the same object"
+    );
+    assert_eq!(
+        interrupted.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "the same objects"
+    );
+    for (key, job) in expected {
+        assert_eq!(interrupted[key].body, job.body, "{key}: the same bytes");
+    }
+}
+
 #[tokio::test]
 async fn a_batcher_killed_anywhere_around_a_close_publishes_what_an_uninterrupted_one_does() {
     let integrations = IntegrationsTopic::create().await;
@@ -251,41 +306,8 @@ async fn a_batcher_killed_anywhere_around_a_close_publishes_what_an_uninterrupte
     .await;
     drop(batcher);
 
-    let uninterrupted = BatcherSetup::new(&log.topic, &integrations);
-    uninterrupted
-        .topology
-        .declare(&channel)
-        .await
-        .expect("declare");
-    let reference = spawn(&uninterrupted, &[]);
-    let expected = jobs_until_events(
-        &channel,
-        &uninterrupted.topology.queue,
-        events,
-        Duration::from_secs(60),
-    )
-    .await;
-    drop(reference);
-
-    let owners = event_owners(&expected);
-    assert_eq!(
-        owners.keys().cloned().collect::<BTreeSet<_>>(),
-        log.delivered,
-        "the uninterrupted run delivers every event"
-    );
-    assert_eq!(
-        event_owners(&after_kills),
-        owners,
-        "every event in the same object"
-    );
-    assert_eq!(
-        after_kills.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>(),
-        "the same objects"
-    );
-    for (key, job) in &expected {
-        assert_eq!(after_kills[key].body, job.body, "{key}: the same bytes");
-    }
+    let expected = uninterrupted_run(&log, &integrations, &channel).await;
+    assert_same_objects(&after_kills, &expected);
     let cut = expected
         .values()
         .filter(|j| j.job.tenant_id.as_str() == "acme" && j.job.window_start_ms == base)
@@ -295,7 +317,6 @@ async fn a_batcher_killed_anywhere_around_a_close_publishes_what_an_uninterrupte
         "window 0 of acme was cut by size and has a late part: {cut} objects"
     );
     delete_topology(&channel, &killed.topology).await;
-    delete_topology(&channel, &uninterrupted.topology).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,35 +376,7 @@ async fn a_batcher_stopped_by_sigterm_while_reading_publishes_what_an_uninterrup
     .await;
     drop(batcher);
 
-    let uninterrupted = BatcherSetup::new(&log.topic, &integrations);
-    uninterrupted
-        .topology
-        .declare(&channel)
-        .await
-        .expect("declare");
-    let reference = spawn(&uninterrupted, &[]);
-    let expected = jobs_until_events(
-        &channel,
-        &uninterrupted.topology.queue,
-        events,
-        Duration::from_secs(60),
-    )
-    .await;
-    drop(reference);
-
-    assert_eq!(
-        event_owners(&after_stops),
-        event_owners(&expected),
-        "every event in the same object, once"
-    );
-    assert_eq!(
-        after_stops.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>(),
-        "the same objects"
-    );
-    for (key, job) in &expected {
-        assert_eq!(after_stops[key].body, job.body, "{key}: the same bytes");
-    }
+    let expected = uninterrupted_run(&log, &integrations, &channel).await;
+    assert_same_objects(&after_stops, &expected);
     delete_topology(&channel, &stopped.topology).await;
-    delete_topology(&channel, &uninterrupted.topology).await;
 }
