@@ -20,9 +20,11 @@ else
 fi
 # Fuzz builds get their own target directory: their compiler flags differ from the main build's.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}-fuzz"
-mkdir -p corpus/events_body "$CARGO_TARGET_DIR"
-cp -n seeds/* corpus/events_body/ 2>/dev/null || true
+mkdir -p "$CARGO_TARGET_DIR"
 for target in $(cargo "${toolchain[@]}" fuzz list); do
+  mkdir -p "corpus/$target"
+  # Seeds are request bodies, for the body parser.
+  [[ $target == events_body ]] && { cp -n seeds/* corpus/events_body/ 2>/dev/null || true; }
   echo "[fuzz] $target for ${seconds}s" >&2
   log="$CARGO_TARGET_DIR/$target.log"
   if ! cargo "${toolchain[@]}" fuzz run "$target" "corpus/$target" -- \
