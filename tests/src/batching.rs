@@ -247,3 +247,20 @@ pub async fn jobs_until_events(
     }
     by_key
 }
+
+/// The partitions of the events topic (of `partitions`) that `batcher` reads now.
+pub async fn partitions_read(batcher: &ServiceProcess, partitions: i32) -> Vec<i32> {
+    let Some(metrics) = batcher.try_metrics().await else {
+        return Vec::new();
+    };
+    (0..partitions)
+        .filter(|p| {
+            crate::process::labelled_metric_value(
+                &metrics,
+                "activity_batcher_next_offset",
+                &format!("partition=\"{p}\""),
+            )
+            .is_some()
+        })
+        .collect()
+}

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod batching;
+pub mod e2e;
 pub mod fault_proxy;
 pub mod fixtures;
 pub mod kafka;

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use common::clock::now_unix_ms;
 use common::key::Codec;
-use integration_tests::batching::{BatcherSetup, EventsTopic, jobs_until_events, take_jobs};
+use integration_tests::batching::{
+    BatcherSetup, EventsTopic, jobs_until_events, partitions_read, take_jobs,
+};
 use integration_tests::fixtures::{
     IntegrationsTopic, confirm_channel, delete_topology, integration_json,
 };
-use integration_tests::process::{ServiceProcess, labelled_metric_value};
 use integration_tests::wait_for;
 
 #[tokio::test]
@@ -211,21 +212,6 @@ async fn replay_rebuilds_the_live_objects_of_its_range_and_twice_is_the_same() {
 }
 
 /// The partitions `batcher` reports reading.
-async fn reading(batcher: &ServiceProcess, partitions: i32) -> Vec<i32> {
-    let Some(metrics) = batcher.try_metrics().await else {
-        return Vec::new();
-    };
-    (0..partitions)
-        .filter(|p| {
-            labelled_metric_value(
-                &metrics,
-                "activity_batcher_next_offset",
-                &format!("partition=\"{p}\""),
-            )
-            .is_some()
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn two_batchers_split_the_partitions_and_a_stopped_one_hands_over_without_loss_or_repeats() {
@@ -248,8 +234,8 @@ async fn two_batchers_split_the_partitions_and_a_stopped_one_hands_over_without_
         Duration::from_secs(60),
         || async {
             let (a, b) = (
-                reading(&first, PARTITIONS).await,
-                reading(&second, PARTITIONS).await,
+                partitions_read(&first, PARTITIONS).await,
+                partitions_read(&second, PARTITIONS).await,
             );
             let all: BTreeSet<i32> = a.iter().chain(&b).copied().collect();
             (!a.is_empty() && !b.is_empty() && all.len() == PARTITIONS as usize).then_some(())
@@ -308,7 +294,7 @@ async fn two_batchers_split_the_partitions_and_a_stopped_one_hands_over_without_
         "the other batcher to take every partition",
         Duration::from_secs(60),
         || async {
-            (reading(&second, PARTITIONS).await.len() == PARTITIONS as usize).then_some(())
+            (partitions_read(&second, PARTITIONS).await.len() == PARTITIONS as usize).then_some(())
         },
     )
     .await;
