@@ -32,6 +32,8 @@ pub const CLOSE_DELAY: &str = "500ms";
 
 /// The names one deployment uses, and how to start each of its services.
 pub struct Plan {
+    /// Ingest listens here every time it starts, so producers find it after a restart.
+    pub ingest_port: u16,
     pub topics: AdminTopics,
     pub events_topic: String,
     pub setup: BatcherSetup,
@@ -67,6 +69,7 @@ impl Deployment {
         )
         .with_retry_tier(Duration::from_secs(1));
         let plan = Plan {
+            ingest_port: crate::services::free_port(),
             topics,
             events_topic,
             setup,
@@ -105,8 +108,9 @@ impl Deployment {
 impl Plan {
     pub fn spawn_ingest(&self) -> ServiceProcess {
         let brokers = crate::kafka::brokers();
-        ServiceProcess::spawn(
+        ServiceProcess::spawn_at(
             "ingest",
+            self.ingest_port,
             &[
                 "--token",
                 TEST_TOKEN,

@@ -33,7 +33,12 @@ impl ServiceProcess {
     /// Starts the service binary `name` with `args`, logging to the test's stderr at the level
     /// `ACTIVITY_TEST_SERVICE_LOG` gives (default `warn`).
     pub fn spawn(name: &str, args: &[&str]) -> Self {
-        let port = free_port();
+        Self::spawn_at(name, free_port(), args)
+    }
+
+    /// As [`Self::spawn`], listening on `port`: a service started again where its clients
+    /// already send.
+    pub fn spawn_at(name: &str, port: u16, args: &[&str]) -> Self {
         let child = Command::new(binary(name))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)

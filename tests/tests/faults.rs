@@ -1,5 +1,5 @@
 //! Fault scenarios through the whole pipeline (issue "proof"): the three real binaries as
-//! processes, eight tenants, events posted all along, and one kind of fault injected at random
+//! processes, four tenants, events posted all along, and one kind of fault injected at random
 //! moments drawn from a seed. The checker then reads every object back: every acknowledged event
 //! delivered, none in another tenant's bucket, every object decoding, fitting the key layout and
 //! its window, with its checksum. `ACTIVITY_FAULT_SEED=<n>` replays a run.
@@ -19,7 +19,7 @@ use rand::Rng;
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const TENANTS: usize = 8;
+const TENANTS: usize = 4;
 /// Partitions of the events topic the deployment's ingest creates.
 const PARTITIONS: i32 = 3;
 
