@@ -26,6 +26,9 @@ use crate::shutdown::Supervisor;
 pub const INVALID_RECORDS: &str = "activity_integrations_invalid_records_total";
 /// Integrations currently known.
 pub const KNOWN: &str = "activity_integrations_known";
+/// Records of the integrations topic read and applied (updates, tombstones and skipped ones):
+/// compared with the topic's record count, how far this process is behind the admin API.
+pub const RECORDS_READ: &str = "activity_integrations_records_read_total";
 
 /// After the end offsets, the registry is caught up once nothing arrives for this long.
 const SETTLE_QUIET: Duration = Duration::from_millis(300);
@@ -130,6 +133,11 @@ impl IntegrationRegistry {
             "Integration records skipped because they could not be read."
         );
         describe_gauge!(KNOWN, "Integrations currently known.");
+        describe_counter!(
+            RECORDS_READ,
+            "Records of the integrations topic read (updates, tombstones and skipped ones)."
+        );
+        counter!(RECORDS_READ).increment(0);
         let kafka_error = |source| RegistryError::Kafka {
             topic: topic.to_owned(),
             source,
@@ -209,6 +217,7 @@ struct Follower {
 
 impl Follower {
     fn apply(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
+        counter!(RECORDS_READ).increment(1);
         match decode(key, value) {
             Ok((tenant, Some(integration))) => {
                 self.write().insert(tenant, integration);

@@ -361,6 +361,24 @@ async fn setup_documents_are_policies_naming_the_bucket_the_vendor_role_and_the_
     }
 }
 
+/// Waits until `uploader` has read `records` records of the integrations topic: jobs sent
+/// before it has read a change would be handled by the old integration.
+async fn uploader_read(uploader: &integration_tests::process::ServiceProcess, records: f64) {
+    integration_tests::wait_for(
+        "the uploader to read the integration change",
+        Duration::from_secs(20),
+        || async {
+            let metrics = uploader.try_metrics().await?;
+            integration_tests::process::metric_value(
+                &metrics,
+                "activity_integrations_records_read_total",
+            )
+            .filter(|read| *read >= records)
+        },
+    )
+    .await;
+}
+
 /// GET's status, once `ready` holds for it.
 async fn status_when(admin: &AdminIngest, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
     integration_tests::wait_for(what, Duration::from_secs(30), || async {
@@ -399,16 +417,7 @@ async fn status_follows_deliveries_and_failures_and_disable_enable_delete_behave
     let (status, answer) = admin.put("acme", &settings(&bucket)).await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     // Jobs for a tenant the uploader has not read yet are discarded: wait until it has.
-    integration_tests::wait_for(
-        "the uploader to know the integration",
-        Duration::from_secs(20),
-        || async {
-            let metrics = uploader.try_metrics().await?;
-            integration_tests::process::metric_value(&metrics, "activity_integrations_known")
-                .filter(|known| *known >= 1.0)
-        },
-    )
-    .await;
+    uploader_read(&uploader, 1.0).await;
     let (_, fresh) = admin.get("acme").await;
     assert_eq!(fresh["status"]["last_delivery"], Value::Null);
     assert_eq!(fresh["status"]["last_24h"]["objects_delivered"], json!(0));
@@ -449,6 +458,7 @@ async fn status_follows_deliveries_and_failures_and_disable_enable_delete_behave
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["connection_test"], Value::Null);
     assert_eq!(answer["first_delivery_requested"], json!(false));
+    uploader_read(&uploader, 2.0).await;
     enqueue_job(&channel, &topology, &job(20), &body).await;
     let status = status_when(&admin, "the parked job in the status", |s| {
         s["last_24h"]["objects_failed"] == json!(2)
@@ -469,6 +479,7 @@ async fn status_follows_deliveries_and_failures_and_disable_enable_delete_behave
     let (status, answer) = admin.put("acme", &settings(&bucket)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert!(answer["connection_test"]["steps"].is_array(), "{answer}");
+    uploader_read(&uploader, 3.0).await;
     let redriven = uploader::dlq::redrive(
         &channel,
         &topology,
@@ -490,6 +501,7 @@ async fn status_follows_deliveries_and_failures_and_disable_enable_delete_behave
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(admin.get("acme").await.0, StatusCode::NOT_FOUND);
     assert_eq!(admin.delete("acme").await.0, StatusCode::NOT_FOUND);
+    uploader_read(&uploader, 4.0).await;
     enqueue_job(&channel, &topology, &job(30), &body).await;
     integration_tests::wait_for("the discarded job", Duration::from_secs(30), || async {
         let metrics = uploader.try_metrics().await?;
