@@ -146,8 +146,11 @@ async fn run(fault: Fault, seed: u64) -> Verdict {
                 u64::try_from(close - now).unwrap_or(0),
             ))
             .await;
-            let leaving = deployment.batchers.remove(1);
-            drop(leaving);
+            // A graceful leave (SIGTERM: the member leaves the group at once). A SIGKILLed
+            // member is the KillBatcher scenario; on the test broker a dead member and a new
+            // one joining within its session time left partitions unread (see there).
+            let mut leaving = deployment.batchers.remove(1);
+            assert_eq!(leaving.terminate(Duration::from_secs(30)).await, Some(0));
             pause(&mut rng, 2_000..4_000).await;
             let joining = deployment.plan.spawn_batcher();
             deployment.batchers.push(joining);
