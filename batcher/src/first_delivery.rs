@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::clock::now_unix_ms;
+use common::clock::{now_unix_ms, unix_ms};
 use common::integration::FirstDeliveryRequest;
 use common::registry::IntegrationRegistry;
 use metrics::{counter, gauge};
@@ -164,7 +164,7 @@ pub async fn run(
                     let position = (message.partition(), message.offset());
                     match decode(message.payload()) {
                         Ok(request) => {
-                            let due_ms = Schedule::due_ms(request_connected_ms(&request), &settings);
+                            let due_ms = Schedule::due_ms(unix_ms(request.connected_at), &settings);
                             tracing::info!(tenant = %request.tenant_id, connected_at = %request.connected_at, due_in_ms = due_ms - now_unix_ms(), "first delivery scheduled");
                             schedule.add(position, request, due_ms);
                         }
@@ -220,10 +220,6 @@ pub async fn run(
     }
 }
 
-fn request_connected_ms(request: &FirstDeliveryRequest) -> i64 {
-    i64::try_from(request.connected_at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
 fn decode(payload: Option<&[u8]>) -> Result<FirstDeliveryRequest, String> {
     let payload = payload.ok_or("the record has no value")?;
     serde_json::from_slice(payload).map_err(|e| format!("not a first-delivery request: {e}"))
@@ -238,7 +234,7 @@ async fn deliver(
     token: CancellationToken,
 ) -> anyhow::Result<Outcome> {
     registry.caught_up().await;
-    let connected = request_connected_ms(request);
+    let connected = unix_ms(request.connected_at);
     let current = registry.inspect(&request.tenant_id, |i| i.map(connected_ms));
     match current {
         None => return Ok(Outcome::Stale("the tenant has no integration any more")),

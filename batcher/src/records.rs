@@ -97,7 +97,7 @@ pub enum Horizon {
 
 /// Milliseconds since the epoch of the integration's `connected_at`.
 pub fn connected_ms(integration: &Integration) -> i64 {
-    i64::try_from(integration.connected_at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+    common::clock::unix_ms(integration.connected_at)
 }
 
 /// The start of the window before the one the integration was connected in: nothing older is

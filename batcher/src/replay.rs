@@ -114,9 +114,7 @@ pub async fn run(config: &BatcherConfig, args: &ReplayArgs) -> anyhow::Result<()
     }
     let scope = ReplayScope {
         from: args.from.clone(),
-        to_ms: args.to.map_or_else(now_unix_ms, |to| {
-            i64::try_from(to.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-        }),
+        to_ms: args.to.map_or_else(now_unix_ms, common::clock::unix_ms),
         tenant: args.tenant.clone(),
     };
     let print: Report = std::sync::Arc::new(|line| println!("{line}"));

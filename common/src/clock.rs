@@ -8,3 +8,8 @@ pub fn now_unix_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+/// `time` as milliseconds since the Unix epoch (`i64::MAX` beyond what that can hold).
+pub fn unix_ms(time: time::OffsetDateTime) -> i64 {
+    i64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}

@@ -90,22 +90,7 @@ impl AdminIngest {
         path: &str,
         body: Option<&Value>,
     ) -> (StatusCode, Value) {
-        let mut request = self
-            .http
-            .request(method, self.ingest.url(path))
-            .bearer_auth(ADMIN_TOKEN);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.expect("admin request");
-        let status = response.status();
-        let text = response.text().await.expect("admin answer");
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-        };
-        (status, value)
+        admin_request(&self.http, method, &self.ingest.url(path), body).await
     }
 
     pub async fn put(&self, tenant: &str, settings: &Value) -> (StatusCode, Value) {
@@ -131,6 +116,29 @@ impl AdminIngest {
         self.call(Method::DELETE, &integration_path(tenant), None)
             .await
     }
+}
+
+/// An admin API request to `url` with the admin token and an optional JSON body; returns the
+/// status and the JSON answer (`null` when there is none).
+pub async fn admin_request(
+    http: &reqwest::Client,
+    method: Method,
+    url: &str,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let mut request = http.request(method, url).bearer_auth(ADMIN_TOKEN);
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.expect("admin request");
+    let status = response.status();
+    let text = response.text().await.expect("admin answer");
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    };
+    (status, value)
 }
 
 pub fn integration_path(tenant: &str) -> String {

@@ -180,17 +180,7 @@ impl Deployment {
         path: &str,
         body: Option<&Value>,
     ) -> (StatusCode, Value) {
-        let mut request = self
-            .http
-            .request(method, self.ingest.url(path))
-            .bearer_auth(ADMIN_TOKEN);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.expect("admin request");
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        crate::admin::admin_request(&self.http, method, &self.ingest.url(path), body).await
     }
 
     /// Starts posting events for every tenant, chosen by `seed`.

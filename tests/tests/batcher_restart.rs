@@ -32,6 +32,25 @@ struct Log {
 }
 
 impl Log {
+    /// A fresh events topic whose timestamps start half an hour ahead, and `tenants` connected
+    /// long ago.
+    async fn create(tenants: &[&str]) -> (IntegrationsTopic, Self) {
+        let integrations = IntegrationsTopic::create().await;
+        for tenant in tenants {
+            integrations
+                .connect(tenant, &format!("{tenant}-bucket"))
+                .await;
+        }
+        let topic = EventsTopic::create(i32::try_from(PARTITIONS).expect("partitions")).await;
+        let log = Self {
+            topic,
+            base: (now_unix_ms() + 30 * 60_000) / WINDOW_MS * WINDOW_MS,
+            written: [0; PARTITIONS],
+            delivered: BTreeSet::new(),
+        };
+        (integrations, log)
+    }
+
     /// Writes event `id` of `tenant` at `base + at_ms` and returns its offset; tenant `nobody`
     /// has no integration and only moves time on.
     async fn write(
@@ -201,20 +220,7 @@ fn assert_same_objects(
 
 #[tokio::test]
 async fn a_batcher_killed_anywhere_around_a_close_publishes_what_an_uninterrupted_one_does() {
-    let integrations = IntegrationsTopic::create().await;
-    for tenant in ["acme", "globex", "initech"] {
-        integrations
-            .connect(tenant, &format!("{tenant}-bucket"))
-            .await;
-    }
-    let topic = EventsTopic::create(i32::try_from(PARTITIONS).expect("partitions")).await;
-    let base = (now_unix_ms() + 30 * 60_000) / WINDOW_MS * WINDOW_MS;
-    let mut log = Log {
-        topic,
-        base,
-        written: [0; PARTITIONS],
-        delivered: BTreeSet::new(),
-    };
+    let (integrations, mut log) = Log::create(&["acme", "globex", "initech"]).await;
     let killed = BatcherSetup::new(&log.topic, &integrations);
     let (_connection, channel) = confirm_channel("batcher-restart-test").await;
     killed.topology.declare(&channel).await.expect("declare");
@@ -310,7 +316,7 @@ async fn a_batcher_killed_anywhere_around_a_close_publishes_what_an_uninterrupte
     assert_same_objects(&after_kills, &expected);
     let cut = expected
         .values()
-        .filter(|j| j.job.tenant_id.as_str() == "acme" && j.job.window_start_ms == base)
+        .filter(|j| j.job.tenant_id.as_str() == "acme" && j.job.window_start_ms == log.base)
         .count();
     assert!(
         cut >= 3,
@@ -321,20 +327,7 @@ async fn a_batcher_killed_anywhere_around_a_close_publishes_what_an_uninterrupte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batcher_stopped_by_sigterm_while_reading_publishes_what_an_uninterrupted_one_does() {
-    let integrations = IntegrationsTopic::create().await;
-    for tenant in ["acme", "globex"] {
-        integrations
-            .connect(tenant, &format!("{tenant}-bucket"))
-            .await;
-    }
-    let topic = EventsTopic::create(i32::try_from(PARTITIONS).expect("partitions")).await;
-    let base = (now_unix_ms() + 30 * 60_000) / WINDOW_MS * WINDOW_MS;
-    let mut log = Log {
-        topic,
-        base,
-        written: [0; PARTITIONS],
-        delivered: BTreeSet::new(),
-    };
+    let (integrations, mut log) = Log::create(&["acme", "globex"]).await;
     let stopped = BatcherSetup::new(&log.topic, &integrations);
     let (_connection, channel) = confirm_channel("batcher-sigterm-test").await;
     stopped.topology.declare(&channel).await.expect("declare");
