@@ -82,11 +82,13 @@ pub struct BatcherSetup {
     pub integrations: String,
     pub first_deliveries: String,
     pub topology: UploadTopology,
-    /// The one retry tier, as `--retry-tiers` takes it.
-    pub retry_tier: String,
+    /// The retry tiers, as `--retry-tiers` takes them.
+    pub retry_tiers: String,
     pub checkpoints: String,
     pub group: String,
     pub spill_dir: PathBuf,
+    /// Bootstrap servers of the broker it reads and writes.
+    pub brokers: String,
 }
 
 impl BatcherSetup {
@@ -107,17 +109,33 @@ impl BatcherSetup {
             integrations: integrations.to_owned(),
             first_deliveries: first_deliveries.to_owned(),
             topology: UploadTopology::new(&uploads, &[Duration::from_secs(60)]),
-            retry_tier: "60s".into(),
+            retry_tiers: "60s".into(),
             checkpoints: crate::unique("activity.checkpoints"),
             group: crate::unique("batcher"),
             spill_dir: std::env::temp_dir().join(crate::unique("batcher-spill")),
+            brokers: crate::kafka::brokers(),
         }
     }
 
+    /// The same deployment on the broker at `brokers`.
+    pub fn on_brokers(mut self, brokers: &str) -> Self {
+        brokers.clone_into(&mut self.brokers);
+        self
+    }
+
     /// The same deployment with one retry tier of `delay`.
-    pub fn with_retry_tier(mut self, delay: Duration) -> Self {
-        self.topology = UploadTopology::new(&self.topology.queue, &[delay]);
-        self.retry_tier = format!("{}ms", delay.as_millis());
+    pub fn with_retry_tier(self, delay: Duration) -> Self {
+        self.with_retry_tiers(&[delay])
+    }
+
+    /// The same deployment with retry tiers of `delays`, in order.
+    pub fn with_retry_tiers(mut self, delays: &[Duration]) -> Self {
+        self.topology = UploadTopology::new(&self.topology.queue, delays);
+        self.retry_tiers = delays
+            .iter()
+            .map(|delay| format!("{}ms", delay.as_millis()))
+            .collect::<Vec<_>>()
+            .join(",");
         self
     }
 
@@ -134,7 +152,7 @@ impl BatcherSetup {
             "--uploads-name",
             &self.topology.queue,
             "--retry-tiers",
-            &self.retry_tier,
+            &self.retry_tiers,
             "--checkpoints-topic",
             &self.checkpoints,
             "--group",
@@ -146,7 +164,7 @@ impl BatcherSetup {
             "--close-delay",
             close_delay,
             "--kafka-brokers",
-            &crate::kafka::brokers(),
+            &self.brokers,
         ]
         .map(str::to_owned)
         .to_vec()

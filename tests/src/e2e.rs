@@ -25,13 +25,55 @@ use crate::batching::BatcherSetup;
 use crate::process::ServiceProcess;
 use crate::services::TEST_TOKEN;
 
-/// Window length and close delay of every scenario, in the services' duration syntax and ms.
-pub const WINDOW: &str = "2s";
-pub const WINDOW_MS: i64 = 2_000;
-pub const CLOSE_DELAY: &str = "500ms";
+/// The production ladder of retry tiers (10 s up to 2 h) compressed for tests: a transient
+/// fault lasting up to about 15 s is ridden out without an operator.
+const RETRY_TIERS: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+];
+
+/// The shape of a deployment: how many of each service, on which broker, with which windows.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub batchers: usize,
+    pub uploaders: usize,
+    /// Bootstrap servers of the Kafka-protocol broker every service uses.
+    pub brokers: String,
+    pub window: Duration,
+    pub close_delay: Duration,
+    /// Partitions of the events topic ingest creates.
+    pub partitions: i32,
+    /// Flags added to every batcher's and every uploader's command line.
+    pub batcher_flags: Vec<String>,
+    pub uploader_flags: Vec<String>,
+}
+
+impl Shape {
+    /// `batchers` batchers and `uploaders` uploaders on the shared test broker, with the fault
+    /// scenarios' short windows: 2 s, closing 500 ms late, over 3 partitions.
+    pub fn new(batchers: usize, uploaders: usize) -> Self {
+        Self {
+            batchers,
+            uploaders,
+            brokers: crate::kafka::brokers(),
+            window: Duration::from_secs(2),
+            close_delay: Duration::from_millis(500),
+            partitions: 3,
+            batcher_flags: Vec::new(),
+            uploader_flags: Vec::new(),
+        }
+    }
+
+    pub fn window_ms(&self) -> i64 {
+        i64::try_from(self.window.as_millis()).expect("a window of a sane length")
+    }
+}
 
 /// The names one deployment uses, and how to start each of its services.
 pub struct Plan {
+    pub shape: Shape,
     /// Ingest listens here every time it starts, so producers find it after a restart.
     pub ingest_port: u16,
     pub topics: AdminTopics,
@@ -51,43 +93,15 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// Starts ingest, `batchers` batchers and `uploaders` uploaders talking to AWS at
-    /// `aws_endpoint`, and connects `tenants` tenants, each to its own new bucket on `s3`.
+    /// Starts a deployment of `shape` talking to AWS at `aws_endpoint`, and connects `tenants`
+    /// tenants through the admin API, each to its own new bucket on `s3`.
     pub async fn start(
         s3: &aws_sdk_s3::Client,
         aws_endpoint: &str,
         tenants: usize,
-        batchers: usize,
-        uploaders: usize,
+        shape: Shape,
     ) -> Self {
-        let topics = AdminTopics::unique();
-        let events_topic = crate::unique("activity.events");
-        let setup = BatcherSetup::for_topics(
-            &events_topic,
-            &topics.integrations,
-            &topics.first_deliveries,
-        )
-        .with_retry_tier(Duration::from_secs(1));
-        let plan = Plan {
-            ingest_port: crate::services::free_port(),
-            topics,
-            events_topic,
-            setup,
-            aws_endpoint: aws_endpoint.to_owned(),
-        };
-        let ingest = plan.spawn_ingest();
-        ingest.ready().await;
-        let mut deployment = Self {
-            batchers: (0..batchers).map(|_| plan.spawn_batcher()).collect(),
-            uploaders: (0..uploaders).map(|_| plan.spawn_uploader()).collect(),
-            plan,
-            tenants: BTreeMap::new(),
-            ingest,
-            http: reqwest::Client::new(),
-        };
-        for service in deployment.batchers.iter().chain(&deployment.uploaders) {
-            service.ready().await;
-        }
+        let mut deployment = Self::launch(aws_endpoint, shape).await;
         for n in 0..tenants {
             let tenant = format!("t{n:03}");
             let bucket = crate::fixtures::new_bucket(s3).await;
@@ -103,11 +117,56 @@ impl Deployment {
         }
         deployment
     }
+
+    /// Starts ingest, the batchers and the uploaders of `shape`, every one ready, with no
+    /// tenant connected.
+    pub async fn launch(aws_endpoint: &str, shape: Shape) -> Self {
+        let topics = AdminTopics::unique();
+        let events_topic = crate::unique("activity.events");
+        let setup = BatcherSetup::for_topics(
+            &events_topic,
+            &topics.integrations,
+            &topics.first_deliveries,
+        )
+        .with_retry_tiers(&RETRY_TIERS)
+        .on_brokers(&shape.brokers);
+        let plan = Plan {
+            shape,
+            ingest_port: crate::services::free_port(),
+            topics,
+            events_topic,
+            setup,
+            aws_endpoint: aws_endpoint.to_owned(),
+        };
+        let ingest = plan.spawn_ingest();
+        ingest.ready().await;
+        let deployment = Self {
+            batchers: (0..plan.shape.batchers)
+                .map(|_| plan.spawn_batcher())
+                .collect(),
+            uploaders: (0..plan.shape.uploaders)
+                .map(|_| plan.spawn_uploader())
+                .collect(),
+            plan,
+            tenants: BTreeMap::new(),
+            ingest,
+            http: reqwest::Client::new(),
+        };
+        for service in deployment.batchers.iter().chain(&deployment.uploaders) {
+            service.ready().await;
+        }
+        deployment
+    }
+}
+
+/// A duration as the services' flags take it, in milliseconds.
+fn flag_ms(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis())
 }
 
 impl Plan {
     pub fn spawn_ingest(&self) -> ServiceProcess {
-        let brokers = crate::kafka::brokers();
+        let partitions = self.shape.partitions.to_string();
         ServiceProcess::spawn_at(
             "ingest",
             self.ingest_port,
@@ -123,7 +182,7 @@ impl Plan {
                 "--events-topic",
                 &self.events_topic,
                 "--events-partitions",
-                "3",
+                &partitions,
                 "--integrations-topic",
                 &self.topics.integrations,
                 "--first-deliveries-topic",
@@ -135,7 +194,7 @@ impl Plan {
                 "--aws-endpoint-url",
                 &self.aws_endpoint,
                 "--kafka-brokers",
-                &brokers,
+                &self.shape.brokers,
                 "--produce-timeout",
                 "5s",
             ],
@@ -143,32 +202,40 @@ impl Plan {
     }
 
     pub fn spawn_batcher(&self) -> ServiceProcess {
-        self.setup.spawn(WINDOW, CLOSE_DELAY, &[])
+        let extra: Vec<&str> = self
+            .shape
+            .batcher_flags
+            .iter()
+            .map(String::as_str)
+            .collect();
+        self.setup.spawn(
+            &flag_ms(self.shape.window),
+            &flag_ms(self.shape.close_delay),
+            &extra,
+        )
     }
 
     pub fn spawn_uploader(&self) -> ServiceProcess {
-        let brokers = crate::kafka::brokers();
-        ServiceProcess::spawn(
-            "uploader",
-            &[
-                "--integrations-topic",
-                &self.topics.integrations,
-                "--deliveries-topic",
-                &self.topics.deliveries,
-                "--uploads-name",
-                &self.setup.topology.queue,
-                "--retry-tiers",
-                &self.setup.retry_tier,
-                "--max-attempts",
-                "30",
-                "--aws-endpoint-url",
-                &self.aws_endpoint,
-                "--aws-region",
-                crate::fixtures::REGION,
-                "--kafka-brokers",
-                &brokers,
-            ],
-        )
+        let mut args = vec![
+            "--integrations-topic",
+            &self.topics.integrations,
+            "--deliveries-topic",
+            &self.topics.deliveries,
+            "--uploads-name",
+            &self.setup.topology.queue,
+            "--retry-tiers",
+            &self.setup.retry_tiers,
+            "--max-attempts",
+            "30",
+            "--aws-endpoint-url",
+            &self.aws_endpoint,
+            "--aws-region",
+            crate::fixtures::REGION,
+            "--kafka-brokers",
+            &self.shape.brokers,
+        ];
+        args.extend(self.shape.uploader_flags.iter().map(String::as_str));
+        ServiceProcess::spawn("uploader", &args)
     }
 }
 
@@ -337,62 +404,70 @@ impl Verdict {
     }
 }
 
-/// Reads every object of every tenant's bucket and compares with `acknowledged`.
-pub async fn check(
-    s3: &aws_sdk_s3::Client,
-    tenants: &BTreeMap<String, String>,
-    acknowledged: &Acknowledged,
-) -> Verdict {
-    let mut verdict = Verdict {
-        acknowledged: acknowledged.values().map(BTreeSet::len).sum(),
-        ..Verdict::default()
-    };
-    for (tenant, bucket) in tenants {
-        let mut copies: BTreeMap<String, usize> = BTreeMap::new();
-        for key in list_keys(s3, bucket).await {
-            verdict.objects += 1;
-            match read_object(s3, bucket, &key, tenant).await {
-                Ok(events) => {
-                    for (owner, id) in events {
-                        if owner == *tenant {
-                            *copies.entry(id).or_default() += 1;
-                        } else {
-                            verdict
-                                .foreign
-                                .push(format!("{owner}'s {id} in {bucket}/{key}"));
+impl Deployment {
+    /// Where each of `ids` is in the events topic (partition/offset), or that the topic does
+    /// not hold it: tells a loss before Kafka (ingest) from one after it (batcher, uploader).
+    pub async fn locate(&self, ids: &[String]) -> Vec<String> {
+        let records = crate::kafka::read_all(
+            &self.plan.shape.brokers,
+            &self.plan.events_topic,
+            Duration::from_secs(60),
+        )
+        .await;
+        ids.iter()
+            .map(|id| {
+                let needle = format!("\"id\":\"{id}\"");
+                let found: Vec<String> = records
+                    .iter()
+                    .filter(|r| r.value.contains(&needle))
+                    .map(|r| format!("{}/{} at {}", r.partition, r.offset, r.timestamp_ms))
+                    .collect();
+                if found.is_empty() {
+                    format!("{id}: not in the events topic")
+                } else {
+                    format!("{id}: in the events topic at {}", found.join(", "))
+                }
+            })
+            .collect()
+    }
+
+    /// Reads every object of every tenant's bucket and compares with `acknowledged`.
+    pub async fn check(&self, s3: &aws_sdk_s3::Client, acknowledged: &Acknowledged) -> Verdict {
+        let mut verdict = Verdict {
+            acknowledged: acknowledged.values().map(BTreeSet::len).sum(),
+            ..Verdict::default()
+        };
+        let window_ms = self.plan.shape.window_ms();
+        for (tenant, bucket) in &self.tenants {
+            let mut copies: BTreeMap<String, usize> = BTreeMap::new();
+            for key in list_keys(s3, bucket).await {
+                verdict.objects += 1;
+                match read_object(s3, bucket, &key, tenant, window_ms).await {
+                    Ok(events) => {
+                        for (owner, id) in events {
+                            if owner == *tenant {
+                                *copies.entry(id).or_default() += 1;
+                            } else {
+                                verdict
+                                    .foreign
+                                    .push(format!("{owner}'s {id} in {bucket}/{key}"));
+                            }
                         }
                     }
+                    Err(problem) => verdict
+                        .bad_objects
+                        .push(format!("{bucket}/{key}: {problem}")),
                 }
-                Err(problem) => verdict
-                    .bad_objects
-                    .push(format!("{bucket}/{key}: {problem}")),
+            }
+            verdict.delivered += copies.len();
+            verdict.duplicates += copies.values().map(|n| n - 1).sum::<usize>();
+            for id in acknowledged.get(tenant).into_iter().flatten() {
+                if !copies.contains_key(id) {
+                    verdict.lost.push(id.clone());
+                }
             }
         }
-        verdict.delivered += copies.len();
-        verdict.duplicates += copies.values().map(|n| n - 1).sum::<usize>();
-        for id in acknowledged.get(tenant).into_iter().flatten() {
-            if !copies.contains_key(id) {
-                verdict.lost.push(id.clone());
-            }
-        }
-    }
-    verdict
-}
-
-/// Waits until no acknowledged event is missing (or `deadline` passes), then checks.
-pub async fn check_when_delivered(
-    s3: &aws_sdk_s3::Client,
-    tenants: &BTreeMap<String, String>,
-    acknowledged: &Acknowledged,
-    deadline: Duration,
-) -> Verdict {
-    let give_up = tokio::time::Instant::now() + deadline;
-    loop {
-        let verdict = check(s3, tenants, acknowledged).await;
-        if verdict.lost.is_empty() || tokio::time::Instant::now() >= give_up {
-            return verdict;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        verdict
     }
 }
 
@@ -426,6 +501,7 @@ async fn read_object(
     bucket: &str,
     key: &str,
     tenant: &str,
+    window_ms: i64,
 ) -> Result<Vec<(String, String)>, String> {
     let object = s3
         .get_object()
@@ -453,7 +529,7 @@ async fn read_object(
             "checksum {stored_checksum:?}, body hashes to {computed}"
         ));
     }
-    check_key(key, tenant, &window_start)?;
+    check_key(key, tenant, &window_start, window_ms)?;
     let raw =
         decompress(Codec::Zstd, &body, 1 << 28).map_err(|e| format!("does not decode: {e}"))?;
     let mut events = Vec::new();
@@ -472,11 +548,11 @@ async fn read_object(
 
 /// `audit/{tenant}/{YYYY}/{MM}/{DD}/{HH}/{tenant}_{YYYYMMDDTHHMM}Z_{partition}-{offset}.jsonl.zst`,
 /// with the time of the window the metadata names.
-fn check_key(key: &str, tenant: &str, window_start: &str) -> Result<(), String> {
+fn check_key(key: &str, tenant: &str, window_start: &str, window_ms: i64) -> Result<(), String> {
     let start =
         time::OffsetDateTime::parse(window_start, &time::format_description::well_known::Rfc3339)
             .map_err(|e| format!("window-start {window_start:?}: {e}"))?;
-    if (start.unix_timestamp() * 1000) % WINDOW_MS != 0 {
+    if (start.unix_timestamp() * 1000) % window_ms != 0 {
         return Err(format!(
             "window-start {window_start} is not a window boundary"
         ));

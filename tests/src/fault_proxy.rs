@@ -1,5 +1,6 @@
 //! A small fault-injecting HTTP proxy in front of the S3/STS server, for the faults moto cannot
-//! produce: S3 answering 503 `SlowDown`, slow answers, and STS refusing `AssumeRole`.
+//! produce: S3 answering 503 `SlowDown`, slow answers, and STS refusing or throttling
+//! `AssumeRole`.
 //! Everything else is forwarded unchanged (moto does not check SigV4 signatures against the Host).
 
 use std::net::SocketAddr;
@@ -21,6 +22,9 @@ pub struct Faults {
     pub delayed_bucket: Option<String>,
     /// `AssumeRole` is refused with `403 AccessDenied`.
     pub deny_assume_role: bool,
+    /// `AssumeRole` is answered `400 Throttling` ("Rate exceeded"), as STS does when it sheds
+    /// load.
+    pub throttle_assume_role: bool,
 }
 
 #[derive(Clone)]
@@ -100,11 +104,12 @@ async fn forward(State(state): State<ProxyState>, request: Request) -> Response 
     if delayed && !faults.delay.is_zero() {
         tokio::time::sleep(faults.delay).await;
     }
-    if faults.deny_assume_role
-        && parts.method == Method::POST
-        && contains(&body, b"Action=AssumeRole")
-    {
+    let is_assume_role = parts.method == Method::POST && contains(&body, b"Action=AssumeRole");
+    if is_assume_role && faults.deny_assume_role {
         return xml(StatusCode::FORBIDDEN, STS_ACCESS_DENIED);
+    }
+    if is_assume_role && faults.throttle_assume_role {
+        return xml(StatusCode::BAD_REQUEST, STS_THROTTLING);
     }
     let is_object_put = parts.method == Method::PUT && parts.uri.path().matches('/').count() >= 2;
     if is_object_put {
@@ -157,6 +162,10 @@ fn xml(status: StatusCode, body: &'static str) -> Response {
 
 const S3_SLOW_DOWN: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message><RequestId>FAULTPROXY</RequestId></Error>"#;
+
+const STS_THROTTLING: &str = r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+<Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error>
+<RequestId>FAULTPROXY</RequestId></ErrorResponse>"#;
 
 const STS_ACCESS_DENIED: &str = r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
 <Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User is not authorized to perform: sts:AssumeRole on the role</Message></Error>

@@ -44,7 +44,7 @@ impl Pipeline {
                 "--uploads-name",
                 &setup.topology.queue,
                 "--retry-tiers",
-                &setup.retry_tier,
+                &setup.retry_tiers,
                 "--aws-endpoint-url",
                 aws_endpoint,
                 "--aws-region",

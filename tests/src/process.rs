@@ -60,6 +60,11 @@ impl ServiceProcess {
         format!("{}{path}", self.base_url)
     }
 
+    /// The process id, for reading its CPU time and memory from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The HTTP status of `/readyz`, or `None` while nothing answers.
     pub async fn readiness(&self) -> Option<u16> {
         let answer = reqwest::get(self.url("/readyz")).await.ok()?;

@@ -155,6 +155,27 @@ impl PrivateBroker {
         }
     }
 
+    /// Freezes the broker (SIGSTOP): connections stay open and requests go unanswered, as with
+    /// a broker that hangs or a network partition, until [`Self::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused broker go on (SIGCONT) with everything it held.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the private broker runs");
+        let pid = child.id().to_string();
+        let sent = Command::new("kill").args([signal, &pid]).status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "send {signal} to the broker"
+        );
+    }
+
     /// Kills the broker; connections to its port are refused until [`Self::restart`].
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

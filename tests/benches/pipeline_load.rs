@@ -1,0 +1,597 @@
+//! The whole pipeline under rising load (BENCHMARKS.md, "Pipeline under load"): ingest, a
+//! batcher and uploaders as release processes on the local servers, many tenants connected
+//! through the integrations topic, and ingest driven at rising event rates, one step per rate.
+//!
+//!   scripts/local-services.sh start
+//!   cargo build --release --workspace --bins
+//!   cargo bench -p integration-tests --bench pipeline_load
+//!
+//! Per step it reports the events/s ingest acknowledged against the rate asked for, request
+//! latency, the delivery lag of every object (window end → object stored, from the uploaders'
+//! delivery records), and per process the CPU seconds per 1,000 events and the peak RSS.
+//!
+//! Settings: ACTIVITY_BENCH_TENANTS (10), ACTIVITY_BENCH_RATES in events/s, comma-separated
+//! (1000,4000,16000), ACTIVITY_BENCH_STEP seconds per rate (30), ACTIVITY_BENCH_WINDOW (10s),
+//! ACTIVITY_BENCH_CLOSE_DELAY (2s), ACTIVITY_BENCH_BATCH events per request (200),
+//! ACTIVITY_BENCH_BUCKETS the tenants share (10), ACTIVITY_BENCH_UPLOADERS (2),
+//! ACTIVITY_BENCH_PARTITIONS of the events topic (3).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::delivery::{DeliveryRecord, outcome};
+use common::kafka::KafkaArgs;
+use integration_tests::e2e::{Deployment, Shape};
+use integration_tests::fixtures::{aws_config, integration_json, moto_endpoint, s3_client};
+use integration_tests::process::{ServiceProcess, metric_value};
+use integration_tests::services::TEST_TOKEN;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::Semaphore;
+
+/// Requests in flight at once; the generator waits for a free slot, so a slow ingest lowers
+/// the rate achieved instead of piling requests up.
+const IN_FLIGHT: usize = 32;
+
+struct Settings {
+    tenants: usize,
+    rates: Vec<u64>,
+    step: Duration,
+    window: Duration,
+    close_delay: Duration,
+    batch: usize,
+    buckets: usize,
+    uploaders: usize,
+    partitions: i32,
+}
+
+fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a valid value")),
+        Err(_) => default,
+    }
+}
+
+fn duration_setting(name: &str, default: &str) -> Duration {
+    let value = std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    humantime::parse_duration(&value)
+        .unwrap_or_else(|e| panic!("{name}={value:?} is not a duration: {e}"))
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let rates =
+            std::env::var("ACTIVITY_BENCH_RATES").unwrap_or_else(|_| "1000,4000,16000".into());
+        Self {
+            tenants: setting("ACTIVITY_BENCH_TENANTS", 10),
+            rates: rates
+                .split(',')
+                .map(|r| {
+                    r.trim()
+                        .parse()
+                        .unwrap_or_else(|_| panic!("ACTIVITY_BENCH_RATES: {r:?} is not events/s"))
+                })
+                .collect(),
+            step: Duration::from_secs(setting("ACTIVITY_BENCH_STEP", 30)),
+            window: duration_setting("ACTIVITY_BENCH_WINDOW", "10s"),
+            close_delay: duration_setting("ACTIVITY_BENCH_CLOSE_DELAY", "2s"),
+            batch: setting("ACTIVITY_BENCH_BATCH", 200),
+            buckets: setting("ACTIVITY_BENCH_BUCKETS", 10),
+            uploaders: setting("ACTIVITY_BENCH_UPLOADERS", 2),
+            partitions: setting("ACTIVITY_BENCH_PARTITIONS", 3),
+        }
+    }
+}
+
+fn tenant(n: usize) -> String {
+    format!("tenant-{n:05}")
+}
+
+/// A realistic event of about 450 bytes as compact JSON.
+fn event(tenant: &str, id: &str) -> String {
+    format!(
+        concat!(
+            r#"{{"id":"{}","tenant_id":"{}","type":"device.lock","occurred_at":"2026-11-27T10:15:30.123Z","#,
+            r#""actor":{{"type":"admin","id":"usr_8f14e45fceea167a5a36dedd4bea2543","email":"it-admin@example.com","ip":"203.0.113.42"}},"#,
+            r#""target":{{"type":"device","id":"dev_c9f0f895fb98ab9159f51fd0297e236d","name":"MacBook Pro (Finance-0423)","serial":"C02XK1ZZJGH5"}},"#,
+            r#""details":{{"reason":"Lost device reported by owner","message":"Locked via MDM command","blueprint":"Finance Laptops"}}}}"#
+        ),
+        id, tenant
+    )
+}
+
+/// Connects every tenant by writing its integration straight to the integrations topic, as a
+/// migration of existing customers would: each with a role of its own (so the uploaders assume
+/// one role per tenant), connected long ago (so live batching takes all of its events).
+async fn connect_tenants(deployment: &Deployment, settings: &Settings, buckets: &[String]) {
+    let producer: FutureProducer = KafkaArgs::new(deployment.plan.shape.brokers.clone())
+        .producer_config(Duration::from_secs(30))
+        .create()
+        .expect("integrations producer");
+    let topic = &deployment.plan.topics.integrations;
+    for chunk in (0..settings.tenants).collect::<Vec<_>>().chunks(1_000) {
+        let records: Vec<(String, String)> = chunk
+            .iter()
+            .map(|&n| {
+                let name = tenant(n);
+                let mut integration: serde_json::Value =
+                    serde_json::from_str(&integration_json(&name, &buckets[n % buckets.len()]))
+                        .expect("integration JSON");
+                integration["role_arn"] =
+                    format!("arn:aws:iam::123456789012:role/ActivityLogWriter-{n}").into();
+                integration["external_id"] = format!("external-id-{n:05}").into();
+                integration["compression"] = "zstd".into();
+                (name, integration.to_string())
+            })
+            .collect();
+        let sends = records.iter().map(|(key, value)| {
+            producer.send(
+                FutureRecord::to(topic).key(key).payload(value),
+                Duration::from_secs(30),
+            )
+        });
+        for sent in futures_util::future::join_all(sends).await {
+            sent.expect("write an integration");
+        }
+    }
+    // Every service that reads integrations must hold them all before the first event.
+    let readers: Vec<&ServiceProcess> = deployment
+        .batchers
+        .iter()
+        .chain(&deployment.uploaders)
+        .collect();
+    integration_tests::wait_for(
+        "every service to read every integration",
+        Duration::from_secs(300),
+        || async {
+            for reader in &readers {
+                let read = metric_value(
+                    &reader.metrics().await,
+                    "activity_integrations_records_read_total",
+                )
+                .unwrap_or(0.0);
+                if read < settings.tenants as f64 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+}
+
+/// An object the uploaders stored, as its delivery record tells.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    events: u64,
+    lag_ms: i64,
+}
+
+/// Follows the deliveries topic on a thread of its own and keeps every stored object.
+struct DeliveryFollower {
+    stored: Arc<Mutex<Vec<Stored>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DeliveryFollower {
+    fn start(brokers: &str, topic: &str) -> Self {
+        let consumer: BaseConsumer = KafkaArgs::new(brokers.to_owned())
+            .client_config(&[("group.id", "pipeline-load-bench")])
+            .create()
+            .expect("deliveries consumer");
+        common::kafka::assign_from_beginning(&consumer, topic, Duration::from_secs(10))
+            .expect("the deliveries topic");
+        let stored: Arc<Mutex<Vec<Stored>>> = Arc::default();
+        let stop: Arc<AtomicBool> = Arc::default();
+        let thread = std::thread::spawn({
+            let (stored, stop) = (stored.clone(), stop.clone());
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                        continue;
+                    };
+                    let message = message.expect("read a delivery record");
+                    let record: DeliveryRecord =
+                        serde_json::from_slice(message.payload().unwrap_or_default())
+                            .expect("a delivery record");
+                    if record.outcome == outcome::STORED {
+                        stored.lock().expect("stored objects").push(Stored {
+                            events: record.event_count,
+                            lag_ms: record.at_ms - record.window_end_ms,
+                        });
+                    }
+                }
+            }
+        });
+        Self {
+            stored,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Objects stored so far, and the events in them.
+    fn totals(&self) -> (usize, u64) {
+        let stored = self.stored.lock().expect("stored objects");
+        (stored.len(), stored.iter().map(|s| s.events).sum())
+    }
+
+    /// Objects stored after the first `from`.
+    fn since(&self, from: usize) -> Vec<Stored> {
+        self.stored.lock().expect("stored objects")[from..].to_vec()
+    }
+
+    /// Waits until the objects stored hold `events` events, or `deadline` passes; returns
+    /// whether they do.
+    async fn wait_for_events(&self, events: u64, deadline: Duration) -> bool {
+        let give_up = Instant::now() + deadline;
+        loop {
+            if self.totals().1 >= events {
+                return true;
+            }
+            if Instant::now() >= give_up {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for DeliveryFollower {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What one step of load got from ingest.
+#[derive(Default)]
+struct Load {
+    acknowledged: u64,
+    refused: u64,
+    latencies: Vec<Duration>,
+}
+
+/// Posts `batch`-event requests to ingest at `rate` events/s for `duration`, each event for a
+/// tenant drawn at random; request ids carry `step` so every event id is unique.
+async fn drive(
+    url: &str,
+    settings: &Settings,
+    rate: u64,
+    duration: Duration,
+    step: usize,
+    rng: &mut StdRng,
+) -> Load {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let period = Duration::from_secs_f64(settings.batch as f64 / rate as f64);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let load = Arc::new(Mutex::new(Load::default()));
+    let end = Instant::now() + duration;
+    let mut request = 0_usize;
+    while Instant::now() < end {
+        ticker.tick().await;
+        let slot = slots.clone().acquire_owned().await.expect("slots");
+        let body: String = (0..settings.batch)
+            .map(|i| {
+                let tenant = tenant(rng.random_range(0..settings.tenants));
+                let mut line = event(&tenant, &format!("s{step}-r{request}-e{i}"));
+                line.push('\n');
+                line
+            })
+            .collect();
+        request += 1;
+        let (http, url, load) = (http.clone(), url.to_owned(), load.clone());
+        let events = settings.batch as u64;
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = http
+                .post(&url)
+                .bearer_auth(TEST_TOKEN)
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()
+                .await;
+            let latency = started.elapsed();
+            let mut load = load.lock().expect("load");
+            if answer.is_ok_and(|a| a.status() == reqwest::StatusCode::ACCEPTED) {
+                load.acknowledged += events;
+                load.latencies.push(latency);
+            } else {
+                load.refused += events;
+            }
+            drop(slot);
+        });
+    }
+    // Every request sent is answered before the step ends.
+    let _all = slots.acquire_many(IN_FLIGHT as u32).await.expect("slots");
+    std::mem::take(&mut *load.lock().expect("load"))
+}
+
+/// CPU seconds and peak RSS of a process, from `/proc`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    cpu_seconds: f64,
+    peak_rss_kib: u64,
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn usage(pid: u32, ticks: f64) -> Usage {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces; utime and
+    // stime are fields 14 and 15 of the whole line.
+    let fields: Vec<&str> = stat
+        .rfind(')')
+        .map(|end| stat[end + 1..].split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| -> f64 {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let peak_rss_kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    Usage {
+        cpu_seconds: (field(14) + field(15)) / ticks,
+        peak_rss_kib,
+    }
+}
+
+/// The processes measured: the three services, the local servers they use, and this bench.
+fn measured(deployment: &Deployment) -> Vec<(&'static str, Vec<u32>)> {
+    let state = std::env::var("ACTIVITY_SERVICES_STATE")
+        .unwrap_or_else(|_| "/var/lib/activity-logs".into());
+    let pid_file = |name: &str| -> Vec<u32> {
+        std::fs::read_to_string(format!("{state}/{name}.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .into_iter()
+            .collect()
+    };
+    let rabbitmq: Vec<u32> = std::process::Command::new("pgrep")
+        .args(["-x", "beam.smp"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    vec![
+        ("ingest", vec![deployment.ingest.pid()]),
+        (
+            "batcher",
+            deployment
+                .batchers
+                .iter()
+                .map(ServiceProcess::pid)
+                .collect(),
+        ),
+        (
+            "uploaders",
+            deployment
+                .uploaders
+                .iter()
+                .map(ServiceProcess::pid)
+                .collect(),
+        ),
+        ("broker (Tansu)", pid_file("tansu")),
+        ("S3/STS (moto)", pid_file("moto")),
+        ("RabbitMQ", rabbitmq),
+        ("load generator", vec![std::process::id()]),
+    ]
+}
+
+/// Per measured process: CPU seconds summed over its processes, and the largest peak RSS.
+fn snapshot(processes: &[(&'static str, Vec<u32>)], ticks: f64) -> Vec<Usage> {
+    processes
+        .iter()
+        .map(|(_, pids)| {
+            pids.iter()
+                .map(|&pid| usage(pid, ticks))
+                .fold(Usage::default(), |sum, u| Usage {
+                    cpu_seconds: sum.cpu_seconds + u.cpu_seconds,
+                    peak_rss_kib: sum.peak_rss_kib.max(u.peak_rss_kib),
+                })
+        })
+        .collect()
+}
+
+fn percentile<T: Copy + Ord>(values: &mut [T], p: f64) -> Option<T> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    let rank = ((values.len() as f64 - 1.0) * p).round() as usize;
+    Some(values[rank.min(values.len() - 1)])
+}
+
+fn seconds(ms: Option<i64>) -> String {
+    ms.map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0))
+}
+
+fn millis(latency: Option<Duration>) -> String {
+    latency.map_or("-".into(), |l| {
+        format!("{:.0} ms", l.as_secs_f64() * 1000.0)
+    })
+}
+
+#[tokio::main]
+async fn main() {
+    let settings = Settings::from_env();
+    let ticks = clock_ticks();
+    let s3 = s3_client(&aws_config(&moto_endpoint()).await);
+    let mut buckets = Vec::new();
+    for _ in 0..settings.buckets.min(settings.tenants) {
+        buckets.push(integration_tests::fixtures::new_bucket(&s3).await);
+    }
+    let mut shape = Shape::new(1, settings.uploaders);
+    shape.window = settings.window;
+    shape.close_delay = settings.close_delay;
+    shape.partitions = settings.partitions;
+    let deployment = Deployment::launch(&moto_endpoint(), shape).await;
+    let started = Instant::now();
+    connect_tenants(&deployment, &settings, &buckets).await;
+    println!(
+        "{} tenants connected in {:.1} s ({} buckets, {} uploader(s), window {:?}, close delay {:?}, {} events per request)",
+        settings.tenants,
+        started.elapsed().as_secs_f64(),
+        buckets.len(),
+        settings.uploaders,
+        settings.window,
+        settings.close_delay,
+        settings.batch
+    );
+    let follower = DeliveryFollower::start(
+        &deployment.plan.shape.brokers,
+        &deployment.plan.topics.deliveries,
+    );
+    let processes = measured(&deployment);
+    let url = deployment.ingest.url("/v1/events");
+    let mut rng = StdRng::seed_from_u64(27);
+    // How long a step's last window takes to close, plus room for the uploads.
+    let drain_deadline = settings.window + settings.close_delay + Duration::from_secs(300);
+
+    // Warm-up, not measured: every tenant's first object, so every role is assumed once.
+    let warm_up = Instant::now();
+    let mut acknowledged = 0_u64;
+    for chunk in (0..settings.tenants)
+        .collect::<Vec<_>>()
+        .chunks(settings.batch)
+    {
+        let body: String = chunk
+            .iter()
+            .map(|&n| format!("{}\n", event(&tenant(n), &format!("warm-up-{n}"))))
+            .collect();
+        let answer = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(TEST_TOKEN)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .expect("a warm-up request");
+        assert_eq!(answer.status(), reqwest::StatusCode::ACCEPTED, "warm-up");
+        acknowledged += chunk.len() as u64;
+    }
+    assert!(
+        follower.wait_for_events(acknowledged, drain_deadline).await,
+        "the warm-up events were not delivered"
+    );
+    let assume_role_calls: f64 =
+        futures_util::future::join_all(deployment.uploaders.iter().map(|u| u.metrics()))
+            .await
+            .iter()
+            .filter_map(|m| metric_value(m, uploader::metrics::ASSUME_ROLE_CALLS))
+            .sum();
+    println!(
+        "warm-up: one event per tenant delivered in {:.1} s ({assume_role_calls} AssumeRole calls)\n",
+        warm_up.elapsed().as_secs_f64()
+    );
+
+    let mut rows = Vec::new();
+    let mut resources = Vec::new();
+    for (step, &rate) in settings.rates.iter().enumerate() {
+        let (objects_before, _) = follower.totals();
+        let before = snapshot(&processes, ticks);
+        let step_started = Instant::now();
+        let mut load = drive(&url, &settings, rate, settings.step, step, &mut rng).await;
+        let sending = step_started.elapsed();
+        acknowledged += load.acknowledged;
+        let drained = follower.wait_for_events(acknowledged, drain_deadline).await;
+        let after = snapshot(&processes, ticks);
+        let mut lags: Vec<i64> = follower
+            .since(objects_before)
+            .iter()
+            .map(|s| s.lag_ms)
+            .collect();
+        let achieved = load.acknowledged as f64 / sending.as_secs_f64();
+        rows.push(format!(
+            "| {} | {rate} | {achieved:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            settings.tenants,
+            load.refused,
+            millis(percentile(&mut load.latencies, 0.5)),
+            millis(percentile(&mut load.latencies, 0.99)),
+            lags.len(),
+            seconds(percentile(&mut lags, 0.5)),
+            seconds(percentile(&mut lags, 0.99)),
+            if drained { "yes" } else { "**no**" },
+        ));
+        let thousands = load.acknowledged as f64 / 1000.0;
+        let cpu: Vec<String> = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| format!("{:.3}", (a.cpu_seconds - b.cpu_seconds) / thousands))
+            .collect();
+        let rss: Vec<String> = after
+            .iter()
+            .map(|a| format!("{:.0}", a.peak_rss_kib as f64 / 1024.0))
+            .collect();
+        resources.push(format!(
+            "| {} | {rate} | {} | {} |",
+            settings.tenants,
+            cpu.join(" | "),
+            rss.join(" | ")
+        ));
+        println!("{}", rows.last().expect("a row"));
+        if !drained {
+            let (_, delivered) = follower.totals();
+            println!(
+                "step {rate} events/s did not drain: {delivered} of {acknowledged} events delivered within {drain_deadline:?}; stopping"
+            );
+            break;
+        }
+    }
+
+    println!(
+        "\n| tenants | asked events/s | acknowledged events/s | refused | request p50 | request p99 | objects | lag p50 | lag p99 | drained |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    for row in &rows {
+        println!("{row}");
+    }
+    let names: Vec<&str> = processes.iter().map(|(name, _)| *name).collect();
+    println!(
+        "\nCPU seconds per 1,000 events, then peak RSS in MiB, per process:\n\n| tenants | asked events/s | {} | {} |",
+        names.join(" | "),
+        names
+            .iter()
+            .map(|n| format!("{n} MiB"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("| ---: | ---: |{}", " ---: |".repeat(names.len() * 2));
+    for row in &resources {
+        println!("{row}");
+    }
+    drop(follower);
+    deployment.stop().await;
+}
