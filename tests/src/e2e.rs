@@ -250,6 +250,20 @@ impl Deployment {
         crate::admin::admin_request(&self.http, method, &self.ingest.url(path), body).await
     }
 
+    /// Sleeps until the next window's close time (its end plus the close delay) and a random
+    /// 0–300 ms more, drawn from `rng`: the moment the batchers cut, publish and commit.
+    pub async fn until_window_closes(&self, rng: &mut StdRng) {
+        let now = common::clock::now_unix_ms();
+        let window_ms = self.plan.shape.window_ms();
+        let close_delay_ms = i64::try_from(self.plan.shape.close_delay.as_millis())
+            .expect("a close delay of a sane length");
+        let close = (now / window_ms + 1) * window_ms + close_delay_ms + rng.random_range(0..300);
+        tokio::time::sleep(Duration::from_millis(
+            u64::try_from(close - now).unwrap_or(0),
+        ))
+        .await;
+    }
+
     /// Starts posting events for every tenant, chosen by `seed`.
     pub fn produce(&self, seed: u64) -> Producer {
         Producer::start(

@@ -114,8 +114,14 @@ async fn run(fault: Fault, seed: u64) -> Verdict {
             }
         }
         Fault::KillBatcher => {
-            for _ in 0..2 {
-                pause(&mut rng, 1_000..3_000).await;
+            for kill in 0..2 {
+                // The first kill lands while a window closes (parts being cut, published and
+                // confirmed, the commit moving), the second at a random moment.
+                if kill == 0 {
+                    deployment.until_window_closes(&mut rng).await;
+                } else {
+                    pause(&mut rng, 1_000..3_000).await;
+                }
                 // Assigning drops (SIGKILLs) the old process.
                 deployment.batchers[0] = deployment.plan.spawn_batcher();
                 // The next kill waits until the new member holds the partitions: the test
@@ -193,13 +199,7 @@ async fn run(fault: Fault, seed: u64) -> Verdict {
         Fault::Rebalance => {
             // Stop one batcher just after a window's close time, so its partitions move while
             // windows close; a new member joins a little later and they move again.
-            let now = common::clock::now_unix_ms();
-            let window_ms = deployment.plan.shape.window_ms();
-            let close = (now / window_ms + 1) * window_ms + 500 + rng.random_range(0..300);
-            tokio::time::sleep(Duration::from_millis(
-                u64::try_from(close - now).unwrap_or(0),
-            ))
-            .await;
+            deployment.until_window_closes(&mut rng).await;
             // A graceful leave (SIGTERM: the member leaves the group at once). A SIGKILLed
             // member is the KillBatcher scenario; on the test broker a dead member and a new
             // one joining within its session time left partitions unread (see there).
@@ -323,10 +323,13 @@ async fn soak() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(20);
     let mut picker = rng(seed());
+    // Every kind of fault in turn, from a random one, so a soak of N runs covers each kind
+    // N / 9 times at least; the seeds are random.
+    let first = picker.random_range(0..Fault::ALL.len());
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for run_number in 1..=runs {
-        let fault = Fault::ALL[picker.random_range(0..Fault::ALL.len())];
+        let fault = Fault::ALL[(first + run_number) % Fault::ALL.len()];
         let seed = picker.random::<u64>();
         let verdict = run(fault, seed).await;
         let row = format!(
