@@ -13,33 +13,14 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use common::kafka::{KafkaArgs, TopicSpec};
+use integration_tests::bench::{percentile, realistic_event, setting};
 use integration_tests::services::TestIngest;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A realistic event of about 500 bytes as compact JSON.
+/// Events of 10 tenants, spread over the clients.
 fn event(client: usize, request: usize, index: usize) -> String {
     let tenant = format!("tenant-{:02}", (client * 7 + index) % 10);
-    format!(
-        concat!(
-            r#"{{"id":"c{}-r{}-e{}","tenant_id":"{}","type":"device.lock","occurred_at":"2026-11-27T10:15:30.123Z","#,
-            r#""actor":{{"type":"admin","id":"usr_8f14e45fceea167a5a36dedd4bea2543","email":"it-admin@example.com","ip":"203.0.113.42"}},"#,
-            r#""target":{{"type":"device","id":"dev_c9f0f895fb98ab9159f51fd0297e236d","name":"MacBook Pro (Finance-0423)","serial":"C02XK1ZZJGH5"}},"#,
-            r#""details":{{"reason":"Lost device reported by owner","message":"Locked via MDM command","pin_set":true,"blueprint":"Finance Laptops"}}}}"#
-        ),
-        client, request, index, tenant
-    )
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
+    realistic_event(&tenant, &format!("c{client}-r{request}-e{index}"))
 }
 
 #[tokio::main]
@@ -187,8 +168,8 @@ async fn main() {
         "ingest:   {:>9.0} events/s  {:>6.1} MB/s  p50 {:>6.1} ms  p99 {:>6.1} ms  max {:>6.1} ms  ({} requests in {:.2} s)",
         ingest_rate,
         body_bytes as f64 / 1e6 / ingest_elapsed.as_secs_f64(),
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.50).map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        percentile(&latencies, 0.99).map_or(0.0, |d| d.as_secs_f64() * 1e3),
         latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
         latencies.len(),
         ingest_elapsed.as_secs_f64()

@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 
 use common::delivery::{DeliveryRecord, outcome};
 use common::kafka::KafkaArgs;
+use common::registry::RECORDS_READ;
+use integration_tests::bench::{percentile, realistic_event, setting};
 use integration_tests::e2e::{Deployment, Shape};
-use integration_tests::fixtures::{aws_config, integration_json, moto_endpoint, s3_client};
+use integration_tests::fixtures::{aws_config, integration_value, moto_endpoint, s3_client};
 use integration_tests::process::{ServiceProcess, metric_value};
 use integration_tests::services::TEST_TOKEN;
 use rand::rngs::StdRng;
@@ -48,15 +50,6 @@ struct Settings {
     buckets: usize,
     uploaders: usize,
     partitions: i32,
-}
-
-fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a valid value")),
-        Err(_) => default,
-    }
 }
 
 fn duration_setting(name: &str, default: &str) -> Duration {
@@ -94,17 +87,25 @@ fn tenant(n: usize) -> String {
     format!("tenant-{n:05}")
 }
 
-/// A realistic event of about 450 bytes as compact JSON.
-fn event(tenant: &str, id: &str) -> String {
-    format!(
-        concat!(
-            r#"{{"id":"{}","tenant_id":"{}","type":"device.lock","occurred_at":"2026-11-27T10:15:30.123Z","#,
-            r#""actor":{{"type":"admin","id":"usr_8f14e45fceea167a5a36dedd4bea2543","email":"it-admin@example.com","ip":"203.0.113.42"}},"#,
-            r#""target":{{"type":"device","id":"dev_c9f0f895fb98ab9159f51fd0297e236d","name":"MacBook Pro (Finance-0423)","serial":"C02XK1ZZJGH5"}},"#,
-            r#""details":{{"reason":"Lost device reported by owner","message":"Locked via MDM command","blueprint":"Finance Laptops"}}}}"#
-        ),
-        id, tenant
-    )
+/// An NDJSON request body of one realistic event per (tenant, id).
+fn ndjson(events: impl Iterator<Item = (String, String)>) -> String {
+    events
+        .map(|(tenant, id)| realistic_event(&tenant, &id) + "\n")
+        .collect()
+}
+
+/// Posts `body` to ingest's events endpoint at `url`.
+async fn post_events(
+    http: &reqwest::Client,
+    url: &str,
+    body: String,
+) -> reqwest::Result<reqwest::Response> {
+    http.post(url)
+        .bearer_auth(TEST_TOKEN)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
 }
 
 /// Connects every tenant by writing its integration straight to the integrations topic, as a
@@ -121,9 +122,7 @@ async fn connect_tenants(deployment: &Deployment, settings: &Settings, buckets: 
             .iter()
             .map(|&n| {
                 let name = tenant(n);
-                let mut integration: serde_json::Value =
-                    serde_json::from_str(&integration_json(&name, &buckets[n % buckets.len()]))
-                        .expect("integration JSON");
+                let mut integration = integration_value(&name, &buckets[n % buckets.len()]);
                 integration["role_arn"] =
                     format!("arn:aws:iam::123456789012:role/ActivityLogWriter-{n}").into();
                 integration["external_id"] = format!("external-id-{n:05}").into();
@@ -152,11 +151,7 @@ async fn connect_tenants(deployment: &Deployment, settings: &Settings, buckets: 
         Duration::from_secs(300),
         || async {
             for reader in &readers {
-                let read = metric_value(
-                    &reader.metrics().await,
-                    "activity_integrations_records_read_total",
-                )
-                .unwrap_or(0.0);
+                let read = metric_value(&reader.metrics().await, RECORDS_READ).unwrap_or(0.0);
                 if read < settings.tenants as f64 {
                     return None;
                 }
@@ -318,26 +313,18 @@ async fn drive(
     while Instant::now() < end {
         ticker.tick().await;
         let slot = slots.clone().acquire_owned().await.expect("slots");
-        let body: String = (0..settings.batch)
-            .map(|i| {
-                let tenant = tenant(rng.random_range(0..settings.tenants));
-                let mut line = event(&tenant, &format!("s{step}-r{request}-e{i}"));
-                line.push('\n');
-                line
-            })
-            .collect();
+        let body = ndjson((0..settings.batch).map(|i| {
+            (
+                tenant(rng.random_range(0..settings.tenants)),
+                format!("s{step}-r{request}-e{i}"),
+            )
+        }));
         request += 1;
         let (http, url, load) = (http.clone(), url.to_owned(), load.clone());
         let events = settings.batch as u64;
         tokio::spawn(async move {
             let started = Instant::now();
-            let answer = http
-                .post(&url)
-                .bearer_auth(TEST_TOKEN)
-                .header("content-type", "application/x-ndjson")
-                .body(body)
-                .send()
-                .await;
+            let answer = post_events(&http, &url, body).await;
             let latency = started.elapsed();
             let mut load = load.lock().expect("load");
             if answer.is_ok_and(|a| a.status() == reqwest::StatusCode::ACCEPTED) {
@@ -458,15 +445,6 @@ fn snapshot(processes: &[(&'static str, Vec<u32>)], ticks: f64) -> Vec<Usage> {
         .collect()
 }
 
-fn percentile<T: Copy + Ord>(values: &mut [T], p: f64) -> Option<T> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_unstable();
-    let rank = ((values.len() as f64 - 1.0) * p).round() as usize;
-    Some(values[rank.min(values.len() - 1)])
-}
-
 fn seconds(ms: Option<i64>) -> String {
     ms.map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0))
 }
@@ -518,20 +496,13 @@ async fn main() {
     // Warm-up, not measured: every tenant's first object, so every role is assumed once.
     let warm_up = Instant::now();
     let mut acknowledged = 0_u64;
+    let http = reqwest::Client::new();
     for chunk in (0..settings.tenants)
         .collect::<Vec<_>>()
         .chunks(settings.batch)
     {
-        let body: String = chunk
-            .iter()
-            .map(|&n| format!("{}\n", event(&tenant(n), &format!("warm-up-{n}"))))
-            .collect();
-        let answer = reqwest::Client::new()
-            .post(&url)
-            .bearer_auth(TEST_TOKEN)
-            .header("content-type", "application/x-ndjson")
-            .body(body)
-            .send()
+        let body = ndjson(chunk.iter().map(|&n| (tenant(n), format!("warm-up-{n}"))));
+        let answer = post_events(&http, &url, body)
             .await
             .expect("a warm-up request");
         assert_eq!(answer.status(), reqwest::StatusCode::ACCEPTED, "warm-up");
@@ -574,16 +545,18 @@ async fn main() {
             .iter()
             .map(|s| s.lag_ms)
             .collect();
+        lags.sort_unstable();
+        load.latencies.sort_unstable();
         let achieved = load.acknowledged as f64 / sending.as_secs_f64();
         rows.push(format!(
             "| {} | {rate} | {achieved:.0} | {} | {} | {} | {} | {} | {} | {} |",
             settings.tenants,
             load.refused,
-            millis(percentile(&mut load.latencies, 0.5)),
-            millis(percentile(&mut load.latencies, 0.99)),
+            millis(percentile(&load.latencies, 0.5)),
+            millis(percentile(&load.latencies, 0.99)),
             lags.len(),
-            seconds(percentile(&mut lags, 0.5)),
-            seconds(percentile(&mut lags, 0.99)),
+            seconds(percentile(&lags, 0.5)),
+            seconds(percentile(&lags, 0.99)),
             if missing == 0 {
                 "yes".to_owned()
             } else {

@@ -275,7 +275,7 @@ pub async fn partitions_read(batcher: &ServiceProcess, partitions: i32) -> Vec<i
         .filter(|p| {
             crate::process::labelled_metric_value(
                 &metrics,
-                "activity_batcher_next_offset",
+                batcher::metrics::NEXT_OFFSET,
                 &format!("partition=\"{p}\""),
             )
             .is_some()

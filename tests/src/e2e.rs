@@ -3,7 +3,7 @@
 //! acknowledged, and a checker that reads every object of every bucket back and compares.
 //!
 //! Fault scenarios (`tests/tests/faults.rs`) run a [`Deployment`], break something while the
-//! [`Producer`] runs, and ask [`check`] for a [`Verdict`].
+//! [`Producer`] runs, and ask [`Deployment::check`] for a [`Verdict`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -45,9 +45,8 @@ pub struct Shape {
     pub close_delay: Duration,
     /// Partitions of the events topic ingest creates.
     pub partitions: i32,
-    /// Flags added to every batcher's and every uploader's command line.
+    /// Flags added to every batcher's command line.
     pub batcher_flags: Vec<String>,
-    pub uploader_flags: Vec<String>,
 }
 
 impl Shape {
@@ -62,13 +61,17 @@ impl Shape {
             close_delay: Duration::from_millis(500),
             partitions: 3,
             batcher_flags: Vec::new(),
-            uploader_flags: Vec::new(),
         }
     }
 
     pub fn window_ms(&self) -> i64 {
-        i64::try_from(self.window.as_millis()).expect("a window of a sane length")
+        millis(self.window)
     }
+}
+
+/// A duration of test settings in milliseconds.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).expect("a duration of a sane length")
 }
 
 /// The names one deployment uses, and how to start each of its services.
@@ -216,7 +219,7 @@ impl Plan {
     }
 
     pub fn spawn_uploader(&self) -> ServiceProcess {
-        let mut args = vec![
+        let args = [
             "--integrations-topic",
             &self.topics.integrations,
             "--deliveries-topic",
@@ -234,7 +237,6 @@ impl Plan {
             "--kafka-brokers",
             &self.shape.brokers,
         ];
-        args.extend(self.shape.uploader_flags.iter().map(String::as_str));
         ServiceProcess::spawn("uploader", &args)
     }
 }
@@ -255,8 +257,7 @@ impl Deployment {
     pub async fn until_window_closes(&self, rng: &mut StdRng) {
         let now = common::clock::now_unix_ms();
         let window_ms = self.plan.shape.window_ms();
-        let close_delay_ms = i64::try_from(self.plan.shape.close_delay.as_millis())
-            .expect("a close delay of a sane length");
+        let close_delay_ms = millis(self.plan.shape.close_delay);
         let close = (now / window_ms + 1) * window_ms + close_delay_ms + rng.random_range(0..300);
         tokio::time::sleep(Duration::from_millis(
             u64::try_from(close - now).unwrap_or(0),

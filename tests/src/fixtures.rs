@@ -228,13 +228,17 @@ pub async fn finish(supervisor: Supervisor, channel: &Channel, topology: &Upload
 /// The integration JSON the tests write: `tenant` delivering to `bucket` under `audit/`,
 /// connected long ago, so live batching delivers every window the tests write.
 pub fn integration_json(tenant: &str, bucket: &str) -> String {
+    integration_value(tenant, bucket).to_string()
+}
+
+/// [`integration_json`] as a value, for tests that change a field.
+pub fn integration_value(tenant: &str, bucket: &str) -> serde_json::Value {
     serde_json::json!({
         "tenant_id": tenant, "enabled": true, "aws_account_id": "123456789012", "bucket": bucket,
         "prefix": "audit", "role_arn": "arn:aws:iam::123456789012:role/Writer",
         "external_id": "ext-0123456789", "region": REGION, "compression": "none",
         "connected_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
     })
-    .to_string()
 }
 
 /// A fresh compacted integrations topic and a producer writing to it.

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod batching;
+pub mod bench;
 pub mod e2e;
 pub mod fault_proxy;
 pub mod fixtures;

@@ -83,9 +83,7 @@ impl ServiceProcess {
 
     /// Sends SIGTERM and waits up to `within` for the process to exit; returns its exit code.
     pub async fn terminate(&mut self, within: Duration) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status();
-        assert!(sent.is_ok_and(|s| s.success()), "send SIGTERM to {pid}");
+        signal(self.child.id(), "-TERM");
         let give_up = std::time::Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for the process") {
@@ -120,6 +118,18 @@ impl Drop for ServiceProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `signal` (`kill`'s syntax: `-TERM`, `-STOP`) to the process `pid`, failing the test
+/// when it cannot be sent.
+pub fn signal(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status();
+    assert!(
+        sent.is_ok_and(|s| s.success()),
+        "send {signal} to process {pid}"
+    );
 }
 
 /// An uploader process on `uploads`, following `topic`, talking to AWS through `aws_endpoint`,

@@ -168,12 +168,7 @@ impl PrivateBroker {
 
     fn signal(&self, signal: &str) {
         let child = self.child.as_ref().expect("the private broker runs");
-        let pid = child.id().to_string();
-        let sent = Command::new("kill").args([signal, &pid]).status();
-        assert!(
-            sent.is_ok_and(|s| s.success()),
-            "send {signal} to the broker"
-        );
+        crate::process::signal(child.id(), signal);
     }
 
     /// Kills the broker; connections to its port are refused until [`Self::restart`].

@@ -241,27 +241,46 @@ async fn run(fault: Fault, seed: u64) -> Verdict {
     verdict
 }
 
+/// What is wrong with a scenario's verdict: nothing when it passes. Every verdict needs events
+/// in, 0 lost, 0 foreign and 0 bad objects; duplicates only where the fault allows them.
+fn failures(fault: Fault, verdict: &Verdict) -> Vec<String> {
+    let mut failures = Vec::new();
+    if verdict.acknowledged == 0 {
+        failures.push("the producer got no events in".to_owned());
+    }
+    if !verdict.lost.is_empty() {
+        failures.push(format!(
+            "{} acknowledged event(s) lost, e.g. {:?}",
+            verdict.lost.len(),
+            &verdict.lost[..verdict.lost.len().min(5)]
+        ));
+    }
+    if !verdict.foreign.is_empty() {
+        failures.push(format!("foreign events: {:?}", verdict.foreign));
+    }
+    if !verdict.bad_objects.is_empty() {
+        failures.push(format!("bad objects: {:?}", verdict.bad_objects));
+    }
+    if fault.duplicates_allowed().is_none() && verdict.duplicates > 0 {
+        failures.push(format!("{} duplicated event(s)", verdict.duplicates));
+    }
+    failures
+}
+
 fn judge(fault: Fault, seed: u64, verdict: &Verdict) {
     println!("{}", verdict.row(&format!("{fault:?}"), seed));
-    assert!(verdict.acknowledged > 0, "the producer got events in");
-    assert!(
-        verdict.lost.is_empty(),
-        "{fault:?} seed {seed}: {} acknowledged event(s) lost, e.g. {:?}",
-        verdict.lost.len(),
-        &verdict.lost[..verdict.lost.len().min(5)]
-    );
-    assert!(verdict.foreign.is_empty(), "{:?}", verdict.foreign);
-    assert!(verdict.bad_objects.is_empty(), "{:?}", verdict.bad_objects);
-    match fault.duplicates_allowed() {
-        Some(why) if verdict.duplicates > 0 => {
-            println!("  {} duplicate(s), allowed: {why}", verdict.duplicates);
-        }
-        Some(_) => {}
-        None => assert_eq!(
-            verdict.duplicates, 0,
-            "{fault:?} seed {seed}: duplicated events"
-        ),
+    if let Some(why) = fault
+        .duplicates_allowed()
+        .filter(|_| verdict.duplicates > 0)
+    {
+        println!("  {} duplicate(s), allowed: {why}", verdict.duplicates);
     }
+    let failures = failures(fault, verdict);
+    assert!(
+        failures.is_empty(),
+        "{fault:?} seed {seed}: {}",
+        failures.join("; ")
+    );
 }
 
 async fn scenario(fault: Fault) {
@@ -327,7 +346,7 @@ async fn soak() {
     // N / 9 times at least; the seeds are random.
     let first = picker.random_range(0..Fault::ALL.len());
     let mut rows = Vec::new();
-    let mut failures = Vec::new();
+    let mut failed = Vec::new();
     for run_number in 1..=runs {
         let fault = Fault::ALL[(first + run_number) % Fault::ALL.len()];
         let seed = picker.random::<u64>();
@@ -338,14 +357,12 @@ async fn soak() {
         );
         println!("{row}");
         rows.push(row);
-        let failed = !verdict.lost.is_empty()
-            || !verdict.foreign.is_empty()
-            || !verdict.bad_objects.is_empty()
-            || (fault.duplicates_allowed().is_none() && verdict.duplicates > 0);
-        if failed {
-            failures.push(format!("{fault:?} seed {seed}"));
-        }
+        failed.extend(
+            failures(fault, &verdict)
+                .into_iter()
+                .map(|failure| format!("{fault:?} seed {seed}: {failure}")),
+        );
     }
     println!("\nsoak summary: {runs} run(s)\n{}", rows.join("\n"));
-    assert!(failures.is_empty(), "failed runs: {failures:?}");
+    assert!(failed.is_empty(), "failed runs:\n{}", failed.join("\n"));
 }
