@@ -7,6 +7,7 @@
 //! closed before that moment is confirmed by RabbitMQ.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ops::RangeInclusive;
 use std::sync::mpsc::Receiver;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -28,7 +29,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::core::{Checkpoint, ClosedPart, Core};
 use crate::metrics::{
     BUFFERED_BYTES, COMMIT_LAG, COMMITS, CONSUMER_LAG, DUPLICATES, NEXT_OFFSET, OPEN_PARTS,
-    OPEN_WINDOWS, PARTS_CLOSED, PUBLISH_BACKLOG, SPILLED_BYTES,
+    OPEN_WINDOWS, PARTS_CLOSED, PUBLISH_BACKLOG, SKIPPED_OFFSETS, SPILLED_BYTES,
 };
 use crate::publish::{Confirmed, Outgoing};
 use crate::records::{Horizon, take_record};
@@ -52,6 +53,9 @@ struct Progress {
     last_written: Option<Checkpoint>,
     /// The next offset to read.
     position: i64,
+    /// The offset the next record must have, once known (not when reading from the start).
+    /// The events topic has no gaps, so a record past it means the broker passed records over.
+    expected: Option<i64>,
     committed: Option<i64>,
 }
 
@@ -60,6 +64,17 @@ impl Progress {
         self.unconfirmed
             .first()
             .is_none_or(|first| *first >= sequence)
+    }
+
+    /// Moves past the record at `offset` and returns the offsets passed over before it, if any.
+    fn read(&mut self, offset: i64) -> Option<RangeInclusive<i64>> {
+        let skipped = self
+            .expected
+            .filter(|expected| offset > *expected)
+            .map(|expected| expected..=offset - 1);
+        self.position = offset + 1;
+        self.expected = Some(self.position);
+        skipped
     }
 }
 
@@ -103,8 +118,16 @@ impl Batching {
 
     /// Takes one Kafka record.
     fn take(&mut self, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
-        if let Some(progress) = self.progress.get_mut(&message.partition()) {
-            progress.position = message.offset() + 1;
+        if let Some(progress) = self.progress.get_mut(&message.partition())
+            && let Some(skipped) = progress.read(message.offset())
+        {
+            counter!(SKIPPED_OFFSETS).increment(skipped.clone().count() as u64);
+            tracing::error!(
+                partition = message.partition(),
+                from = skipped.start(),
+                to = skipped.end(),
+                "the broker passed over offsets without records: they were never read; replay the windows that hold them"
+            );
         }
         let closed = take_record(&mut self.core, &self.registry, Horizon::Live, None, message)?;
         self.send(closed)
@@ -369,6 +392,7 @@ impl Batching {
                 partition,
                 Progress {
                     position: start.unwrap_or(0),
+                    expected: start,
                     committed: start,
                     last_written: checkpoint,
                     ..Progress::default()
@@ -531,4 +555,39 @@ pub fn run(
     batching.commit(consumer, &partitions)?;
     tracing::info!(partitions = ?partitions, "final checkpoints written");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Progress;
+
+    #[test]
+    fn records_in_order_pass_nothing_over() {
+        let mut progress = Progress {
+            expected: Some(5),
+            ..Progress::default()
+        };
+        assert_eq!(progress.read(5), None);
+        assert_eq!(progress.read(6), None);
+        assert_eq!(progress.position, 7);
+    }
+
+    #[test]
+    fn a_record_past_the_expected_offset_reports_the_offsets_passed_over() {
+        let mut progress = Progress {
+            expected: Some(2),
+            ..Progress::default()
+        };
+        assert_eq!(progress.read(5), Some(2..=4));
+        assert_eq!(progress.read(6), None);
+    }
+
+    #[test]
+    fn reading_from_the_start_of_the_log_expects_no_offset() {
+        // The log may start past 0 (retention), so the first record of an unknown start is
+        // never a gap; the ones after it are checked.
+        let mut progress = Progress::default();
+        assert_eq!(progress.read(40), None);
+        assert_eq!(progress.read(42), Some(41..=41));
+    }
 }

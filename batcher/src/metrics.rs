@@ -4,6 +4,9 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 /// Records read from the events topic.
 pub const RECORDS: &str = "activity_batcher_records_total";
+/// Offsets passed over without a record: the events topic has no gaps (an idempotent producer,
+/// no compaction, no transactions), so these records were never read and never delivered.
+pub const SKIPPED_OFFSETS: &str = "activity_batcher_skipped_offsets_total";
 /// Records skipped because they are not readable events (logged with partition and offset).
 pub const INVALID_RECORDS: &str = "activity_batcher_invalid_records_total";
 /// Records of tenants without an integration, or older than the tenant's first delivery.
@@ -45,6 +48,7 @@ pub const FIRST_DELIVERIES_PENDING: &str = "activity_batcher_first_deliveries_pe
 pub fn describe() {
     common::metrics::register_counters(&[
         RECORDS,
+        SKIPPED_OFFSETS,
         INVALID_RECORDS,
         UNDELIVERED_RECORDS,
         DUPLICATES,
@@ -64,6 +68,11 @@ pub fn describe() {
         "First-delivery requests waiting for their windows to close."
     );
     describe_counter!(RECORDS, Unit::Count, "Records read from the events topic.");
+    describe_counter!(
+        SKIPPED_OFFSETS,
+        Unit::Count,
+        "Offsets of the events topic passed over without a record: records never read (logged with partition and range)."
+    );
     describe_counter!(
         INVALID_RECORDS,
         Unit::Count,

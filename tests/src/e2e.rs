@@ -47,7 +47,18 @@ pub struct Shape {
     pub partitions: i32,
     /// Flags added to every batcher's command line.
     pub batcher_flags: Vec<String>,
+    /// Flags added to ingest's command line.
+    pub ingest_flags: Vec<String>,
 }
+
+/// Ingest flags that put every record in a record batch of its own. The test broker (Tansu
+/// 0.6.0) answers a fetch from the middle of a batch with the next batch (`tests/broker_fetch.rs`),
+/// so a batcher restarted from a checkpoint inside a batch never read the rest of it (seen twice
+/// in about 25 batcher-kill runs: one event lost each time; the second time the restarted batcher
+/// logged the gap and counted it in `activity_batcher_skipped_offsets_total`). Apache Kafka
+/// returns the rest of the batch; with one record per batch every offset starts a batch, so the
+/// scenarios test the pipeline rather than that broker bug.
+pub const ONE_RECORD_PER_BATCH: [&str; 2] = ["--kafka-property", "batch.num.messages=1"];
 
 impl Shape {
     /// `batchers` batchers and `uploaders` uploaders on the shared test broker, with the fault
@@ -61,6 +72,7 @@ impl Shape {
             close_delay: Duration::from_millis(500),
             partitions: 3,
             batcher_flags: Vec::new(),
+            ingest_flags: ONE_RECORD_PER_BATCH.map(str::to_owned).to_vec(),
         }
     }
 
@@ -170,38 +182,37 @@ fn flag_ms(duration: Duration) -> String {
 impl Plan {
     pub fn spawn_ingest(&self) -> ServiceProcess {
         let partitions = self.shape.partitions.to_string();
-        ServiceProcess::spawn_at(
-            "ingest",
-            self.ingest_port,
-            &[
-                "--token",
-                TEST_TOKEN,
-                "--admin-token",
-                ADMIN_TOKEN,
-                "--vendor-role-arn",
-                crate::admin::VENDOR_ROLE,
-                "--external-id-secret",
-                "external-id-secret-for-tests-0123456789",
-                "--events-topic",
-                &self.events_topic,
-                "--events-partitions",
-                &partitions,
-                "--integrations-topic",
-                &self.topics.integrations,
-                "--first-deliveries-topic",
-                &self.topics.first_deliveries,
-                "--deliveries-topic",
-                &self.topics.deliveries,
-                "--aws-region",
-                crate::fixtures::REGION,
-                "--aws-endpoint-url",
-                &self.aws_endpoint,
-                "--kafka-brokers",
-                &self.shape.brokers,
-                "--produce-timeout",
-                "5s",
-            ],
-        )
+        let args = [
+            "--token",
+            TEST_TOKEN,
+            "--admin-token",
+            ADMIN_TOKEN,
+            "--vendor-role-arn",
+            crate::admin::VENDOR_ROLE,
+            "--external-id-secret",
+            "external-id-secret-for-tests-0123456789",
+            "--events-topic",
+            &self.events_topic,
+            "--events-partitions",
+            &partitions,
+            "--integrations-topic",
+            &self.topics.integrations,
+            "--first-deliveries-topic",
+            &self.topics.first_deliveries,
+            "--deliveries-topic",
+            &self.topics.deliveries,
+            "--aws-region",
+            crate::fixtures::REGION,
+            "--aws-endpoint-url",
+            &self.aws_endpoint,
+            "--kafka-brokers",
+            &self.shape.brokers,
+            "--produce-timeout",
+            "5s",
+        ];
+        let extra = self.shape.ingest_flags.iter().map(String::as_str);
+        let args: Vec<&str> = args.into_iter().chain(extra).collect();
+        ServiceProcess::spawn_at("ingest", self.ingest_port, &args)
     }
 
     pub fn spawn_batcher(&self) -> ServiceProcess {
