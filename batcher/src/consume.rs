@@ -29,7 +29,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::core::{Checkpoint, ClosedPart, Core};
 use crate::metrics::{
     BUFFERED_BYTES, COMMIT_LAG, COMMITS, CONSUMER_LAG, DUPLICATES, NEXT_OFFSET, OPEN_PARTS,
-    OPEN_WINDOWS, PARTS_CLOSED, PUBLISH_BACKLOG, SKIPPED_OFFSETS, SPILLED_BYTES,
+    OPEN_WINDOWS, PARTS_CLOSED, PUBLISH_BACKLOG, REREAD_RECORDS, SKIPPED_OFFSETS, SPILLED_BYTES,
 };
 use crate::publish::{Confirmed, Outgoing};
 use crate::records::{Horizon, take_record};
@@ -66,16 +66,29 @@ impl Progress {
             .is_none_or(|first| *first >= sequence)
     }
 
-    /// Moves past the record at `offset` and returns the offsets passed over before it, if any.
-    fn read(&mut self, offset: i64) -> Option<RangeInclusive<i64>> {
-        let skipped = self
-            .expected
-            .filter(|expected| offset > *expected)
-            .map(|expected| expected..=offset - 1);
+    /// Where a record at `offset` falls against what was read; moves past it unless it was
+    /// read already.
+    fn read(&mut self, offset: i64) -> Arrival {
+        let arrival = match self.expected {
+            Some(expected) if offset > expected => Arrival::AfterGap(expected..=offset - 1),
+            Some(expected) if offset < expected => return Arrival::Again,
+            _ => Arrival::InOrder,
+        };
         self.position = offset + 1;
         self.expected = Some(self.position);
-        skipped
+        arrival
     }
+}
+
+/// A record's offset against the one expected next on its partition.
+#[derive(Debug, PartialEq, Eq)]
+enum Arrival {
+    InOrder,
+    /// Offsets were passed over without records before this one: never read.
+    AfterGap(RangeInclusive<i64>),
+    /// An offset this reader took already (a broker serving a batch again): taking it twice
+    /// could only put its event in a second object.
+    Again,
 }
 
 /// Everything the consumer thread works on, shared with the rebalance callback.
@@ -118,16 +131,30 @@ impl Batching {
 
     /// Takes one Kafka record.
     fn take(&mut self, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
-        if let Some(progress) = self.progress.get_mut(&message.partition())
-            && let Some(skipped) = progress.read(message.offset())
-        {
-            counter!(SKIPPED_OFFSETS).increment(skipped.clone().count() as u64);
-            tracing::error!(
-                partition = message.partition(),
-                from = skipped.start(),
-                to = skipped.end(),
-                "the broker passed over offsets without records: they were never read; replay the windows that hold them"
-            );
+        let arrival = self
+            .progress
+            .get_mut(&message.partition())
+            .map_or(Arrival::InOrder, |progress| progress.read(message.offset()));
+        match arrival {
+            Arrival::InOrder => {}
+            Arrival::AfterGap(skipped) => {
+                counter!(SKIPPED_OFFSETS).increment(skipped.clone().count() as u64);
+                tracing::error!(
+                    partition = message.partition(),
+                    from = skipped.start(),
+                    to = skipped.end(),
+                    "the broker passed over offsets without records: they were never read; replay the windows that hold them"
+                );
+            }
+            Arrival::Again => {
+                counter!(REREAD_RECORDS).increment(1);
+                tracing::warn!(
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "the broker served a record already read; dropped"
+                );
+                return Ok(());
+            }
         }
         let closed = take_record(&mut self.core, &self.registry, Horizon::Live, None, message)?;
         self.send(closed)
@@ -559,27 +586,39 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::Progress;
+    use super::{Arrival, Progress};
+
+    fn expecting(offset: i64) -> Progress {
+        Progress {
+            expected: Some(offset),
+            ..Progress::default()
+        }
+    }
 
     #[test]
     fn records_in_order_pass_nothing_over() {
-        let mut progress = Progress {
-            expected: Some(5),
-            ..Progress::default()
-        };
-        assert_eq!(progress.read(5), None);
-        assert_eq!(progress.read(6), None);
+        let mut progress = expecting(5);
+        assert_eq!(progress.read(5), Arrival::InOrder);
+        assert_eq!(progress.read(6), Arrival::InOrder);
         assert_eq!(progress.position, 7);
     }
 
     #[test]
     fn a_record_past_the_expected_offset_reports_the_offsets_passed_over() {
-        let mut progress = Progress {
-            expected: Some(2),
-            ..Progress::default()
-        };
-        assert_eq!(progress.read(5), Some(2..=4));
-        assert_eq!(progress.read(6), None);
+        let mut progress = expecting(2);
+        assert_eq!(progress.read(5), Arrival::AfterGap(2..=4));
+        assert_eq!(progress.read(6), Arrival::InOrder);
+    }
+
+    #[test]
+    fn a_record_served_again_is_told_apart_and_does_not_move_the_position_back() {
+        let mut progress = expecting(10);
+        assert_eq!(progress.read(10), Arrival::InOrder);
+        assert_eq!(progress.read(11), Arrival::InOrder);
+        assert_eq!(progress.read(10), Arrival::Again);
+        assert_eq!(progress.read(11), Arrival::Again);
+        assert_eq!(progress.position, 12);
+        assert_eq!(progress.read(12), Arrival::InOrder);
     }
 
     #[test]
@@ -587,7 +626,7 @@ mod tests {
         // The log may start past 0 (retention), so the first record of an unknown start is
         // never a gap; the ones after it are checked.
         let mut progress = Progress::default();
-        assert_eq!(progress.read(40), None);
-        assert_eq!(progress.read(42), Some(41..=41));
+        assert_eq!(progress.read(40), Arrival::InOrder);
+        assert_eq!(progress.read(42), Arrival::AfterGap(41..=41));
     }
 }

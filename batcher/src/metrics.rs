@@ -7,6 +7,9 @@ pub const RECORDS: &str = "activity_batcher_records_total";
 /// Offsets passed over without a record: the events topic has no gaps (an idempotent producer,
 /// no compaction, no transactions), so these records were never read and never delivered.
 pub const SKIPPED_OFFSETS: &str = "activity_batcher_skipped_offsets_total";
+/// Records the broker served again at an offset already read, dropped (taking one twice could
+/// only put its event in a second object).
+pub const REREAD_RECORDS: &str = "activity_batcher_reread_records_total";
 /// Records skipped because they are not readable events (logged with partition and offset).
 pub const INVALID_RECORDS: &str = "activity_batcher_invalid_records_total";
 /// Records of tenants without an integration, or older than the tenant's first delivery.
@@ -49,6 +52,7 @@ pub fn describe() {
     common::metrics::register_counters(&[
         RECORDS,
         SKIPPED_OFFSETS,
+        REREAD_RECORDS,
         INVALID_RECORDS,
         UNDELIVERED_RECORDS,
         DUPLICATES,
@@ -72,6 +76,11 @@ pub fn describe() {
         SKIPPED_OFFSETS,
         Unit::Count,
         "Offsets of the events topic passed over without a record: records never read (logged with partition and range)."
+    );
+    describe_counter!(
+        REREAD_RECORDS,
+        Unit::Count,
+        "Records the broker served again at an offset already read, dropped."
     );
     describe_counter!(
         INVALID_RECORDS,
