@@ -246,8 +246,8 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exposed_by_a_running_pipe
         .expect("post");
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
 
-    // Events until the first delivery and two live objects are stored: every series the
-    // dashboard draws then exists.
+    // Events until the first delivery is done, live batching has closed a part and an upload
+    // used cached credentials: every series the dashboard and the alerts name then exists.
     let mut batch = 0;
     integration_tests::wait_for(
         "a first delivery and live objects",
@@ -267,7 +267,8 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exposed_by_a_running_pipe
                 )?;
                 let hits =
                     metric_value(&uploader, "activity_uploader_assume_role_cache_hits_total")?;
-                (first >= 1.0 && hits >= 1.0).then_some(())
+                let live_parts = exposed(&batcher).contains(batcher::metrics::PARTS_CLOSED);
+                (first >= 1.0 && hits >= 1.0 && live_parts).then_some(())
             }
         },
     )
