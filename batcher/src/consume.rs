@@ -7,7 +7,6 @@
 //! closed before that moment is confirmed by RabbitMQ.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::ops::RangeInclusive;
 use std::sync::mpsc::Receiver;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -29,8 +28,9 @@ use crate::checkpoint::CheckpointStore;
 use crate::core::{Checkpoint, ClosedPart, Core};
 use crate::metrics::{
     BUFFERED_BYTES, COMMIT_LAG, COMMITS, CONSUMER_LAG, DUPLICATES, NEXT_OFFSET, OPEN_PARTS,
-    OPEN_WINDOWS, PARTS_CLOSED, PUBLISH_BACKLOG, REREAD_RECORDS, SKIPPED_OFFSETS, SPILLED_BYTES,
+    OPEN_WINDOWS, PARTS_CLOSED, PUBLISH_BACKLOG, SPILLED_BYTES,
 };
+use crate::offsets::{Arrival, OffsetCheck, report_reread, report_skipped};
 use crate::publish::{Confirmed, Outgoing};
 use crate::records::{Horizon, take_record};
 
@@ -53,9 +53,8 @@ struct Progress {
     last_written: Option<Checkpoint>,
     /// The next offset to read.
     position: i64,
-    /// The offset the next record must have, once known (not when reading from the start).
-    /// The events topic has no gaps, so a record past it means the broker passed records over.
-    expected: Option<i64>,
+    /// Checks each record's offset against the one expected next.
+    offsets: OffsetCheck,
     committed: Option<i64>,
 }
 
@@ -69,26 +68,12 @@ impl Progress {
     /// Where a record at `offset` falls against what was read; moves past it unless it was
     /// read already.
     fn read(&mut self, offset: i64) -> Arrival {
-        let arrival = match self.expected {
-            Some(expected) if offset > expected => Arrival::AfterGap(expected..=offset - 1),
-            Some(expected) if offset < expected => return Arrival::Again,
-            _ => Arrival::InOrder,
-        };
-        self.position = offset + 1;
-        self.expected = Some(self.position);
+        let arrival = self.offsets.read(offset);
+        if arrival != Arrival::Again {
+            self.position = offset + 1;
+        }
         arrival
     }
-}
-
-/// A record's offset against the one expected next on its partition.
-#[derive(Debug, PartialEq, Eq)]
-enum Arrival {
-    InOrder,
-    /// Offsets were passed over without records before this one: never read.
-    AfterGap(RangeInclusive<i64>),
-    /// An offset this reader took already (a broker serving a batch again): taking it twice
-    /// could only put its event in a second object.
-    Again,
 }
 
 /// Everything the consumer thread works on, shared with the rebalance callback.
@@ -137,22 +122,9 @@ impl Batching {
             .map_or(Arrival::InOrder, |progress| progress.read(message.offset()));
         match arrival {
             Arrival::InOrder => {}
-            Arrival::AfterGap(skipped) => {
-                counter!(SKIPPED_OFFSETS).increment(skipped.clone().count() as u64);
-                tracing::error!(
-                    partition = message.partition(),
-                    from = skipped.start(),
-                    to = skipped.end(),
-                    "the broker passed over offsets without records: they were never read; replay the windows that hold them"
-                );
-            }
+            Arrival::AfterGap(skipped) => report_skipped(message.partition(), &skipped),
             Arrival::Again => {
-                counter!(REREAD_RECORDS).increment(1);
-                tracing::warn!(
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    "the broker served a record already read; dropped"
-                );
+                report_reread(message.partition(), message.offset());
                 return Ok(());
             }
         }
@@ -419,7 +391,7 @@ impl Batching {
                 partition,
                 Progress {
                     position: start.unwrap_or(0),
-                    expected: start,
+                    offsets: OffsetCheck::starting_at(start),
                     committed: start,
                     last_written: checkpoint,
                     ..Progress::default()
@@ -582,51 +554,4 @@ pub fn run(
     batching.commit(consumer, &partitions)?;
     tracing::info!(partitions = ?partitions, "final checkpoints written");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Arrival, Progress};
-
-    fn expecting(offset: i64) -> Progress {
-        Progress {
-            expected: Some(offset),
-            ..Progress::default()
-        }
-    }
-
-    #[test]
-    fn records_in_order_pass_nothing_over() {
-        let mut progress = expecting(5);
-        assert_eq!(progress.read(5), Arrival::InOrder);
-        assert_eq!(progress.read(6), Arrival::InOrder);
-        assert_eq!(progress.position, 7);
-    }
-
-    #[test]
-    fn a_record_past_the_expected_offset_reports_the_offsets_passed_over() {
-        let mut progress = expecting(2);
-        assert_eq!(progress.read(5), Arrival::AfterGap(2..=4));
-        assert_eq!(progress.read(6), Arrival::InOrder);
-    }
-
-    #[test]
-    fn a_record_served_again_is_told_apart_and_does_not_move_the_position_back() {
-        let mut progress = expecting(10);
-        assert_eq!(progress.read(10), Arrival::InOrder);
-        assert_eq!(progress.read(11), Arrival::InOrder);
-        assert_eq!(progress.read(10), Arrival::Again);
-        assert_eq!(progress.read(11), Arrival::Again);
-        assert_eq!(progress.position, 12);
-        assert_eq!(progress.read(12), Arrival::InOrder);
-    }
-
-    #[test]
-    fn reading_from_the_start_of_the_log_expects_no_offset() {
-        // The log may start past 0 (retention), so the first record of an unknown start is
-        // never a gap; the ones after it are checked.
-        let mut progress = Progress::default();
-        assert_eq!(progress.read(40), Arrival::InOrder);
-        assert_eq!(progress.read(42), Arrival::AfterGap(41..=41));
-    }
 }

@@ -7,6 +7,7 @@ pub mod consume;
 pub mod core;
 pub mod first_delivery;
 pub mod metrics;
+pub mod offsets;
 pub mod publish;
 pub mod records;
 pub mod replay;

@@ -20,6 +20,7 @@ use time::OffsetDateTime;
 use crate::config::{BatcherConfig, ReplayArgs, ReplayStart};
 use crate::core::window::window_start;
 use crate::core::{ClosedPart, Core, WindowSettings};
+use crate::offsets::{Arrival, OffsetCheck, report_skipped};
 use crate::publish::{self, Confirmed, Outgoing};
 use crate::records::{Horizon, take_record};
 use tokio_util::sync::CancellationToken;
@@ -456,6 +457,7 @@ fn replay(
         )?;
         consumer.assign(&assignment)?;
         let mut next = plan.start_offset;
+        let mut offsets = OffsetCheck::starting_at(Some(plan.start_offset));
         // A partition read to its end goes on past the end offset the broker reported until
         // a record's time closes the range or nothing arrives for a moment: the test broker
         // reports a multi-record batch's end short, and a record accepted just before the
@@ -473,8 +475,21 @@ fn replay(
                 continue;
             };
             let message = message?;
-            if message.partition() != plan.partition || message.offset() < next {
+            if message.partition() != plan.partition {
                 continue;
+            }
+            match offsets.read(message.offset()) {
+                Arrival::InOrder => {}
+                Arrival::AfterGap(skipped) => {
+                    report_skipped(plan.partition, &skipped);
+                    report(format!(
+                        "  partition {}: the broker passed over offsets {} to {} without records; their events are not in this replay",
+                        plan.partition,
+                        skipped.start(),
+                        skipped.end()
+                    ));
+                }
+                Arrival::Again => continue,
             }
             quiet_since = Instant::now();
             closed_by_record |= message
