@@ -298,9 +298,14 @@ impl PartitionState {
     /// Whether a clock close at `now_ms` would close an open part (only then is it worth
     /// checking that the partition is caught up).
     pub fn idle_close_due(&self, now_ms: i64, settings: &WindowSettings) -> bool {
+        // A rebuild ends with a record at its resume offset or a clock close there. When no
+        // record comes after the ones re-read (a quiet partition after a rebalance), only the
+        // clock close can end it, so it must be tried; `close_idle` ends the rebuild first.
+        if self.rebuilding.is_some() {
+            return true;
+        }
         let due = window_start(now_ms - settings.close_delay_ms, settings.length_ms);
-        self.rebuilding.is_none()
-            && self.closed_until_ms.is_some_and(|c| due > c)
+        self.closed_until_ms.is_some_and(|c| due > c)
             && (self
                 .windows
                 .keys()
@@ -814,6 +819,31 @@ mod tests {
         let closed = state.close_idle(W + DELAY, 1, &s).expect("idle");
         assert_eq!(closed.len(), 1);
         assert_eq!(state.commit_offset(), Some(1));
+    }
+
+    #[test]
+    fn a_rebuild_with_no_record_after_it_still_closes_by_the_clock() {
+        // The first owner read four records of an open window, checkpointed and handed the
+        // partition over; nothing more arrives, so the next owner re-reads those four and then
+        // can only close by the clock.
+        let s = settings(1 << 20);
+        let steps: Vec<Step> = (0..4)
+            .map(|n| record(n, 1 + n, "acme", &format!("e{n}")))
+            .collect();
+        let (mut first, closed) = run(&steps, &s);
+        assert!(closed.is_empty());
+        let checkpoint = first.checkpoint().expect("checkpoint");
+        assert_eq!((checkpoint.commit_offset, checkpoint.resume_offset), (0, 4));
+
+        let mut next = PartitionState::resume(0, checkpoint);
+        for step in &steps {
+            assert!(apply(&mut next, step, &s).is_empty());
+        }
+        assert!(next.idle_close_due(W + DELAY, &s));
+        let closed = next.close_idle(W + DELAY, 4, &s).expect("idle");
+        assert_eq!(closed.len(), 1);
+        assert_eq!(ids(&closed[0]), ["e0", "e1", "e2", "e3"]);
+        assert_eq!(next.commit_offset(), Some(4));
     }
 
     /// A deterministic pseudo-random sequence (no dependency for one test).
