@@ -51,9 +51,7 @@ struct Progress {
     /// A checkpoint and the sequence number every part before it had.
     pending: Option<(Checkpoint, u64)>,
     last_written: Option<Checkpoint>,
-    /// The next offset to read.
-    position: i64,
-    /// Checks each record's offset against the one expected next.
+    /// Checks each record's offset against the one expected next, which is the position.
     offsets: OffsetCheck,
     committed: Option<i64>,
 }
@@ -65,14 +63,9 @@ impl Progress {
             .is_none_or(|first| *first >= sequence)
     }
 
-    /// Where a record at `offset` falls against what was read; moves past it unless it was
-    /// read already.
-    fn read(&mut self, offset: i64) -> Arrival {
-        let arrival = self.offsets.read(offset);
-        if arrival != Arrival::Again {
-            self.position = offset + 1;
-        }
-        arrival
+    /// The next offset to read (0 before the first record of a partition read from its start).
+    fn position(&self) -> i64 {
+        self.offsets.next().unwrap_or(0)
     }
 }
 
@@ -119,7 +112,9 @@ impl Batching {
         let arrival = self
             .progress
             .get_mut(&message.partition())
-            .map_or(Arrival::InOrder, |progress| progress.read(message.offset()));
+            .map_or(Arrival::InOrder, |progress| {
+                progress.offsets.read(message.offset())
+            });
         match arrival {
             Arrival::InOrder => {}
             Arrival::AfterGap(skipped) => report_skipped(message.partition(), &skipped),
@@ -305,7 +300,7 @@ impl Batching {
             let Some(high) = consumer.context().high_watermark(partition) else {
                 continue;
             };
-            let position = self.progress.get(&partition).map_or(0, |p| p.position);
+            let position = self.progress.get(&partition).map_or(0, Progress::position);
             if position >= high {
                 let closed = self.core.close_idle(partition, now, position)?;
                 self.send(closed)?;
@@ -329,14 +324,14 @@ impl Batching {
         self.duplicates_reported = duplicates;
         for (partition, progress) in &self.progress {
             let label = partition.to_string();
-            gauge!(NEXT_OFFSET, "partition" => label.clone()).set(progress.position as f64);
+            gauge!(NEXT_OFFSET, "partition" => label.clone()).set(progress.position() as f64);
             if let Some(committed) = progress.committed {
                 gauge!(COMMIT_LAG, "partition" => label.clone())
-                    .set((progress.position - committed).max(0) as f64);
+                    .set((progress.position() - committed).max(0) as f64);
             }
             if let Some(high) = consumer.context().high_watermark(*partition) {
                 gauge!(CONSUMER_LAG, "partition" => label)
-                    .set((high - progress.position).max(0) as f64);
+                    .set((high - progress.position()).max(0) as f64);
             }
         }
     }
@@ -390,7 +385,6 @@ impl Batching {
             self.progress.insert(
                 partition,
                 Progress {
-                    position: start.unwrap_or(0),
                     offsets: OffsetCheck::starting_at(start),
                     committed: start,
                     last_written: checkpoint,

@@ -33,6 +33,11 @@ impl OffsetCheck {
         Self { expected: start }
     }
 
+    /// The offset the next record must have: after the last record read, or the start.
+    pub fn next(&self) -> Option<i64> {
+        self.expected
+    }
+
     /// Where a record at `offset` falls; moves past it unless it was read already.
     pub fn read(&mut self, offset: i64) -> Arrival {
         let arrival = match self.expected {

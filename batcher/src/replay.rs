@@ -456,8 +456,8 @@ fn replay(
             Offset::Offset(plan.start_offset),
         )?;
         consumer.assign(&assignment)?;
-        let mut next = plan.start_offset;
         let mut offsets = OffsetCheck::starting_at(Some(plan.start_offset));
+        let next = |offsets: &OffsetCheck| offsets.next().unwrap_or(plan.start_offset);
         // A partition read to its end goes on past the end offset the broker reported until
         // a record's time closes the range or nothing arrives for a moment: the test broker
         // reports a multi-record batch's end short, and a record accepted just before the
@@ -466,7 +466,7 @@ fn replay(
         let mut quiet_since = Instant::now();
         let mut closed_by_record = false;
         loop {
-            if next >= plan.end_offset
+            if next(&offsets) >= plan.end_offset
                 && (!plan.to_end || closed_by_record || quiet_since.elapsed() >= END_QUIET)
             {
                 break;
@@ -496,7 +496,6 @@ fn replay(
                 .timestamp()
                 .to_millis()
                 .is_some_and(|timestamp| timestamp >= closing_ms);
-            next = message.offset() + 1;
             summary.records += 1;
             for part in take_record(&mut core, registry, Horizon::Replay, only_tenant, &message)? {
                 publish(part, &mut summary, plan)?;
@@ -504,15 +503,16 @@ fn replay(
             if last_progress.elapsed() >= PROGRESS_INTERVAL {
                 last_progress = Instant::now();
                 report(format!(
-                    "  partition {}: at offset {next} of {}, {} object(s) enqueued so far",
+                    "  partition {}: at offset {} of {}, {} object(s) enqueued so far",
                     plan.partition,
+                    next(&offsets),
                     plan.end_offset,
                     summary.objects()
                 ));
             }
         }
         if plan.to_end {
-            for part in core.close_idle(plan.partition, now_unix_ms(), next)? {
+            for part in core.close_idle(plan.partition, now_unix_ms(), next(&offsets))? {
                 publish(part, &mut summary, plan)?;
             }
         }
