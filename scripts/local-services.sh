@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Installs what is missing and starts what is not running, on 127.0.0.1, for the tests and the
-# demo: a Kafka-protocol broker (Tansu), RabbitMQ, and the moto S3/STS server. Also installs the
+# demo: Apache Kafka (one KRaft node), RabbitMQ, and the moto S3/STS server. Also installs the
 # Debian packages the Rust build needs. Runs as root on Debian; safe to run again: services that
 # already listen are reused, installed versions are kept.
 #
 #   scripts/local-services.sh [start|stop|status]
+#   scripts/local-services.sh kafka-home     # prints where Kafka's jars are, installing them once
 #
-# Versions are pinned below. Nothing is downloaded as a prebuilt binary: Tansu is built from
-# crates.io with `cargo install --locked` (cargo checks every crate against the registry's
-# checksums), moto comes from PyPI into its own virtualenv, the rest from Debian's signed archive.
+# Versions are pinned below. Kafka's jars come from Maven Central through Maven (which checks
+# their checksums), moto from PyPI into its own virtualenv, the rest from Debian's signed archive.
 set -euo pipefail
 
-TANSU_VERSION=0.6.0
+KAFKA_VERSION=4.1.1
+# Kafka logs through SLF4J 1.7; this binds it to the log4j 2 that Kafka already depends on.
+LOG4J_VERSION=2.24.3
 MOTO_VERSION=5.2.5
 PREFIX=${ACTIVITY_SERVICES_PREFIX:-/opt/activity-logs}
 STATE=${ACTIVITY_SERVICES_STATE:-/var/lib/activity-logs}
@@ -19,10 +21,13 @@ KAFKA_PORT=${ACTIVITY_LOCAL_KAFKA_PORT:-9092}
 RABBITMQ_PORT=5672
 MOTO_PORT=${ACTIVITY_LOCAL_MOTO_PORT:-5000}
 
-TANSU_BIN="$PREFIX/tansu-$TANSU_VERSION/bin/tansu"
+KAFKA_HOME="$PREFIX/kafka-$KAFKA_VERSION"
+KAFKA_STATE="$STATE/kafka"
+# A bounded heap: the tests run beside the Rust build on small machines.
+KAFKA_HEAP=${ACTIVITY_LOCAL_KAFKA_HEAP:-512m}
 MOTO_VENV="$PREFIX/moto-$MOTO_VERSION"
 BUILD_PACKAGES=(cmake g++ make libcurl4-openssl-dev libsasl2-dev libssl-dev zlib1g-dev libzstd-dev
-  pkg-config python3-venv python3-yaml ca-certificates curl openssl socat)
+  pkg-config python3-venv python3-yaml ca-certificates curl openssl socat openjdk-17-jre-headless maven)
 # promtool, for the test that checks the Prometheus configuration and alert rules: unpacked from
 # Debian's prometheus package, without installing (and starting) the server.
 PROMTOOL_DIR="$PREFIX/promtool"
@@ -85,24 +90,95 @@ install_promtool() {
   [[ -x $PROMTOOL_BIN ]] || die "the prometheus package holds no usr/bin/promtool"
 }
 
+# Fetches the kafka_2.13 artifact and its runtime dependencies into $KAFKA_HOME/libs, once.
+install_kafka() {
+  [[ -f $KAFKA_HOME/libs/kafka_2.13-$KAFKA_VERSION.jar ]] && return 0
+  log "fetching Apache Kafka $KAFKA_VERSION and its dependencies from Maven Central into $KAFKA_HOME (once)"
+  local project
+  project=$(mktemp -d)
+  cat >"$project/pom.xml" <<EOF
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>activity-logs</groupId><artifactId>local-kafka</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+  </dependencies>
+</project>
+EOF
+  rm -rf "$KAFKA_HOME.partial"
+  (cd "$project" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$KAFKA_HOME.partial/libs") >"$STATE/kafka-install.log" 2>&1 ||
+    { tail -n 30 "$STATE/kafka-install.log" >&2; die "fetching Kafka through Maven failed"; }
+  cat >"$KAFKA_HOME.partial/log4j2.properties" <<'EOF'
+status = error
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = out
+EOF
+  rm -rf "$KAFKA_HOME" "$project"
+  mv "$KAFKA_HOME.partial" "$KAFKA_HOME"
+}
+
+KAFKA_JAVA=(java -Xms128m "-Xmx$KAFKA_HEAP" -Dlog4j2.configurationFile="$KAFKA_HOME/log4j2.properties"
+  -cp "$KAFKA_HOME/libs/*")
+
 start_kafka() {
   if listening "$KAFKA_PORT"; then
-    log "reusing the Kafka-protocol broker already listening on 127.0.0.1:$KAFKA_PORT"
+    log "reusing the Kafka broker already listening on 127.0.0.1:$KAFKA_PORT"
     return
   fi
-  if [[ ! -x $TANSU_BIN ]]; then
-    log "building Tansu $TANSU_VERSION from crates.io (about 12 minutes on 2 cores, once)"
-    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore \
-      --root "$PREFIX/tansu-$TANSU_VERSION" >"$STATE/tansu-install.log" 2>&1 ||
-      { tail -n 30 "$STATE/tansu-install.log" >&2; die "building Tansu failed"; }
+  install_kafka
+  local controller_port=$((KAFKA_PORT + 1))
+  mkdir -p "$KAFKA_STATE"
+  # Settings for tests: consumer groups form at once, internal topics fit one node, and only the
+  # services create topics (a typo in a topic name fails instead of making a new topic).
+  cat >"$KAFKA_STATE/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$controller_port
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$KAFKA_STATE/data
+num.partitions=1
+auto.create.topics.enable=false
+group.initial.rebalance.delay.ms=0
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+EOF
+  if [[ ! -f $KAFKA_STATE/data/meta.properties ]]; then
+    log "formatting Kafka's storage in $KAFKA_STATE/data"
+    local cluster_id
+    cluster_id=$("${KAFKA_JAVA[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null)
+    "${KAFKA_JAVA[@]}" kafka.tools.StorageTool format --standalone --cluster-id "$cluster_id" \
+      --config "$KAFKA_STATE/server.properties" >"$STATE/kafka-format.log" 2>&1 ||
+      { tail -n 20 "$STATE/kafka-format.log" >&2; die "formatting Kafka's storage failed"; }
   fi
-  log "starting Tansu on 127.0.0.1:$KAFKA_PORT (in-memory storage)"
-  nohup "$TANSU_BIN" broker \
-    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine memory://tansu/ >"$STATE/tansu.log" 2>&1 &
-  echo $! >"$STATE/tansu.pid"
-  wait_for_port "$KAFKA_PORT" Tansu 30 "$STATE/tansu.log"
+  log "starting Apache Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (KRaft, data in $KAFKA_STATE/data)"
+  : >"$STATE/kafka.log"
+  nohup "${KAFKA_JAVA[@]}" kafka.Kafka "$KAFKA_STATE/server.properties" >>"$STATE/kafka.log" 2>&1 &
+  echo $! >"$STATE/kafka.pid"
+  # Kafka opens its client port before the broker has registered with the controller; it can
+  # serve once it logs that it started.
+  local deadline=$((SECONDS + 120))
+  until grep -q 'Kafka Server started' "$STATE/kafka.log"; do
+    if ! kill -0 "$(cat "$STATE/kafka.pid")" 2>/dev/null || ((SECONDS >= deadline)); then
+      tail -n 30 "$STATE/kafka.log" >&2
+      die "Kafka did not start within 120 s"
+    fi
+    sleep 0.2
+  done
+  wait_for_port "$KAFKA_PORT" Kafka 10 "$STATE/kafka.log"
 }
 
 start_rabbitmq() {
@@ -138,9 +214,12 @@ start_moto() {
 
 stop_pidfile() { # name pidfile
   if [[ -f $2 ]]; then
-    local pid
+    local pid deadline=$((SECONDS + 60))
     pid=$(cat "$2")
     if kill "$pid" 2>/dev/null; then
+      # Wait for the exit, so a start right after finds the port and the data directory free.
+      while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+      kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
       log "stopped $1 (pid $pid)"
     fi
     rm -f "$2"
@@ -173,7 +252,7 @@ case ${1:-start} in
     print_status
     ;;
   stop)
-    stop_pidfile Tansu "$STATE/tansu.pid"
+    stop_pidfile Kafka "$STATE/kafka.pid"
     stop_pidfile moto "$STATE/moto.pid"
     if [[ -f $STATE/rabbitmq.started-here ]]; then
       rabbitmqctl stop >/dev/null 2>&1 && log "stopped RabbitMQ"
@@ -181,5 +260,10 @@ case ${1:-start} in
     fi
     ;;
   status) print_status ;;
-  *) die "usage: $0 [start|stop|status]" ;;
+  kafka-home)
+    ensure_build_deps
+    install_kafka
+    echo "$KAFKA_HOME"
+    ;;
+  *) die "usage: $0 [start|stop|status|kafka-home]" ;;
 esac

@@ -1,20 +1,20 @@
 //! Checkpoints on a compacted Kafka topic, one record per (group, events topic, partition),
-//! written before the offset commit they go with (DESIGN §3: Kafka's offset-commit metadata
-//! would be the natural place, but the test broker returns it empty).
+//! written before the offset commit they go with (DESIGN §3). A topic of its own rather than
+//! the offset commit's metadata: a checkpoint is written, and readable by the next owner,
+//! before the commit that goes with it, and any Kafka-protocol broker keeps it.
 //!
 //! The topic is small (one live key per partition); it is read from its start whenever
 //! partitions are assigned, so a new owner sees the checkpoint its predecessor wrote just
 //! before letting go.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::kafka::{KafkaArgs, TopicSpec};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use common::read_to_end::{ReadError, read_to_end};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::core::Checkpoint;
 
@@ -36,10 +36,8 @@ pub enum CheckpointError {
     Read {
         topic: String,
         #[source]
-        source: KafkaError,
+        source: ReadError,
     },
-    #[error("reading the checkpoints topic {topic} took longer than {timeout:?}")]
-    ReadTimedOut { topic: String, timeout: Duration },
     #[error("cannot write the checkpoint of partition {partition}: {source}")]
     Write {
         partition: i32,
@@ -55,9 +53,6 @@ pub struct CheckpointStore {
     key_prefix: String,
     producer: FutureProducer,
 }
-
-/// After the end offset, reading stops once nothing more arrives for this long.
-const TRAILING_QUIET: Duration = Duration::from_millis(300);
 
 /// How long writing a checkpoint may take before the commit is given up (and retried later).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -104,78 +99,39 @@ impl CheckpointStore {
         &self,
         timeout: Duration,
     ) -> Result<HashMap<i32, Checkpoint>, CheckpointError> {
-        let read_error = |source| CheckpointError::Read {
-            topic: self.topic.clone(),
-            source,
-        };
-        let consumer: BaseConsumer = self
-            .kafka
-            .client_config(&[
-                ("group.id", "activity-batcher-checkpoint-reader"),
-                ("enable.auto.commit", "false"),
-                ("enable.partition.eof", "false"),
-            ])
-            .create()
-            .map_err(read_error)?;
-        let deadline = Instant::now() + timeout;
-        let (low, high) = consumer
-            .fetch_watermarks(&self.topic, 0, timeout)
-            .map_err(read_error)?;
         let mut latest = HashMap::new();
-        if high <= low {
-            return Ok(latest);
-        }
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(&self.topic, 0, Offset::Beginning)
-            .map_err(read_error)?;
-        consumer.assign(&assignment).map_err(read_error)?;
-        let mut next = low;
-        // Read to the end offset, then on until the partition stays quiet for a moment: the
-        // test broker reports the end of a multi-record batch as its first offset + 1, so the
-        // end offset alone could miss the newest checkpoints.
-        let mut quiet_since: Option<Instant> = None;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(CheckpointError::ReadTimedOut {
-                    topic: self.topic.clone(),
-                    timeout,
-                });
-            }
-            let Some(message) = consumer.poll(remaining.min(Duration::from_millis(100))) else {
-                if next >= high {
-                    let since = *quiet_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= TRAILING_QUIET {
-                        break;
+        read_to_end(
+            &self.kafka,
+            "activity-batcher-checkpoint-reader",
+            &self.topic,
+            timeout,
+            |message| {
+                let Some(partition) = message
+                    .key()
+                    .and_then(|key| key.strip_prefix(self.key_prefix.as_bytes()))
+                    .and_then(|rest| std::str::from_utf8(rest).ok())
+                    .and_then(|rest| rest.parse::<i32>().ok())
+                else {
+                    return;
+                };
+                match message.payload().map(serde_json::from_slice::<Checkpoint>) {
+                    Some(Ok(checkpoint)) => {
+                        latest.insert(partition, checkpoint);
+                    }
+                    None => {
+                        latest.remove(&partition);
+                    }
+                    Some(Err(error)) => {
+                        tracing::error!(partition, offset = message.offset(), %error, "unreadable checkpoint; the partition will be rebuilt from its committed offset");
+                        latest.remove(&partition);
                     }
                 }
-                continue;
-            };
-            quiet_since = None;
-            let message = message.map_err(read_error)?;
-            next = message.offset() + 1;
-            let Some(partition) = message
-                .key()
-                .and_then(|key| key.strip_prefix(self.key_prefix.as_bytes()))
-                .and_then(|rest| std::str::from_utf8(rest).ok())
-                .and_then(|rest| rest.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            match message.payload().map(serde_json::from_slice::<Checkpoint>) {
-                Some(Ok(checkpoint)) => {
-                    latest.insert(partition, checkpoint);
-                }
-                None => {
-                    latest.remove(&partition);
-                }
-                Some(Err(error)) => {
-                    tracing::error!(partition, offset = message.offset(), %error, "unreadable checkpoint; the partition will be rebuilt from its committed offset");
-                    latest.remove(&partition);
-                }
-            }
-        }
+            },
+        )
+        .map_err(|source| CheckpointError::Read {
+            topic: self.topic.clone(),
+            source,
+        })?;
         Ok(latest)
     }
 }

@@ -30,7 +30,7 @@ use crate::metrics::{
     BUFFERED_BYTES, COMMIT_LAG, COMMITS, CONSUMER_LAG, DUPLICATES, NEXT_OFFSET, OPEN_PARTS,
     OPEN_WINDOWS, PARTS_CLOSED, PUBLISH_BACKLOG, SPILLED_BYTES,
 };
-use crate::offsets::{Arrival, OffsetCheck, report_reread, report_skipped};
+use crate::offsets::{OffsetCheck, admit};
 use crate::publish::{Confirmed, Outgoing};
 use crate::records::{Horizon, take_record};
 
@@ -107,21 +107,19 @@ impl Batching {
         }
     }
 
-    /// Takes one Kafka record.
-    fn take(&mut self, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
-        let arrival = self
+    /// Takes one Kafka record, unless its offset is out of place (then `consumer` reads its
+    /// partition again from the offset expected).
+    fn take(
+        &mut self,
+        consumer: &BaseConsumer<BatcherContext>,
+        message: &BorrowedMessage<'_>,
+    ) -> anyhow::Result<()> {
+        let admitted = self
             .progress
             .get_mut(&message.partition())
-            .map_or(Arrival::InOrder, |progress| {
-                progress.offsets.read(message.offset())
-            });
-        match arrival {
-            Arrival::InOrder => {}
-            Arrival::AfterGap(skipped) => report_skipped(message.partition(), &skipped),
-            Arrival::Again => {
-                report_reread(message.partition(), message.offset());
-                return Ok(());
-            }
+            .is_none_or(|progress| admit(consumer, &mut progress.offsets, message));
+        if !admitted {
+            return Ok(());
         }
         let closed = take_record(&mut self.core, &self.registry, Horizon::Live, None, message)?;
         self.send(closed)
@@ -507,7 +505,7 @@ pub fn run(
         let message = consumer.poll(Duration::from_millis(100));
         let mut batching = consumer.context().lock();
         match message {
-            Some(Ok(message)) => batching.take(&message)?,
+            Some(Ok(message)) => batching.take(consumer, &message)?,
             Some(Err(error)) => tracing::warn!(%error, "Kafka consumer error"),
             None => {}
         }

@@ -4,12 +4,12 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 /// Records read from the events topic.
 pub const RECORDS: &str = "activity_batcher_records_total";
-/// Offsets passed over without a record: the events topic has no gaps (an idempotent producer,
-/// no compaction, no transactions), so these records were never read and never delivered.
+/// Offsets passed over because the broker holds no record there even when read again (retention
+/// deleted them before they were read, or transaction markers): their events are not delivered.
 pub const SKIPPED_OFFSETS: &str = "activity_batcher_skipped_offsets_total";
-/// Records the broker served again at an offset already read, dropped (taking one twice could
-/// only put its event in a second object).
-pub const REREAD_RECORDS: &str = "activity_batcher_reread_records_total";
+/// Times a partition was read again from the offset expected next, after a record arrived at
+/// another offset.
+pub const REFETCHES: &str = "activity_batcher_offset_refetches_total";
 /// Records skipped because they are not readable events (logged with partition and offset).
 pub const INVALID_RECORDS: &str = "activity_batcher_invalid_records_total";
 /// Records of tenants without an integration, or older than the tenant's first delivery.
@@ -52,7 +52,7 @@ pub fn describe() {
     common::metrics::register_counters(&[
         RECORDS,
         SKIPPED_OFFSETS,
-        REREAD_RECORDS,
+        REFETCHES,
         INVALID_RECORDS,
         UNDELIVERED_RECORDS,
         DUPLICATES,
@@ -75,12 +75,12 @@ pub fn describe() {
     describe_counter!(
         SKIPPED_OFFSETS,
         Unit::Count,
-        "Offsets of the events topic passed over without a record: records never read (logged with partition and range)."
+        "Offsets of the events topic the broker holds no record at even when read again (retention, transaction markers): logged with partition and range."
     );
     describe_counter!(
-        REREAD_RECORDS,
+        REFETCHES,
         Unit::Count,
-        "Records the broker served again at an offset already read, dropped."
+        "Times a partition was read again from the offset expected next, after a record arrived at another offset."
     );
     describe_counter!(
         INVALID_RECORDS,

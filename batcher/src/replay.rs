@@ -13,6 +13,7 @@ use common::event::TenantId;
 use common::registry::IntegrationRegistry;
 use common::shutdown::Supervisor;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use time::OffsetDateTime;
@@ -20,15 +21,13 @@ use time::OffsetDateTime;
 use crate::config::{BatcherConfig, ReplayArgs, ReplayStart};
 use crate::core::window::window_start;
 use crate::core::{ClosedPart, Core, WindowSettings};
-use crate::offsets::{Arrival, OffsetCheck, report_skipped};
+use crate::offsets::{OffsetCheck, admit};
 use crate::publish::{self, Confirmed, Outgoing};
 use crate::records::{Horizon, take_record};
 use tokio_util::sync::CancellationToken;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
-/// Reading a partition to its end stops once nothing more arrives for this long.
-const END_QUIET: Duration = Duration::from_secs(1);
 
 /// What a replay reads from one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +39,9 @@ pub struct PartitionPlan {
     pub end_offset: i64,
     /// Parts of windows starting before this are not published (they began before the range).
     pub first_window_ms: i64,
-    /// No record closes the last window: reading goes to the end of the partition and windows
-    /// whose close time has passed are closed by the clock.
+    /// No record closes the last window: reading stops at the end offset the broker reported
+    /// when the replay was planned, and windows whose close time has passed are closed by the
+    /// clock; later records are live batching's.
     pub to_end: bool,
 }
 
@@ -142,6 +142,7 @@ pub async fn execute(
             ("group.id", "activity-batcher-replay"),
             ("enable.auto.commit", "false"),
             ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "true"),
         ])
         .create()
         .context("cannot create the Kafka consumer")?;
@@ -283,10 +284,8 @@ pub fn plan(
     Ok(plans)
 }
 
-/// The first offset of `partition` whose timestamp is at or after `time_ms`, if any. The
-/// broker's time index gives a starting point and reading forward from it gives the answer,
-/// so a broker whose lookup is coarse (the Tansu test broker answers the partition's start)
-/// still yields the exact offset; on Kafka the first record read is the answer.
+/// The first offset of `partition` whose timestamp is at or after `time_ms`, if any: the
+/// broker's answer from its time index.
 fn offset_for_time(
     consumer: &BaseConsumer,
     topic: &str,
@@ -298,79 +297,46 @@ fn offset_for_time(
     let found = consumer
         .offsets_for_times(query, REQUEST_TIMEOUT)
         .with_context(|| format!("cannot look up offsets by time in {topic}/{partition}"))?;
-    let Some(hint) = found
+    Ok(found
         .find_partition(topic, partition)
         .and_then(|e| e.offset().to_raw())
-        .filter(|offset| *offset >= 0)
-    else {
-        return Ok(None);
-    };
-    let found = scan(consumer, topic, partition, hint, |_, timestamp| {
-        timestamp >= time_ms
-    })?;
-    Ok(found.map(|(offset, _)| offset))
+        .filter(|offset| *offset >= 0))
 }
 
-/// The timestamp of the record at `offset`.
+/// The timestamp of the record at `offset`, read from the broker.
 fn timestamp_at(
     consumer: &BaseConsumer,
     topic: &str,
     partition: i32,
     offset: i64,
 ) -> anyhow::Result<i64> {
-    let found = scan(consumer, topic, partition, offset, |at, _| at >= offset)?;
-    let (_, timestamp) =
-        found.with_context(|| format!("{topic}/{partition} has no record at offset {offset}"))?;
-    Ok(timestamp)
-}
-
-/// Reads `partition` from `from` to its end and returns the offset and timestamp of the first
-/// record for which `wanted(offset, timestamp)` holds.
-fn scan(
-    consumer: &BaseConsumer,
-    topic: &str,
-    partition: i32,
-    from: i64,
-    wanted: impl Fn(i64, i64) -> bool,
-) -> anyhow::Result<Option<(i64, i64)>> {
     let (_, high) = consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT)?;
-    if from >= high {
-        return Ok(None);
-    }
+    anyhow::ensure!(
+        offset < high,
+        "{topic}/{partition} has no record at offset {offset} (it ends at {high})"
+    );
     let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
+    assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     consumer.assign(&assignment)?;
-    let mut next = from;
-    let mut idle_since = Instant::now();
-    let found = loop {
-        if next >= high {
-            break None;
-        }
+    let give_up = Instant::now() + REQUEST_TIMEOUT;
+    let timestamp = loop {
+        anyhow::ensure!(
+            Instant::now() < give_up,
+            "could not read {topic}/{partition} at offset {offset}"
+        );
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            anyhow::ensure!(
-                idle_since.elapsed() < REQUEST_TIMEOUT,
-                "could not read {topic}/{partition} at offset {next}"
-            );
             continue;
         };
         let message = message?;
-        idle_since = Instant::now();
-        if message.partition() != partition || message.offset() < next {
-            continue;
-        }
-        next = message.offset() + 1;
-        let timestamp = message.timestamp().to_millis().with_context(|| {
+        break message.timestamp().to_millis().with_context(|| {
             format!(
                 "the record at {partition}:{} has no timestamp",
                 message.offset()
             )
         })?;
-        if wanted(message.offset(), timestamp) {
-            break Some((message.offset(), timestamp));
-        }
     };
     consumer.unassign()?;
-    Ok(found)
+    Ok(timestamp)
 }
 
 fn format_time(ms: i64) -> String {
@@ -444,9 +410,6 @@ fn replay(
                 .blocking_send(outgoing)
                 .map_err(|_| anyhow::anyhow!("the publisher stopped"))
         };
-    let closing_ms = window_start(to_ms - 1, core.settings.length_ms)
-        + core.settings.length_ms
-        + core.settings.close_delay_ms;
     for plan in plans {
         core.assign(plan.partition, None);
         let mut assignment = TopicPartitionList::new();
@@ -458,44 +421,19 @@ fn replay(
         consumer.assign(&assignment)?;
         let mut offsets = OffsetCheck::starting_at(Some(plan.start_offset));
         let next = |offsets: &OffsetCheck| offsets.next().unwrap_or(plan.start_offset);
-        // A partition read to its end goes on past the end offset the broker reported until
-        // a record's time closes the range or nothing arrives for a moment: the test broker
-        // reports a multi-record batch's end short, and a record accepted just before the
-        // close may still be on its way into the log. Stopping at the reported end lost such
-        // records from first deliveries (seen in the rebalance fault scenario).
-        let mut quiet_since = Instant::now();
-        let mut closed_by_record = false;
-        loop {
-            if next(&offsets) >= plan.end_offset
-                && (!plan.to_end || closed_by_record || quiet_since.elapsed() >= END_QUIET)
-            {
-                break;
-            }
-            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-                continue;
-            };
-            let message = message?;
-            if message.partition() != plan.partition {
-                continue;
-            }
-            match offsets.read(message.offset()) {
-                Arrival::InOrder => {}
-                Arrival::AfterGap(skipped) => {
-                    report_skipped(plan.partition, &skipped);
-                    report(format!(
-                        "  partition {}: the broker passed over offsets {} to {} without records; their events are not in this replay",
-                        plan.partition,
-                        skipped.start(),
-                        skipped.end()
-                    ));
+        while next(&offsets) < plan.end_offset {
+            let message = match consumer.poll(Duration::from_millis(100)) {
+                None => continue,
+                // The partition ends before the planned end offset: the offsets left hold no
+                // records (transaction markers, or retention deleted them meanwhile).
+                Some(Err(KafkaError::PartitionEOF(partition))) if partition == plan.partition => {
+                    break;
                 }
-                Arrival::Again => continue,
+                Some(message) => message?,
+            };
+            if message.partition() != plan.partition || !admit(consumer, &mut offsets, &message) {
+                continue;
             }
-            quiet_since = Instant::now();
-            closed_by_record |= message
-                .timestamp()
-                .to_millis()
-                .is_some_and(|timestamp| timestamp >= closing_ms);
             summary.records += 1;
             for part in take_record(&mut core, registry, Horizon::Replay, only_tenant, &message)? {
                 publish(part, &mut summary, plan)?;

@@ -132,44 +132,6 @@ impl KafkaArgs {
     }
 }
 
-/// Why a reader could not be pointed at a topic.
-#[derive(Debug, thiserror::Error)]
-pub enum AssignError {
-    #[error("the topic does not exist")]
-    NoTopic,
-    #[error(transparent)]
-    Kafka(#[from] rdkafka::error::KafkaError),
-}
-
-/// Assigns every partition of `topic` to `consumer` from its start, outside any consumer group,
-/// and returns, per non-empty partition, its end offset at this moment: for readers that
-/// materialise a whole topic. Blocking: call it off the async runtime's threads.
-pub fn assign_from_beginning<
-    C: rdkafka::consumer::Consumer<X>,
-    X: rdkafka::consumer::ConsumerContext,
->(
-    consumer: &C,
-    topic: &str,
-    timeout: Duration,
-) -> Result<std::collections::HashMap<i32, i64>, AssignError> {
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions = topic_partitions(&metadata, topic);
-    if partitions.is_empty() {
-        return Err(AssignError::NoTopic);
-    }
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    let mut end_offsets = std::collections::HashMap::new();
-    for partition in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-        if high > low {
-            end_offsets.insert(partition, high);
-        }
-        assignment.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
-    Ok(end_offsets)
-}
-
 /// The partition ids of `topic` in a metadata answer; empty when the topic does not exist.
 pub fn topic_partitions(metadata: &rdkafka::metadata::Metadata, topic: &str) -> Vec<i32> {
     metadata

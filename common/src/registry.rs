@@ -2,10 +2,8 @@
 //! `activity.integrations` topic in memory and follows it (DESIGN §2).
 //!
 //! It reads every partition from the beginning outside any consumer group, so each process sees
-//! every tenant. It is *caught up* once it has read up to the end offsets it saw on start and
-//! then nothing more arrived for a moment (the Tansu test broker reports the end of a
-//! multi-record batch as its first offset + 1, so the end offsets alone can be short); until then
-//! a missing tenant may just not have been read yet, so services wait for it before acting.
+//! every tenant. It is *caught up* once it has read up to the end offsets it saw on start; until
+//! then a missing tenant may just not have been read yet, so services wait for it before acting.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -20,6 +18,7 @@ use tokio::sync::watch;
 use crate::event::TenantId;
 use crate::integration::Integration;
 use crate::kafka::{KafkaArgs, TopicSpec};
+use crate::read_to_end::{EndOffsets, PARTITION_EOF, ReadError, assign_from_beginning};
 use crate::shutdown::Supervisor;
 
 /// Records of the integrations topic that were skipped because they could not be read.
@@ -29,9 +28,6 @@ pub const KNOWN: &str = "activity_integrations_known";
 /// Records of the integrations topic read and applied (updates, tombstones and skipped ones):
 /// compared with the topic's record count, how far this process is behind the admin API.
 pub const RECORDS_READ: &str = "activity_integrations_records_read_total";
-
-/// After the end offsets, the registry is caught up once nothing arrives for this long.
-const SETTLE_QUIET: Duration = Duration::from_millis(300);
 
 /// How long start-up metadata requests may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,6 +60,12 @@ pub enum RegistryError {
         topic: String,
         #[source]
         source: KafkaError,
+    },
+    #[error("cannot start reading the integrations topic {topic}: {source}")]
+    Assign {
+        topic: String,
+        #[source]
+        source: ReadError,
     },
     #[error("the integrations topic {0} does not exist")]
     NoTopic(String),
@@ -147,6 +149,7 @@ impl IntegrationRegistry {
                 ("group.id", "activity-integrations-reader"),
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
+                PARTITION_EOF,
             ])
             .create()
             .map_err(kafka_error)?;
@@ -156,14 +159,14 @@ impl IntegrationRegistry {
         let (consumer, end_offsets) = {
             let owned_topic = topic.to_owned();
             tokio::task::spawn_blocking(move || {
-                crate::kafka::assign_from_beginning(&*consumer, &owned_topic, METADATA_TIMEOUT)
+                assign_from_beginning(&*consumer, &owned_topic, METADATA_TIMEOUT)
                     .map(|ends| (consumer, ends))
             })
             .await
             .map_err(|_| RegistryError::StartPanicked)?
             .map_err(|error| match error {
-                crate::kafka::AssignError::NoTopic => RegistryError::NoTopic(topic.to_owned()),
-                crate::kafka::AssignError::Kafka(source) => RegistryError::Kafka {
+                ReadError::NoTopic => RegistryError::NoTopic(topic.to_owned()),
+                source => RegistryError::Assign {
                     topic: topic.to_owned(),
                     source,
                 },
@@ -179,17 +182,16 @@ impl IntegrationRegistry {
         };
         let mut follower = Follower {
             registry: registry.clone(),
-            remaining: end_offsets,
+            ends: end_offsets,
             caught_up: caught_up_tx,
             applied: applied_tx,
         };
+        follower.declare_if_caught_up();
         let token = supervisor.token();
         supervisor.spawn("integration-registry", async move {
             loop {
-                let settling = follower.settling();
                 tokio::select! {
                     () = token.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(SETTLE_QUIET), if settling => follower.declare_caught_up(),
                     message = consumer.recv() => match message {
                         Ok(message) => follower.apply(
                             message.partition(),
@@ -197,6 +199,7 @@ impl IntegrationRegistry {
                             message.key(),
                             message.payload(),
                         ),
+                        Err(KafkaError::PartitionEOF(partition)) => follower.reached_end(partition),
                         Err(error) => tracing::warn!(%error, "reading the integrations topic failed; retrying"),
                     },
                 }
@@ -209,8 +212,8 @@ impl IntegrationRegistry {
 /// Applies records to the registry; a pure state machine apart from the shared map.
 struct Follower {
     registry: IntegrationRegistry,
-    /// Partitions not yet read up to their end offset at start.
-    remaining: HashMap<i32, i64>,
+    /// How far each partition must be read to have seen what was written before the start.
+    ends: EndOffsets,
     caught_up: watch::Sender<bool>,
     applied: watch::Sender<HashMap<i32, i64>>,
 }
@@ -234,23 +237,19 @@ impl Follower {
         self.applied.send_modify(|applied| {
             applied.insert(partition, offset + 1);
         });
-        if self
-            .remaining
-            .get(&partition)
-            .is_some_and(|end| offset + 1 >= *end)
-        {
-            self.remaining.remove(&partition);
-        }
+        self.ends.record(partition, offset);
+        self.declare_if_caught_up();
     }
 
-    /// Every partition reached its end offset at start, and caught-up is not declared yet.
-    fn settling(&self) -> bool {
-        self.remaining.is_empty() && !*self.caught_up.borrow()
+    /// The client's fetches of `partition` reached the broker's end.
+    fn reached_end(&mut self, partition: i32) {
+        self.ends.reached_end(partition);
+        self.declare_if_caught_up();
     }
 
-    /// Declares the registry caught up, once every partition reached its end offset at start.
-    fn declare_caught_up(&mut self) {
-        if self.settling() {
+    /// Declares the registry caught up once every partition was read to its end at start.
+    fn declare_if_caught_up(&mut self) {
+        if self.ends.done() && !*self.caught_up.borrow() {
             self.caught_up.send_replace(true);
             tracing::info!(
                 integrations = self.registry.len(),
@@ -304,7 +303,7 @@ mod tests {
         };
         let follower = Follower {
             registry: registry.clone(),
-            remaining: ends.iter().copied().collect(),
+            ends: EndOffsets::new(ends.iter().copied()),
             caught_up,
             applied,
         };
@@ -375,24 +374,24 @@ mod tests {
         follower.apply(0, 0, Some(b"a"), Some(&value("a", true)));
         follower.apply(1, 0, Some(b"b"), Some(&value("b", true)));
         assert!(!registry.is_caught_up(), "partition 0 has one more record");
-        follower.declare_caught_up();
-        assert!(
-            !registry.is_caught_up(),
-            "declaring too early changes nothing"
-        );
         follower.apply(0, 1, Some(b"c"), Some(&value("c", true)));
-        assert!(follower.settling(), "every end reached: settling");
-        assert!(!registry.is_caught_up());
-        follower.declare_caught_up();
         assert!(registry.is_caught_up());
-        assert!(!follower.settling());
     }
 
     #[test]
-    fn an_empty_topic_is_settling_at_once() {
+    fn caught_up_when_the_client_reaches_the_end_of_a_partition_whose_last_records_are_compacted_away()
+     {
+        let (mut follower, registry) = follower(&[(0, 10)]);
+        follower.apply(0, 6, Some(b"a"), Some(&value("a", true)));
+        assert!(!registry.is_caught_up());
+        follower.reached_end(0);
+        assert!(registry.is_caught_up());
+    }
+
+    #[test]
+    fn an_empty_topic_is_caught_up_at_once() {
         let (mut follower, registry) = follower(&[]);
-        assert!(follower.settling());
-        follower.declare_caught_up();
+        follower.declare_if_caught_up();
         assert!(registry.is_caught_up());
     }
 }

@@ -39,7 +39,7 @@ const RETRY_TIERS: [Duration; 4] = [
 pub struct Shape {
     pub batchers: usize,
     pub uploaders: usize,
-    /// Bootstrap servers of the Kafka-protocol broker every service uses.
+    /// Bootstrap servers of the Kafka cluster every service uses.
     pub brokers: String,
     pub window: Duration,
     pub close_delay: Duration,
@@ -49,16 +49,9 @@ pub struct Shape {
     pub batcher_flags: Vec<String>,
     /// Flags added to ingest's command line.
     pub ingest_flags: Vec<String>,
+    /// Flags added to every uploader's command line.
+    pub uploader_flags: Vec<String>,
 }
-
-/// Ingest flags that put every record in a record batch of its own. The test broker (Tansu
-/// 0.6.0) answers a fetch from the middle of a batch with the next batch (`tests/broker_fetch.rs`),
-/// so a batcher restarted from a checkpoint inside a batch never read the rest of it (seen twice
-/// in about 25 batcher-kill runs: one event lost each time; the second time the restarted batcher
-/// logged the gap and counted it in `activity_batcher_skipped_offsets_total`). Apache Kafka
-/// returns the rest of the batch; with one record per batch every offset starts a batch, so the
-/// scenarios test the pipeline rather than that broker bug.
-pub const ONE_RECORD_PER_BATCH: [&str; 2] = ["--kafka-property", "batch.num.messages=1"];
 
 impl Shape {
     /// `batchers` batchers and `uploaders` uploaders on the shared test broker, with the fault
@@ -72,8 +65,27 @@ impl Shape {
             close_delay: Duration::from_millis(500),
             partitions: 3,
             batcher_flags: Vec::new(),
-            ingest_flags: ONE_RECORD_PER_BATCH.map(str::to_owned).to_vec(),
+            ingest_flags: Vec::new(),
+            uploader_flags: Vec::new(),
         }
+    }
+
+    /// The same shape on `cluster`: every service bootstraps from all its nodes and creates its
+    /// topics with the cluster's replication.
+    pub fn on_cluster(mut self, cluster: &crate::kafka_cluster::KafkaCluster) -> Self {
+        self.brokers = cluster.brokers();
+        let replication = [
+            "--kafka-replication".to_owned(),
+            cluster.size().min(3).to_string(),
+        ];
+        for flags in [
+            &mut self.batcher_flags,
+            &mut self.ingest_flags,
+            &mut self.uploader_flags,
+        ] {
+            flags.extend(replication.iter().cloned());
+        }
+        self
     }
 
     pub fn window_ms(&self) -> i64 {
@@ -248,6 +260,8 @@ impl Plan {
             "--kafka-brokers",
             &self.shape.brokers,
         ];
+        let extra = self.shape.uploader_flags.iter().map(String::as_str);
+        let args: Vec<&str> = args.into_iter().chain(extra).collect();
         ServiceProcess::spawn("uploader", &args)
     }
 }

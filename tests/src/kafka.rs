@@ -40,34 +40,31 @@ pub async fn read_until(
 pub async fn read_all(brokers: &str, topic: &str, deadline: Duration) -> Vec<Record> {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .expect("test client");
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(5))
-            .expect("topic metadata");
-        let ends: Vec<(i32, i64)> = metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .filter_map(|partition| {
-                let (low, high) = consumer
-                    .fetch_watermarks(&topic, partition, Duration::from_secs(5))
-                    .expect("watermarks");
-                (high > low).then_some((partition, high))
-            })
-            .collect();
-        read_blocking(&brokers, &topic, deadline, move |records| {
-            ends.iter().all(|(partition, end)| {
-                records
-                    .iter()
-                    .any(|r| r.partition == *partition && r.offset + 1 >= *end)
-            })
-        })
+        let mut records = Vec::new();
+        common::read_to_end::read_to_end(
+            &common::kafka::KafkaArgs::new(brokers),
+            &crate::unique("test-reader"),
+            &topic,
+            deadline,
+            |message| records.push(Record::from(message)),
+        )
+        .unwrap_or_else(|error| panic!("reading {topic} to its end: {error}"));
+        records
     })
     .await
     .expect("reader thread")
+}
+
+impl From<&rdkafka::message::BorrowedMessage<'_>> for Record {
+    fn from(message: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        Self {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            value: String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
+            timestamp_ms: message.timestamp().to_millis().unwrap_or(-1),
+        }
+    }
 }
 
 fn read_blocking(
@@ -116,13 +113,7 @@ fn read_blocking(
         );
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {
             let message = message.expect("consume");
-            records.push(Record {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
-                value: String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
-                timestamp_ms: message.timestamp().to_millis().unwrap_or(-1),
-            });
+            records.push(Record::from(&message));
         }
     }
     records

@@ -9,6 +9,7 @@ pub mod e2e;
 pub mod fault_proxy;
 pub mod fixtures;
 pub mod kafka;
+pub mod kafka_cluster;
 pub mod pipeline;
 pub mod process;
 pub mod services;

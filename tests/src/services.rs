@@ -1,13 +1,10 @@
-//! Services under test, started in-process, and a private Kafka-protocol broker for tests that
-//! stop the broker.
+//! Services under test, started in-process.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use clap::Parser;
-use common::kafka::{KafkaArgs, TopicSpec};
 use common::shutdown::Supervisor;
 use ingest::config::IngestConfig;
 
@@ -105,99 +102,6 @@ impl Drop for TestIngest {
     }
 }
 
-/// A Kafka-protocol broker (Tansu, in-memory) owned by one test, so the test can stop and restart
-/// it. Found at `ACTIVITY_TEST_TANSU`, else where `scripts/local-services.sh` installs it.
-pub struct PrivateBroker {
-    pub port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateBroker {
-    pub fn start() -> Self {
-        let port = free_port();
-        let mut broker = Self { port, child: None };
-        broker.restart();
-        broker
-    }
-
-    pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the broker again on the same port, with empty storage.
-    pub fn restart(&mut self) {
-        self.stop();
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log_path = std::env::temp_dir().join(format!("private-tansu-{}.log", self.port));
-        let log = std::fs::File::create(&log_path).expect("broker log file");
-        let child = Command::new(tansu_binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start the private tansu broker");
-        self.child = Some(child);
-        let give_up = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < give_up,
-                "private broker did not listen: {}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Freezes the broker (SIGSTOP): connections stay open and requests go unanswered, as with
-    /// a broker that hangs or a network partition, until [`Self::resume`].
-    pub fn pause(&self) {
-        self.signal("-STOP");
-    }
-
-    /// Lets a paused broker go on (SIGCONT) with everything it held.
-    pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, signal: &str) {
-        let child = self.child.as_ref().expect("the private broker runs");
-        crate::process::signal(child.id(), signal);
-    }
-
-    /// Kills the broker; connections to its port are refused until [`Self::restart`].
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    pub async fn create_topic(&self, topic: &str, partitions: i32) {
-        let args = KafkaArgs::new(self.brokers());
-        args.ensure_topics(&[TopicSpec {
-            name: topic,
-            partitions,
-            replication: 1,
-            config: vec![],
-        }])
-        .await
-        .expect("create topic on the private broker");
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// Log lines of the services under test, shown when `ACTIVITY_TEST_LOG` holds a filter
 /// (e.g. `debug` or `info,librdkafka=debug`).
 fn init_test_logging() {
@@ -206,18 +110,6 @@ fn init_test_logging() {
             .with_env_filter(filter)
             .with_test_writer()
             .try_init();
-    }
-}
-
-fn tansu_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("ACTIVITY_TEST_TANSU") {
-        return path.into();
-    }
-    let installed = PathBuf::from("/opt/activity-logs/tansu-0.6.0/bin/tansu");
-    if installed.exists() {
-        installed
-    } else {
-        "tansu".into()
     }
 }
 

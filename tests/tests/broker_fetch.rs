@@ -1,15 +1,8 @@
 //! What the batcher needs from the broker when it resumes a paused partition or rebuilds from a
 //! committed offset: a fetch from an offset in the middle of a record batch returns the rest of
-//! that batch, each record once. Apache Kafka does (it answers with the whole batch and the client
-//! drops the records before the offset). Tansu 0.6.0, the test broker, does not: it answers from
-//! the next batch on, and serves that batch repeatedly (seen: a fetch from offset 500 of a
-//! 1,000-record batch returned nothing until a new batch arrived, then offsets 1000–1099 six
-//! times). The pipeline benchmark with 10,000 tenants lost 0.08 % of its events to this through
-//! the batcher's pause and resume under RabbitMQ backpressure (BENCHMARKS.md).
-//!
-//! Ignored because it fails on the test broker; run it against another broker with
-//! `ACTIVITY_TEST_KAFKA_BROKERS=host:port cargo test -p integration-tests --test broker_fetch
-//! -- --ignored`.
+//! that batch, each record once. Apache Kafka answers with the whole batch and the client drops
+//! the records before the offset. (Tansu 0.6.0, the broker these tests ran on before, answered
+//! from the next batch on, and the batcher lost the rest of the batch.)
 
 use std::time::Duration;
 
@@ -22,7 +15,6 @@ use rdkafka::{Offset, TopicPartitionList};
 const RECORDS: i64 = 1_000;
 
 #[tokio::test]
-#[ignore = "fails on Tansu 0.6.0, which skips the rest of a batch fetched from its middle"]
 async fn a_fetch_from_the_middle_of_a_batch_returns_the_rest_of_it_once() {
     let kafka = KafkaArgs::new(integration_tests::kafka::brokers());
     let topic = integration_tests::unique("broker-fetch");

@@ -2,7 +2,9 @@
 //! processes, four tenants, events posted all along, and one kind of fault injected at random
 //! moments drawn from a seed: processes SIGKILLed, RabbitMQ stopped, the Kafka broker frozen
 //! (a broker of the scenario's own), S3 storms, STS throttling, a bucket policy revoked, a
-//! rebalance at a window close. The checker then reads every object back: every acknowledged
+//! rebalance at a window close; and on a three-broker cluster of the scenario's own
+//! (replication 3, `min.insync.replicas=2`): a partition leader SIGKILLed, a broker frozen past
+//! its session, the whole cluster stopped and started again. The checker then reads every object back: every acknowledged
 //! event delivered, none in another tenant's bucket, every object decoding, fitting the key
 //! layout and its window, with its checksum. `ACTIVITY_FAULT_SEED=<n>` replays a run.
 //!
@@ -12,18 +14,16 @@
 
 use std::time::Duration;
 
-use integration_tests::batching::partitions_read;
 use integration_tests::e2e::{Deployment, Shape, Verdict, pause, rng, seed};
 use integration_tests::fault_proxy::{FaultProxy, Faults};
 use integration_tests::fixtures::{aws_config, deny_on_objects, moto_endpoint, s3_client};
-use integration_tests::services::{PrivateBroker, rabbitmqctl};
+use integration_tests::kafka_cluster::KafkaCluster;
+use integration_tests::services::rabbitmqctl;
 use rand::Rng;
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const TENANTS: usize = 4;
-/// Partitions of the events topic the deployment's ingest creates.
-const PARTITIONS: i32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
@@ -36,10 +36,13 @@ enum Fault {
     StsOutage,
     PolicyRevoked,
     Rebalance,
+    LeaderKilled,
+    BrokerFrozen,
+    ClusterRestart,
 }
 
 impl Fault {
-    const ALL: [Fault; 9] = [
+    const ALL: [Fault; 12] = [
         Fault::KillUploader,
         Fault::KillBatcher,
         Fault::KillIngest,
@@ -49,7 +52,19 @@ impl Fault {
         Fault::StsOutage,
         Fault::PolicyRevoked,
         Fault::Rebalance,
+        Fault::LeaderKilled,
+        Fault::BrokerFrozen,
+        Fault::ClusterRestart,
     ];
+
+    /// How many Kafka nodes of its own the scenario runs on; 0: the shared test broker.
+    fn private_cluster(self) -> usize {
+        match self {
+            Fault::KafkaOutage => 1,
+            Fault::LeaderKilled | Fault::BrokerFrozen | Fault::ClusterRestart => 3,
+            _ => 0,
+        }
+    }
 
     /// Why an event may land twice under this fault, or `None` where it must not. Only a
     /// producer's retry of a request that reached Kafka without a `202` makes a second copy of
@@ -61,9 +76,12 @@ impl Fault {
                 "ingest died after Kafka took a request but before it answered; the producer \
                  sent the request again",
             ),
-            Fault::KafkaOutage => Some(
-                "ingest answered 503 when its produce timed out, but the frozen broker still \
-                 held the records and wrote them when it woke; the producer sent the request \
+            Fault::KafkaOutage
+            | Fault::LeaderKilled
+            | Fault::BrokerFrozen
+            | Fault::ClusterRestart => Some(
+                "ingest answered 503 when its produce timed out, but the brokers still held \
+                 the records and wrote them once they could; the producer sent the request \
                  again",
             ),
             _ => None,
@@ -88,17 +106,11 @@ async fn run(fault: Fault, seed: u64) -> Verdict {
     let proxy = FaultProxy::start(&moto_endpoint()).await;
     let batchers = if fault == Fault::Rebalance { 2 } else { 1 };
     let mut shape = Shape::new(batchers, 2);
-    // The outage freezes a broker of the scenario's own, not the one other tests share.
-    let private_broker = (fault == Fault::KafkaOutage).then(PrivateBroker::start);
-    if let Some(broker) = &private_broker {
-        shape.brokers = broker.brokers();
-        // The batcher's group session outlives the freeze. The test broker never expires a
-        // member whose session ran out (Apache Kafka does, after `session.timeout.ms`): after
-        // a freeze longer than the session, the rejoining batcher met the stale member on
-        // every rebalance and stayed without partitions for minutes.
-        shape.batcher_flags = ["--kafka-property", "session.timeout.ms=30000"]
-            .map(str::to_owned)
-            .to_vec();
+    // Broker faults hit a cluster of the scenario's own, not the broker other tests share.
+    let mut cluster = (fault.private_cluster() > 0)
+        .then(|| tokio::task::block_in_place(|| KafkaCluster::start(fault.private_cluster())));
+    if let Some(cluster) = &cluster {
+        shape = shape.on_cluster(cluster);
     }
     let mut deployment = Deployment::start(&s3, &proxy.url(), TENANTS, shape).await;
     let mut rng = rng(seed);
@@ -124,18 +136,6 @@ async fn run(fault: Fault, seed: u64) -> Verdict {
                 }
                 // Assigning drops (SIGKILLs) the old process.
                 deployment.batchers[0] = deployment.plan.spawn_batcher();
-                // The next kill waits until the new member holds the partitions: the test
-                // broker never expires a member killed before its first heartbeat, and would
-                // keep its partitions assigned to it (seen: two partitions unread for minutes).
-                integration_tests::wait_for(
-                    "the new batcher to read every partition",
-                    Duration::from_secs(60),
-                    || async {
-                        let read = partitions_read(&deployment.batchers[0], PARTITIONS).await;
-                        (read.len() == PARTITIONS as usize).then_some(())
-                    },
-                )
-                .await;
             }
         }
         Fault::KillIngest => {
@@ -153,13 +153,49 @@ async fn run(fault: Fault, seed: u64) -> Verdict {
             drop(back);
         }
         Fault::KafkaOutage => {
-            let broker = private_broker.as_ref().expect("the scenario's broker");
+            let cluster = cluster.as_ref().expect("the scenario's broker");
             pause(&mut rng, 1_000..3_000).await;
             // Frozen, not dead: connections stay open and nothing answers, for longer than
             // ingest's 5 s produce timeout in most runs and than the batchers' 6 s session.
-            broker.pause();
+            cluster.pause(0);
             pause(&mut rng, 2_000..9_000).await;
-            broker.resume();
+            cluster.resume(0);
+        }
+        Fault::LeaderKilled => {
+            let cluster = cluster.as_mut().expect("the scenario's cluster");
+            pause(&mut rng, 1_000..3_000).await;
+            let partition = rng.random_range(0..deployment.plan.shape.partitions);
+            let leader = cluster
+                .leader(&deployment.plan.events_topic, partition)
+                .expect("the events partition has a leader");
+            let victim = cluster.index_of(leader);
+            // No controlled shutdown: the controller notices the lost heartbeats and elects a
+            // leader among the in-sync replicas, which hold every acknowledged record.
+            cluster.kill(victim);
+            pause(&mut rng, 3_000..8_000).await;
+            tokio::task::block_in_place(|| cluster.restart(victim));
+        }
+        Fault::BrokerFrozen => {
+            let cluster = cluster.as_ref().expect("the scenario's cluster");
+            pause(&mut rng, 1_000..3_000).await;
+            let partition = rng.random_range(0..deployment.plan.shape.partitions);
+            let leader = cluster
+                .leader(&deployment.plan.events_topic, partition)
+                .expect("the events partition has a leader");
+            let victim = cluster.index_of(leader);
+            // Longer than the brokers' 6 s session with the controller and the batchers' 6 s
+            // group session: the cluster fences it and moves its leaders, then it wakes up
+            // believing it still leads.
+            cluster.pause(victim);
+            pause(&mut rng, 8_000..12_000).await;
+            cluster.resume(victim);
+        }
+        Fault::ClusterRestart => {
+            let cluster = cluster.as_mut().expect("the scenario's cluster");
+            pause(&mut rng, 1_000..3_000).await;
+            tokio::task::block_in_place(|| cluster.stop_all());
+            pause(&mut rng, 1_000..3_000).await;
+            tokio::task::block_in_place(|| cluster.start_all());
         }
         Fault::StsOutage => {
             pause(&mut rng, 500..1_500).await;
@@ -200,9 +236,8 @@ async fn run(fault: Fault, seed: u64) -> Verdict {
             // Stop one batcher just after a window's close time, so its partitions move while
             // windows close; a new member joins a little later and they move again.
             deployment.until_window_closes(&mut rng).await;
-            // A graceful leave (SIGTERM: the member leaves the group at once). A SIGKILLed
-            // member is the KillBatcher scenario; on the test broker a dead member and a new
-            // one joining within its session time left partitions unread (see there).
+            // A graceful leave (SIGTERM: the member leaves the group at once); a SIGKILLed
+            // member is the KillBatcher scenario.
             let mut leaving = deployment.batchers.remove(1);
             assert_eq!(leaving.terminate(Duration::from_secs(30)).await, Some(0));
             pause(&mut rng, 2_000..4_000).await;
@@ -238,6 +273,7 @@ async fn run(fault: Fault, seed: u64) -> Verdict {
         );
     }
     deployment.stop().await;
+    drop(cluster);
     verdict
 }
 
@@ -335,6 +371,21 @@ async fn two_batchers_rebalancing_during_a_window_close_lose_and_repeat_nothing(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_of_an_events_partition_killed_and_restarted_loses_nothing_acknowledged() {
+    scenario(Fault::LeaderKilled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_frozen_past_its_session_and_resumed_loses_nothing_acknowledged() {
+    scenario(Fault::BrokerFrozen).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_cluster_stopped_and_started_with_its_data_loses_nothing_acknowledged() {
+    scenario(Fault::ClusterRestart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a soak of many randomized runs; run it by hand"]
 async fn soak() {
     let runs: usize = std::env::var("ACTIVITY_SOAK_RUNS")
@@ -343,7 +394,7 @@ async fn soak() {
         .unwrap_or(20);
     let mut picker = rng(seed());
     // Every kind of fault in turn, from a random one, so a soak of N runs covers each kind
-    // N / 9 times at least; the seeds are random.
+    // N / 12 times at least; the seeds are random.
     let first = picker.random_range(0..Fault::ALL.len());
     let mut rows = Vec::new();
     let mut failed = Vec::new();

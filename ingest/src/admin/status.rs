@@ -188,7 +188,7 @@ impl DeliveryStatuses {
             .create()?;
         let owned_topic = topic.to_owned();
         let consumer = tokio::task::spawn_blocking(move || {
-            common::kafka::assign_from_beginning(&consumer, &owned_topic, METADATA_TIMEOUT)
+            common::read_to_end::assign_from_beginning(&consumer, &owned_topic, METADATA_TIMEOUT)
                 .map(|_| consumer)
         })
         .await??;
