@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use common::clock::now_unix_ms;
 use common::event::TenantId;
+use common::read_to_end::{EndReachedContext, PARTITION_EOF};
 use common::registry::IntegrationRegistry;
 use common::shutdown::Supervisor;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -28,6 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A replay's consumer: told when a partition's end is reached.
+type ReplayConsumer = BaseConsumer<EndReachedContext>;
 
 /// What a replay reads from one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,15 +140,15 @@ pub async fn execute(
     report: Report,
 ) -> anyhow::Result<Summary> {
     let settings = config.batching.window_settings();
-    let consumer: BaseConsumer = config
+    let consumer: ReplayConsumer = config
         .kafka
         .client_config(&[
             ("group.id", "activity-batcher-replay"),
             ("enable.auto.commit", "false"),
             ("auto.offset.reset", "earliest"),
-            ("enable.partition.eof", "true"),
+            PARTITION_EOF,
         ])
-        .create()
+        .create_with_context(EndReachedContext)
         .context("cannot create the Kafka consumer")?;
     let topic = config.topics.events_topic.clone();
     let to_ms = scope.to_ms;
@@ -223,7 +227,7 @@ static REPLAYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 
 /// Works out, per partition, where reading starts and stops.
 pub fn plan(
-    consumer: &BaseConsumer,
+    consumer: &ReplayConsumer,
     topic: &str,
     start: &ReplayStart,
     to_ms: i64,
@@ -287,7 +291,7 @@ pub fn plan(
 /// The first offset of `partition` whose timestamp is at or after `time_ms`, if any: the
 /// broker's answer from its time index.
 fn offset_for_time(
-    consumer: &BaseConsumer,
+    consumer: &ReplayConsumer,
     topic: &str,
     partition: i32,
     time_ms: i64,
@@ -305,7 +309,7 @@ fn offset_for_time(
 
 /// The timestamp of the record at `offset`, read from the broker.
 fn timestamp_at(
-    consumer: &BaseConsumer,
+    consumer: &ReplayConsumer,
     topic: &str,
     partition: i32,
     offset: i64,
@@ -377,7 +381,7 @@ fn describe_plan(
 
 #[allow(clippy::too_many_arguments)]
 fn replay(
-    consumer: &BaseConsumer,
+    consumer: &ReplayConsumer,
     topic: &str,
     mut core: Core,
     registry: &IntegrationRegistry,

@@ -97,21 +97,29 @@ impl KafkaArgs {
         ])
     }
 
-    /// Creates each topic that does not exist yet; existing topics are left as they are.
+    /// Creates each topic that does not exist yet; existing topics are left as they are. Every
+    /// topic gets `min.insync.replicas` = min(2, replication), so with replication 3 a write
+    /// acknowledged with `acks=all` is on two brokers at least, and one broker can be lost.
     pub async fn ensure_topics(&self, topics: &[TopicSpec<'_>]) -> Result<(), KafkaSetupError> {
         let admin: AdminClient<DefaultClientContext> = self
             .client_config(&[])
             .create()
             .map_err(KafkaSetupError::Client)?;
+        let min_insync: Vec<String> = topics
+            .iter()
+            .map(|spec| min_insync_replicas(spec.replication).to_string())
+            .collect();
         let new_topics: Vec<NewTopic<'_>> = topics
             .iter()
-            .map(|spec| {
+            .zip(&min_insync)
+            .map(|(spec, min_insync)| {
                 spec.config.iter().fold(
                     NewTopic::new(
                         spec.name,
                         spec.partitions,
                         TopicReplication::Fixed(spec.replication),
-                    ),
+                    )
+                    .set("min.insync.replicas", min_insync),
                     |topic, (key, value)| topic.set(key, value),
                 )
             })
@@ -128,8 +136,19 @@ impl KafkaArgs {
                 Err((name, code)) => return Err(KafkaSetupError::CreateTopic { name, code }),
             }
         }
-        Ok(())
+        // A new topic's partitions get their leaders shortly after the controller answers;
+        // until then readers see it missing or get `NotLeaderForPartition`.
+        let names: Vec<String> = topics.iter().map(|spec| spec.name.to_owned()).collect();
+        tokio::task::spawn_blocking(move || wait_for_leaders(admin.inner(), &names, TOPICS_READY))
+            .await
+            .map_err(|_| KafkaSetupError::NotReady("the wait panicked".to_owned()))?
     }
+}
+
+/// The in-sync replicas a write needs for topics of `replication`: two where there are two
+/// copies or more, so no acknowledged write lives on one broker alone.
+pub fn min_insync_replicas(replication: i32) -> i32 {
+    replication.clamp(1, 2)
 }
 
 /// The partition ids of `topic` in a metadata answer; empty when the topic does not exist.
@@ -152,6 +171,45 @@ pub struct TopicSpec<'a> {
     pub config: Vec<(&'a str, &'a str)>,
 }
 
+/// How long topics may take to get leaders for every partition.
+const TOPICS_READY: Duration = Duration::from_secs(30);
+
+/// Waits until every partition of each of `topics` has a leader. Blocking.
+fn wait_for_leaders<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topics: &[String],
+    within: Duration,
+) -> Result<(), KafkaSetupError> {
+    let give_up = std::time::Instant::now() + within;
+    for topic in topics {
+        loop {
+            let leaderless = match client.fetch_metadata(Some(topic), within) {
+                Ok(metadata) => metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                    .map_or(
+                        Some("the topic is not in the metadata yet".to_owned()),
+                        |t| {
+                            t.partitions()
+                                .iter()
+                                .find(|p| p.leader() < 0 || p.error().is_some())
+                                .map(|p| format!("partition {} has no leader", p.id()))
+                        },
+                    ),
+                Err(error) => Some(error.to_string()),
+            };
+            let Some(why) = leaderless else { break };
+            if std::time::Instant::now() >= give_up {
+                return Err(KafkaSetupError::NotReady(format!("{topic}: {why}")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
 /// Why the Kafka side could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
@@ -162,6 +220,8 @@ pub enum KafkaSetupError {
         name: String,
         code: RDKafkaErrorCode,
     },
+    #[error("the topics are not ready within {TOPICS_READY:?}: {0}")]
+    NotReady(String),
 }
 
 fn passthrough_from(
@@ -235,6 +295,14 @@ mod tests {
         let shown = describe_settings(&settings);
         assert!(!shown.contains("hunter2"));
         assert!(shown.contains("sasl.username=svc"));
+    }
+
+    #[test]
+    fn acknowledged_writes_need_two_replicas_wherever_there_are_two() {
+        assert_eq!(min_insync_replicas(1), 1);
+        assert_eq!(min_insync_replicas(2), 2);
+        assert_eq!(min_insync_replicas(3), 2);
+        assert_eq!(min_insync_replicas(5), 2);
     }
 
     #[test]

@@ -10,15 +10,37 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::{KafkaArgs, topic_partitions};
 
 /// The client setting a reader to the end needs on its consumer.
 pub const PARTITION_EOF: (&str, &str) = ("enable.partition.eof", "true");
+
+/// The context of a consumer with [`PARTITION_EOF`]: the client also reports each end reached
+/// through its error callback, which by default logs it as an error; here it is the expected
+/// signal, so only other errors are logged.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EndReachedContext;
+
+impl ClientContext for EndReachedContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end_reached = matches!(
+            &error,
+            KafkaError::Global(RDKafkaErrorCode::PartitionEOF) | KafkaError::PartitionEOF(_)
+        );
+        if !end_reached {
+            tracing::error!(%error, reason, "librdkafka error");
+        }
+    }
+}
+
+impl ConsumerContext for EndReachedContext {}
 
 /// Per partition, whether reading has reached the end it had when reading began.
 #[derive(Debug, Default)]
@@ -70,7 +92,7 @@ pub enum ReadError {
 
 /// Assigns every partition of `topic` to `consumer` from its start, outside any consumer group,
 /// and returns the end offsets to read up to. Blocking: call it off the async runtime's
-/// threads. The consumer needs [`PARTITION_EOF`].
+/// threads. The consumer needs [`PARTITION_EOF`] (and then [`EndReachedContext`]).
 pub fn assign_from_beginning<C: Consumer<X>, X: ConsumerContext>(
     consumer: &C,
     topic: &str,
@@ -103,13 +125,13 @@ pub fn read_to_end(
     timeout: Duration,
     mut apply: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<(), ReadError> {
-    let consumer: BaseConsumer = kafka
+    let consumer: BaseConsumer<EndReachedContext> = kafka
         .client_config(&[
             ("group.id", group),
             ("enable.auto.commit", "false"),
             PARTITION_EOF,
         ])
-        .create()?;
+        .create_with_context(EndReachedContext)?;
     let give_up = Instant::now() + timeout;
     let mut ends = assign_from_beginning(&consumer, topic, timeout)?;
     while !ends.done() {

@@ -18,7 +18,9 @@ use tokio::sync::watch;
 use crate::event::TenantId;
 use crate::integration::Integration;
 use crate::kafka::{KafkaArgs, TopicSpec};
-use crate::read_to_end::{EndOffsets, PARTITION_EOF, ReadError, assign_from_beginning};
+use crate::read_to_end::{
+    EndOffsets, EndReachedContext, PARTITION_EOF, ReadError, assign_from_beginning,
+};
 use crate::shutdown::Supervisor;
 
 /// Records of the integrations topic that were skipped because they could not be read.
@@ -144,14 +146,14 @@ impl IntegrationRegistry {
             topic: topic.to_owned(),
             source,
         };
-        let consumer: StreamConsumer = kafka
+        let consumer: StreamConsumer<EndReachedContext> = kafka
             .client_config(&[
                 ("group.id", "activity-integrations-reader"),
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
                 PARTITION_EOF,
             ])
-            .create()
+            .create_with_context(EndReachedContext)
             .map_err(kafka_error)?;
         let consumer = Arc::new(consumer);
 

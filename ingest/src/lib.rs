@@ -100,7 +100,10 @@ pub async fn start(config: IngestConfig, supervisor: &Supervisor) -> anyhow::Res
             name: &config.events_topic,
             partitions: config.events_partitions,
             replication,
-            config: vec![],
+            // A record's timestamp is the time ingest accepted it and decides its window; the
+            // broker refuses one more than a minute ahead of its own clock (an ingest host with
+            // a wrong clock), instead of letting it close windows early.
+            config: vec![("message.timestamp.after.max.ms", "60000")],
         }];
         if config.admin.enabled() {
             topics.extend([

@@ -211,6 +211,90 @@ async fn replay_rebuilds_the_live_objects_of_its_range_and_twice_is_the_same() {
     delete_topology(&channel, &replays.topology).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_reaching_the_present_stops_at_the_end_it_planned_while_events_keep_arriving() {
+    let events = std::sync::Arc::new(EventsTopic::create(2).await);
+    let integrations = IntegrationsTopic::create().await;
+    integrations.connect("acme", "acme-bucket").await;
+    // Events keep arriving every 100 ms, on both partitions, while the replay runs.
+    let arriving = tokio_util::sync::CancellationToken::new();
+    let producer = tokio::spawn({
+        let (events, arriving) = (events.clone(), arriving.clone());
+        async move {
+            let mut sent = 0_u64;
+            while !arriving.is_cancelled() {
+                let partition = i32::from(sent % 2 == 1);
+                events
+                    .send(partition, "acme", &format!("e{sent}"), now_unix_ms(), 50)
+                    .await;
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            sent
+        }
+    });
+    wait_for("events to arrive", Duration::from_secs(30), || async {
+        integration_tests::kafka::read_all(
+            &integration_tests::kafka::brokers(),
+            &events.name,
+            Duration::from_secs(10),
+        )
+        .await
+        .len()
+        .ge(&20)
+        .then_some(())
+    })
+    .await;
+    let (_connection, channel) = confirm_channel("batcher-replay-present").await;
+    let replays = BatcherSetup::new(&events, &integrations);
+    replays.topology.declare(&channel).await.expect("declare");
+    // Hourly windows: the window holding the present closes about an hour from now, so a
+    // replay that read on into live traffic until a record closed its range would not return
+    // within the deadline; one that stops at the planned end returns in seconds.
+    let from = rfc3339(now_unix_ms() - 60_000);
+    let flags = replays.flags("1h", "5m");
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(integration_tests::process::binary("batcher"))
+            .args(flags)
+            .args(["replay", "--from", &from])
+            .env("ACTIVITY_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run batcher replay");
+        let give_up = std::time::Instant::now() + Duration::from_secs(60);
+        while child.try_wait().expect("replay status").is_none() {
+            if std::time::Instant::now() >= give_up {
+                let _ = child.kill();
+                panic!("the replay still read after 60 s while events kept arriving");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().expect("replay output")
+    })
+    .await
+    .expect("replay thread");
+    arriving.cancel();
+    let sent = producer.await.expect("producer");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "replay failed: {printed}");
+    let replayed: u64 = printed
+        .split("replayed ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the summary says how many records: {printed}"));
+    assert!(
+        replayed > 0 && replayed <= sent,
+        "read {replayed} of the {sent} records sent ({printed})"
+    );
+    assert!(
+        printed.contains(": 0 object(s) enqueued")
+            && !printed.contains("; 0 window part(s) still open"),
+        "the open hour is left to live batching: {printed}"
+    );
+    delete_topology(&channel, &replays.topology).await;
+}
+
 /// The partitions `batcher` reports reading.
 
 #[tokio::test]

@@ -132,6 +132,17 @@ fn the_compose_stack_is_complete_and_its_files_load() {
         kafka["KAFKA_PROCESS_ROLES"], "broker,controller",
         "Kafka runs in KRaft mode"
     );
+    let local_services =
+        std::fs::read_to_string(root().join("scripts/local-services.sh")).expect("the script");
+    let tested = local_services
+        .lines()
+        .find_map(|line| line.strip_prefix("KAFKA_VERSION="))
+        .expect("the script pins a Kafka version");
+    assert_eq!(
+        services["kafka"]["image"],
+        format!("apache/kafka:{tested}"),
+        "the compose stack runs the Kafka version the tests run on"
+    );
     assert!(
         services["rabbitmq"]["image"]
             .as_str()
