@@ -174,40 +174,57 @@ pub struct TopicSpec<'a> {
 /// How long topics may take to get leaders for every partition.
 const TOPICS_READY: Duration = Duration::from_secs(30);
 
-/// Waits until every partition of each of `topics` has a leader. Blocking.
+/// Waits until the leader of every partition of each of `topics` answers for it. Blocking.
 fn wait_for_leaders<C: rdkafka::client::ClientContext>(
     client: &rdkafka::client::Client<C>,
     topics: &[String],
     within: Duration,
 ) -> Result<(), KafkaSetupError> {
     let give_up = std::time::Instant::now() + within;
+    let not_ready = |topic: &str, why: String| KafkaSetupError::NotReady(format!("{topic}: {why}"));
     for topic in topics {
-        loop {
-            let leaderless = match client.fetch_metadata(Some(topic), within) {
-                Ok(metadata) => metadata
-                    .topics()
-                    .iter()
-                    .find(|t| t.name() == topic)
-                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-                    .map_or(
-                        Some("the topic is not in the metadata yet".to_owned()),
-                        |t| {
-                            t.partitions()
-                                .iter()
-                                .find(|p| p.leader() < 0 || p.error().is_some())
-                                .map(|p| format!("partition {} has no leader", p.id()))
-                        },
-                    ),
-                Err(error) => Some(error.to_string()),
-            };
-            let Some(why) = leaderless else { break };
-            if std::time::Instant::now() >= give_up {
-                return Err(KafkaSetupError::NotReady(format!("{topic}: {why}")));
+        let partitions = retry_until(give_up, |remaining| {
+            let metadata = client.fetch_metadata(Some(topic), remaining)?;
+            let partitions = topic_partitions(&metadata, topic);
+            if partitions.is_empty() {
+                // Not in this broker's metadata yet.
+                return Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::UnknownTopicOrPartition,
+                ));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            Ok(partitions)
+        })
+        .map_err(|error| not_ready(topic, error.to_string()))?;
+        for partition in partitions {
+            retry_until(give_up, |remaining| {
+                client.fetch_watermarks(topic, partition, remaining)
+            })
+            .map_err(|error| not_ready(topic, format!("partition {partition}: {error}")))?;
         }
     }
     Ok(())
+}
+
+/// Calls `request` with the time left until `give_up`, again after each failure, until it
+/// succeeds or the time is up (then its last error): for requests that fail while a cluster
+/// settles (a new topic's leaders, a leader moving). Blocking.
+pub fn retry_until<T>(
+    give_up: std::time::Instant,
+    mut request: impl FnMut(Duration) -> Result<T, KafkaError>,
+) -> Result<T, KafkaError> {
+    loop {
+        let remaining = give_up
+            .saturating_duration_since(std::time::Instant::now())
+            .max(Duration::from_millis(100));
+        match request(remaining) {
+            Ok(value) => return Ok(value),
+            Err(error) if std::time::Instant::now() >= give_up => return Err(error),
+            Err(error) => {
+                tracing::debug!(%error, "Kafka request failed; trying again");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
 }
 
 /// Why the Kafka side could not be set up.

@@ -17,7 +17,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::kafka::{KafkaArgs, topic_partitions};
+use crate::kafka::{KafkaArgs, retry_until, topic_partitions};
 
 /// The client setting a reader to the end needs on its consumer.
 pub const PARTITION_EOF: (&str, &str) = ("enable.partition.eof", "true");
@@ -98,6 +98,7 @@ pub fn assign_from_beginning<C: Consumer<X>, X: ConsumerContext>(
     topic: &str,
     timeout: Duration,
 ) -> Result<EndOffsets, ReadError> {
+    let give_up = Instant::now() + timeout;
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions = topic_partitions(&metadata, topic);
     if partitions.is_empty() {
@@ -106,7 +107,10 @@ pub fn assign_from_beginning<C: Consumer<X>, X: ConsumerContext>(
     let mut assignment = TopicPartitionList::new();
     let mut ends = Vec::new();
     for partition in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        // A leader moving (a broker restarting) fails the request until the cluster settles.
+        let (low, high) = retry_until(give_up, |remaining| {
+            consumer.fetch_watermarks(topic, partition, remaining)
+        })?;
         if high > low {
             ends.push((partition, high));
         }
