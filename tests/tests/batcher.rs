@@ -298,6 +298,63 @@ async fn a_replay_reaching_the_present_stops_at_the_end_it_planned_while_events_
 /// The partitions `batcher` reports reading.
 
 #[tokio::test]
+async fn records_retention_deleted_below_the_read_position_are_a_gap_accepted_and_counted() {
+    let events = EventsTopic::create(1).await;
+    let integrations = IntegrationsTopic::create().await;
+    integrations.connect("acme", "acme-bucket").await;
+    let base = (now_unix_ms() + 30 * 60_000) / 10_000 * 10_000;
+    for n in 0..10 {
+        events
+            .send(0, "acme", &format!("e{n}"), base + 1_000 + n * 100, 10)
+            .await;
+    }
+    events.send(0, "nobody", "closer", base + 50_000, 10).await;
+    let setup = BatcherSetup::new(&events, &integrations);
+    // The group's position is offset 2, as if an earlier batcher had read that far; then the
+    // records below offset 5 are deleted (retention, or an operator's DeleteRecords).
+    let kafka = common::kafka::KafkaArgs::new(integration_tests::kafka::brokers());
+    let mut position = rdkafka::TopicPartitionList::new();
+    position
+        .add_partition_offset(&events.name, 0, rdkafka::Offset::Offset(2))
+        .expect("offset");
+    let group: rdkafka::consumer::BaseConsumer = kafka
+        .client_config(&[("group.id", &setup.group)])
+        .create()
+        .expect("consumer");
+    rdkafka::consumer::Consumer::commit(&group, &position, rdkafka::consumer::CommitMode::Sync)
+        .expect("commit offset 2");
+    let admin: rdkafka::admin::AdminClient<_> = kafka.client_config(&[]).create().expect("admin");
+    let mut below = rdkafka::TopicPartitionList::new();
+    below
+        .add_partition_offset(&events.name, 0, rdkafka::Offset::Offset(5))
+        .expect("offset");
+    admin
+        .delete_records(&below, &rdkafka::admin::AdminOptions::new())
+        .await
+        .expect("delete the records below offset 5");
+
+    let (_connection, channel) = confirm_channel("batcher-deleted-records").await;
+    setup.topology.declare(&channel).await.expect("declare");
+    let batcher = setup.spawn("10s", "2s", &[]);
+    let jobs = jobs_until_events(&channel, &setup.topology.queue, 5, Duration::from_secs(60)).await;
+    let delivered: Vec<String> = jobs.values().flat_map(|j| j.event_ids()).collect();
+    assert_eq!(delivered, ["e5", "e6", "e7", "e8", "e9"]);
+    // The batcher read again from offset 2, the broker confirmed the log starts at 5, and the
+    // three offsets it holds no records at are counted (the alert's series).
+    let metrics = batcher.metrics().await;
+    assert_eq!(
+        integration_tests::process::metric_value(&metrics, batcher::metrics::SKIPPED_OFFSETS),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert!(
+        integration_tests::process::metric_value(&metrics, batcher::metrics::REFETCHES)
+            .is_some_and(|refetches| refetches >= 1.0)
+    );
+    delete_topology(&channel, &setup.topology).await;
+}
+
+#[tokio::test]
 async fn two_batchers_split_the_partitions_and_a_stopped_one_hands_over_without_loss_or_repeats() {
     const PARTITIONS: i32 = 4;
     let events = EventsTopic::create(PARTITIONS).await;
