@@ -1,4 +1,4 @@
-//! The admin API against real Kafka (Tansu), moto S3/STS and, for STS refusals, the fault proxy:
+//! The admin API against Apache Kafka, moto S3/STS and, for STS refusals, the fault proxy:
 //! validation, the connection test, setup documents, status, disable, enable and delete.
 
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! A tenant connecting through the admin API gets the window before its connection's window and
 //! everything after, and nothing older (DESIGN §1 step 5), through the three real services:
 //! ingest (in-process, with the admin API), a batcher process and an uploader process, on
-//! Tansu, RabbitMQ and moto. Windows are 3 s long so the test sees five of them.
+//! Apache Kafka, RabbitMQ and moto. Windows are 3 s long so the test sees five of them.
 
 use std::time::Duration;
 
