@@ -406,7 +406,15 @@ impl Producer {
     /// Stops after the request in progress is acknowledged; returns what was acknowledged.
     pub async fn finish(self) -> Acknowledged {
         self.stop.cancel();
-        self.task.await.expect("the producer task");
+        // The request in flight is posted again until ingest acknowledges it: an ingest that
+        // never acknowledges again fails the scenario instead of hanging it.
+        let deadline = Duration::from_secs(120);
+        tokio::time::timeout(deadline, self.task)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("ingest acknowledged no request for {deadline:?} after the fault ended")
+            })
+            .expect("the producer task");
         let acknowledged = self.acknowledged.lock().expect("acknowledged events");
         acknowledged.clone()
     }

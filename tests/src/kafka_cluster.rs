@@ -152,14 +152,6 @@ impl KafkaCluster {
         self.nodes.len()
     }
 
-    /// The index of the node whose broker id is `id`.
-    pub fn index_of(&self, id: i32) -> usize {
-        self.nodes
-            .iter()
-            .position(|node| node.id == id)
-            .unwrap_or_else(|| panic!("no node has broker id {id}"))
-    }
-
     /// SIGKILLs node `index`: no controlled shutdown, no leadership handed over.
     pub fn kill(&mut self, index: usize) {
         if let Some(mut child) = self.nodes[index].child.take() {
@@ -206,8 +198,8 @@ impl KafkaCluster {
         crate::process::signal(child.id(), signal);
     }
 
-    /// The broker id leading `partition` of `topic`, as the cluster's metadata says now.
-    pub fn leader(&self, topic: &str, partition: i32) -> Option<i32> {
+    /// The index of the node leading `partition` of `topic`, as the cluster's metadata says now.
+    pub fn leader_node(&self, topic: &str, partition: i32) -> Option<usize> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.brokers())
             .create()
@@ -223,7 +215,7 @@ impl KafkaCluster {
             .iter()
             .find(|p| p.id() == partition)
             .map(|p| p.leader())
-            .filter(|leader| *leader >= 0)
+            .and_then(|leader| self.nodes.iter().position(|node| node.id == leader))
     }
 
     /// Creates `topic` with the cluster's replication (the way the services create theirs).

@@ -20,6 +20,7 @@ use integration_tests::fixtures::{aws_config, deny_on_objects, moto_endpoint, s3
 use integration_tests::kafka_cluster::KafkaCluster;
 use integration_tests::services::rabbitmqctl;
 use rand::Rng;
+use rand::rngs::StdRng;
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -164,11 +165,7 @@ async fn run(fault: Fault, seed: u64) -> Verdict {
         Fault::LeaderKilled => {
             let cluster = cluster.as_mut().expect("the scenario's cluster");
             pause(&mut rng, 1_000..3_000).await;
-            let partition = rng.random_range(0..deployment.plan.shape.partitions);
-            let leader = cluster
-                .leader(&deployment.plan.events_topic, partition)
-                .expect("the events partition has a leader");
-            let victim = cluster.index_of(leader);
+            let victim = events_leader(cluster, &deployment, &mut rng);
             // No controlled shutdown: the controller notices the lost heartbeats and elects a
             // leader among the in-sync replicas, which hold every acknowledged record.
             cluster.kill(victim);
@@ -178,11 +175,7 @@ async fn run(fault: Fault, seed: u64) -> Verdict {
         Fault::BrokerFrozen => {
             let cluster = cluster.as_ref().expect("the scenario's cluster");
             pause(&mut rng, 1_000..3_000).await;
-            let partition = rng.random_range(0..deployment.plan.shape.partitions);
-            let leader = cluster
-                .leader(&deployment.plan.events_topic, partition)
-                .expect("the events partition has a leader");
-            let victim = cluster.index_of(leader);
+            let victim = events_leader(cluster, &deployment, &mut rng);
             // Longer than the brokers' 6 s session with the controller and the batchers' 6 s
             // group session: the cluster fences it and moves its leaders, then it wakes up
             // believing it still leads.
@@ -275,6 +268,14 @@ async fn run(fault: Fault, seed: u64) -> Verdict {
     deployment.stop().await;
     drop(cluster);
     verdict
+}
+
+/// The node leading an events partition drawn from `rng`.
+fn events_leader(cluster: &KafkaCluster, deployment: &Deployment, rng: &mut StdRng) -> usize {
+    let partition = rng.random_range(0..deployment.plan.shape.partitions);
+    cluster
+        .leader_node(&deployment.plan.events_topic, partition)
+        .expect("the events partition has a leader")
 }
 
 /// What is wrong with a scenario's verdict: nothing when it passes. Every verdict needs events
