@@ -269,10 +269,8 @@ impl Batching {
         }
         if offsets.count() > 0 {
             // The checkpoints are what a rebuild starts from; the committed offsets are for
-            // lag monitoring, and a failure here is corrected by the next round. Asynchronous:
-            // a synchronous commit waits for the group coordinator without a deadline, and this
-            // thread (inside a revocation, too) must not wait on a cluster that is down.
-            if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+            // lag monitoring, and a failure here is corrected by the next round.
+            if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
                 tracing::warn!(%error, "offset commit failed; the checkpoints are written");
             }
             counter!(COMMITS).increment(offsets.count() as u64);
@@ -468,12 +466,6 @@ impl ClientContext for BatcherContext {
 }
 
 impl ConsumerContext for BatcherContext {
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
-        if let Err(error) = result {
-            tracing::warn!(%error, "offset commit failed; the checkpoints are written");
-        }
-    }
-
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
