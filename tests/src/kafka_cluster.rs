@@ -291,7 +291,7 @@ fn kafka_home() -> PathBuf {
     if let Ok(home) = std::env::var("ACTIVITY_TEST_KAFKA_HOME") {
         return home.into();
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/local-services.sh");
+    let script = crate::repo_root().join("scripts/local-services.sh");
     let output = Command::new(&script)
         .arg("kafka-home")
         .stderr(Stdio::inherit())

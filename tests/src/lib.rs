@@ -15,7 +15,17 @@ pub mod process;
 pub mod services;
 pub mod tls;
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// The repository's root. Cargo gives a test its package's directory at run time; the path
+/// compiled in is only a fallback, because a build shared between two checkouts (one target
+/// directory) keeps the path of whichever checkout compiled it.
+pub fn repo_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("..")
+}
 
 /// Polls `check` until it returns `Some`, or fails after `deadline`.
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T

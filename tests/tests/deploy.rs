@@ -4,7 +4,7 @@
 //! pipeline), so renaming a metric breaks this test rather than a dashboard in production.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    integration_tests::repo_root()
 }
 
 /// A YAML file as JSON, read by Debian's python3-yaml (`scripts/local-services.sh` installs it).

@@ -630,8 +630,8 @@ struct SharedSettings {
 #[test]
 fn every_setting_in_help_is_documented_in_the_readme() {
     use clap::CommandFactory;
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("README");
+    let readme =
+        std::fs::read_to_string(integration_tests::repo_root().join("README.md")).expect("README");
     let commands = [
         ingest::config::IngestConfig::command(),
         uploader::config::UploaderConfig::command(),
