@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::kafka::{KafkaArgs, TopicSpec};
+use common::producer::HealingProducer;
 use common::read_to_end::{ReadError, read_to_end};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::core::Checkpoint;
 
@@ -51,7 +51,7 @@ pub struct CheckpointStore {
     kafka: KafkaArgs,
     topic: String,
     key_prefix: String,
-    producer: FutureProducer,
+    producer: HealingProducer,
 }
 
 /// How long writing a checkpoint may take before the commit is given up (and retried later).
@@ -68,7 +68,10 @@ impl CheckpointStore {
             kafka: kafka.clone(),
             topic: topic.to_owned(),
             key_prefix: format!("{group}/{events_topic}/"),
-            producer: kafka.producer_config(WRITE_TIMEOUT).create()?,
+            producer: HealingProducer::new(
+                kafka.producer_config(WRITE_TIMEOUT),
+                "batcher-checkpoints",
+            )?,
         })
     }
 
@@ -82,13 +85,10 @@ impl CheckpointStore {
         // Serializing a struct of integers cannot fail.
         let value = serde_json::to_vec(checkpoint).unwrap_or_default();
         self.producer
-            .send(
-                FutureRecord::to(&self.topic).key(&key).payload(&value),
-                WRITE_TIMEOUT,
-            )
+            .send(&self.topic, &key, Some(&value), WRITE_TIMEOUT)
             .await
             .map(drop)
-            .map_err(|(source, _)| CheckpointError::Write { partition, source })
+            .map_err(|source| CheckpointError::Write { partition, source })
     }
 
     /// The latest checkpoint of every partition, read from the topic's start to its end.

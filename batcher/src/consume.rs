@@ -15,7 +15,7 @@ use common::clock::now_unix_ms;
 use common::registry::IntegrationRegistry;
 use metrics::{counter, gauge};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
@@ -46,7 +46,6 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 /// Per partition: parts sent and not yet confirmed, and the checkpoint waiting for them.
 #[derive(Debug, Default)]
 struct Progress {
-    next_sequence: u64,
     unconfirmed: BTreeSet<u64>,
     /// A checkpoint and the sequence number every part before it had.
     pending: Option<(Checkpoint, u64)>,
@@ -79,6 +78,10 @@ pub struct Batching {
     pub confirms: Receiver<Confirmed>,
     pub runtime: tokio::runtime::Handle,
     progress: HashMap<i32, Progress>,
+    /// Numbers parts across all partitions and assignments of this process, so a confirm that
+    /// arrives after its partition was revoked (and perhaps assigned back) matches no part sent
+    /// since: it cannot be credited to a new part and let a checkpoint pass it.
+    next_sequence: u64,
     backlog: VecDeque<Outgoing>,
     duplicates_reported: u64,
 }
@@ -102,6 +105,7 @@ impl Batching {
             confirms,
             runtime,
             progress: HashMap::new(),
+            next_sequence: 0,
             backlog: VecDeque::new(),
             duplicates_reported: 0,
         }
@@ -133,8 +137,8 @@ impl Batching {
             let Some(progress) = self.progress.get_mut(&part.partition) else {
                 continue;
             };
-            let sequence = progress.next_sequence;
-            progress.next_sequence += 1;
+            let sequence = self.next_sequence;
+            self.next_sequence += 1;
             progress.unconfirmed.insert(sequence);
             self.backlog.push_back(Outgoing {
                 partition: part.partition,
@@ -202,11 +206,14 @@ impl Batching {
     }
 
     /// Snapshots a checkpoint per partition and writes and commits those whose parts are all
-    /// confirmed. A checkpoint that cannot be written leaves the commit where it was.
+    /// confirmed. A checkpoint that cannot be written leaves the commit where it was. The
+    /// checkpoints are what a rebuild starts from; the offsets committed after them in `mode`
+    /// only show the group's progress to lag monitoring.
     fn commit(
         &mut self,
         consumer: &BaseConsumer<BatcherContext>,
         partitions: &[i32],
+        mode: CommitMode,
     ) -> Result<(), KafkaError> {
         self.drain_confirms();
         let mut ready = Vec::new();
@@ -223,11 +230,11 @@ impl Batching {
                 // not write a stale one).
                 progress.pending = state
                     .checkpoint()
-                    .map(|checkpoint| (checkpoint, progress.next_sequence));
+                    .map(|checkpoint| (checkpoint, self.next_sequence));
             } else if progress.pending.is_none()
                 && let Some(checkpoint) = state.checkpoint()
             {
-                progress.pending = Some((checkpoint, progress.next_sequence));
+                progress.pending = Some((checkpoint, self.next_sequence));
             }
             let Some((checkpoint, before)) = &progress.pending else {
                 continue;
@@ -268,9 +275,8 @@ impl Batching {
             }
         }
         if offsets.count() > 0 {
-            // The checkpoints are what a rebuild starts from; the committed offsets are for
-            // lag monitoring, and a failure here is corrected by the next round.
-            if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
+            // A failure here is corrected by the next round.
+            if let Err(error) = consumer.commit(&offsets, mode) {
                 tracing::warn!(%error, "offset commit failed; the checkpoints are written");
             }
             counter!(COMMITS).increment(offsets.count() as u64);
@@ -398,14 +404,26 @@ impl Batching {
             .iter()
             .map(|e| e.partition())
             .collect();
-        if !self.await_confirms(&partitions, REVOKE_CONFIRM_WAIT) {
+        if consumer.assignment_lost() {
+            // The session expired (the coordinator was out of reach): the group may already
+            // have given these partitions to another member, and no commit of this generation
+            // would be accepted. Waiting on confirms, checkpoint writes and a coordinator here
+            // would only hold up rejoining; the next owner rebuilds from the last checkpoint.
             tracing::warn!(
                 ?partitions,
-                "parts still unconfirmed at revocation; the next owner rebuilds them"
+                "partitions lost with the group session; the next owner rebuilds them from the last checkpoint"
             );
-        }
-        if let Err(error) = self.commit(consumer, &partitions) {
-            tracing::warn!(%error, "commit at revocation failed");
+        } else {
+            if !self.await_confirms(&partitions, REVOKE_CONFIRM_WAIT) {
+                tracing::warn!(
+                    ?partitions,
+                    "parts still unconfirmed at revocation; the next owner rebuilds them"
+                );
+            }
+            // Synchronous, so the next owner reads the offset committed here.
+            if let Err(error) = self.commit(consumer, &partitions, CommitMode::Sync) {
+                tracing::warn!(%error, "commit at revocation failed");
+            }
         }
         for partition in partitions {
             self.core.revoke(partition);
@@ -488,6 +506,12 @@ impl ConsumerContext for BatcherContext {
             other => tracing::error!(error = ?other, "rebalance failed"),
         }
     }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(error) = result {
+            tracing::warn!(%error, "offset commit failed; the checkpoints are written");
+        }
+    }
 }
 
 /// Runs the consumer until `shutdown`, then publishes what closed, commits what is safe within
@@ -535,7 +559,9 @@ pub fn run(
         if last_commit.elapsed() >= commit_interval {
             last_commit = Instant::now();
             let partitions = batching.assigned();
-            batching.commit(consumer, &partitions)?;
+            // Asynchronous: with the coordinator out of reach a synchronous commit would hold
+            // the consumer thread until the session ends.
+            batching.commit(consumer, &partitions, CommitMode::Async)?;
         }
     }
     let mut batching = consumer.context().lock();
@@ -543,7 +569,8 @@ pub fn run(
     if !batching.await_confirms(&partitions, drain) {
         tracing::warn!("shutting down with parts unconfirmed; the next owner rebuilds them");
     }
-    batching.commit(consumer, &partitions)?;
+    // Closing the consumer (when it is dropped) waits for this commit, within the session.
+    batching.commit(consumer, &partitions, CommitMode::Async)?;
     tracing::info!(partitions = ?partitions, "final checkpoints written");
     Ok(())
 }

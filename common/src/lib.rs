@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod key;
 pub mod metrics;
 pub mod ops;
+pub mod producer;
 pub mod read_to_end;
 pub mod registry;
 #[cfg(feature = "s3")]

@@ -53,11 +53,11 @@ async fn start_admin(
         .follow(&config.kafka, &admin.deliveries_topic, supervisor)
         .await
         .context("cannot follow the delivery records")?;
-    let producer = config
-        .kafka
-        .producer_config(config.produce_timeout)
-        .create()
-        .context("cannot create the admin API's Kafka producer")?;
+    let producer = common::producer::HealingProducer::new(
+        config.kafka.producer_config(config.produce_timeout),
+        "ingest-admin",
+    )
+    .context("cannot create the admin API's Kafka producer")?;
     let (Some(vendor_role_arn), Some(external_id_secret)) = (
         admin.vendor_role_arn.clone(),
         admin.external_id_secret.clone(),
@@ -124,7 +124,7 @@ pub async fn start(config: IngestConfig, supervisor: &Supervisor) -> anyhow::Res
     let writer = Arc::new(
         EventWriter::new(
             config.kafka.producer_config(config.produce_timeout),
-            config.events_topic.clone(),
+            &config.events_topic,
             config.produce_timeout,
         )
         .context("cannot create the Kafka producer")?,

@@ -58,10 +58,11 @@ async fn start_uploader(
         .await
         .expect("deliveries topic");
     let deliveries = DeliveryLog {
-        producer: kafka
-            .producer_config(Duration::from_secs(10))
-            .create()
-            .expect("producer"),
+        producer: common::producer::HealingProducer::new(
+            kafka.producer_config(Duration::from_secs(10)),
+            "uploader-deliveries",
+        )
+        .expect("producer"),
         topic: deliveries_topic.clone(),
     };
     let uploader = Arc::new(Uploader {

@@ -14,6 +14,7 @@ use common::delivery::{DeliveryRecord, outcome};
 use common::integration::Integration;
 use common::job::{UploadJob, header};
 use common::key::full_key;
+use common::producer::HealingProducer;
 use common::registry::IntegrationRegistry;
 use common::topology::{DEAD_ROUTING_KEY, UploadTopology};
 use futures_util::StreamExt;
@@ -24,7 +25,6 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
 use metrics::{counter, gauge, histogram};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,7 +58,7 @@ pub enum Outcome {
 
 /// Where delivery records go.
 pub struct DeliveryLog {
-    pub producer: FutureProducer,
+    pub producer: HealingProducer,
     pub topic: String,
 }
 
@@ -78,14 +78,9 @@ impl DeliveryLog {
         };
         let sent = self
             .producer
-            .send(
-                FutureRecord::to(&self.topic)
-                    .key(&record.tenant_id)
-                    .payload(&value),
-                RECORD_TIMEOUT,
-            )
+            .send(&self.topic, &record.tenant_id, Some(&value), RECORD_TIMEOUT)
             .await;
-        if let Err((error, _)) = sent {
+        if let Err(error) = sent {
             counter!(DELIVERY_RECORDS_FAILED).increment(1);
             tracing::error!(%error, key = %record.relative_key, "cannot write a delivery record");
         }

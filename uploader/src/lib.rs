@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use common::producer::HealingProducer;
 use common::registry::IntegrationRegistry;
 use common::shutdown::Supervisor;
 
@@ -50,11 +51,13 @@ pub async fn start(config: UploaderConfig, supervisor: &Supervisor) -> anyhow::R
             .context("cannot follow the integrations")?;
 
     let deliveries = DeliveryLog {
-        producer: config
-            .kafka
-            .producer_config(std::time::Duration::from_secs(30))
-            .create()
-            .context("cannot create the Kafka producer")?,
+        producer: HealingProducer::new(
+            config
+                .kafka
+                .producer_config(std::time::Duration::from_secs(30)),
+            "uploader-deliveries",
+        )
+        .context("cannot create the Kafka producer")?,
         topic: config.deliveries_topic.clone(),
     };
 

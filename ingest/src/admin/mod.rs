@@ -28,10 +28,10 @@ use axum::routing::{get, post};
 use common::clock::now_unix_ms;
 use common::event::TenantId;
 use common::integration::{FirstDeliveryRequest, Integration};
+use common::producer::HealingProducer;
 use common::registry::IntegrationRegistry;
 use common::s3::S3Writer;
 use metrics::counter;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
@@ -54,7 +54,7 @@ pub struct AdminApi {
     pub registry: IntegrationRegistry,
     pub statuses: DeliveryStatuses,
     pub writer: S3Writer,
-    pub producer: FutureProducer,
+    pub producer: HealingProducer,
     pub integrations_topic: String,
     pub first_deliveries_topic: String,
     pub connection_test_timeout: Duration,
@@ -227,15 +227,11 @@ impl AdminApi {
         tenant: &TenantId,
         value: Option<Vec<u8>>,
     ) -> Result<(i32, i64), AdminError> {
-        let mut record = FutureRecord::<str, Vec<u8>>::to(topic).key(tenant.as_str());
-        if let Some(value) = &value {
-            record = record.payload(value);
-        }
         self.producer
-            .send(record, self.write_timeout)
+            .send(topic, tenant.as_str(), value.as_deref(), self.write_timeout)
             .await
-            .map(|delivery| (delivery.partition, delivery.offset))
-            .map_err(|(error, _)| {
+            .map(|position| (position.partition, position.offset))
+            .map_err(|error| {
                 AdminError::Unavailable(format!("Kafka did not take the write to {topic}: {error}"))
             })
     }
