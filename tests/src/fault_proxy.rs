@@ -1,6 +1,7 @@
 //! A small fault-injecting HTTP proxy in front of the S3/STS server, for the faults moto cannot
-//! produce: S3 answering 503 `SlowDown`, slow answers, and STS refusing or throttling
-//! `AssumeRole`.
+//! produce: S3 answering 503 `SlowDown`, slow answers, STS refusing or throttling `AssumeRole`,
+//! and buckets owned by another account than the requests expect (moto does not check
+//! `x-amz-expected-bucket-owner`; S3 answers `403 AccessDenied`).
 //! Everything else is forwarded unchanged (moto does not check SigV4 signatures against the Host).
 
 use std::net::SocketAddr;
@@ -25,6 +26,9 @@ pub struct Faults {
     /// `AssumeRole` is answered `400 Throttling` ("Rate exceeded"), as STS does when it sheds
     /// load.
     pub throttle_assume_role: bool,
+    /// Buckets and the account owning each: a request about one of them whose
+    /// `x-amz-expected-bucket-owner` names another account is refused as S3 refuses it.
+    pub bucket_owners: Vec<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -93,14 +97,10 @@ async fn forward(State(state): State<ProxyState>, request: Request) -> Response 
         .await
         .unwrap_or_default();
     let faults = state.faults.lock().expect("faults").clone();
-    let delayed = faults.delayed_bucket.as_ref().is_none_or(|bucket| {
-        parts
-            .uri
-            .path()
-            .strip_prefix('/')
-            .and_then(|path| path.strip_prefix(bucket.as_str()))
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    });
+    let delayed = faults
+        .delayed_bucket
+        .as_ref()
+        .is_none_or(|bucket| bucket_of(parts.uri.path()) == Some(bucket.as_str()));
     if delayed && !faults.delay.is_zero() {
         tokio::time::sleep(faults.delay).await;
     }
@@ -110,6 +110,17 @@ async fn forward(State(state): State<ProxyState>, request: Request) -> Response 
     }
     if is_assume_role && faults.throttle_assume_role {
         return xml(StatusCode::BAD_REQUEST, STS_THROTTLING);
+    }
+    let expected_owner = parts
+        .headers
+        .get("x-amz-expected-bucket-owner")
+        .and_then(|value| value.to_str().ok());
+    let owned_elsewhere = faults.bucket_owners.iter().any(|(bucket, owner)| {
+        bucket_of(parts.uri.path()) == Some(bucket.as_str())
+            && expected_owner.is_some_and(|expected| expected != owner)
+    });
+    if owned_elsewhere {
+        return xml(StatusCode::FORBIDDEN, S3_ACCESS_DENIED);
     }
     let is_object_put = parts.method == Method::PUT && parts.uri.path().matches('/').count() >= 2;
     if is_object_put {
@@ -150,6 +161,13 @@ async fn forward(State(state): State<ProxyState>, request: Request) -> Response 
     }
 }
 
+/// The bucket a path-style request is about.
+fn bucket_of(path: &str) -> Option<&str> {
+    path.strip_prefix('/')
+        .and_then(|path| path.split('/').next())
+        .filter(|bucket| !bucket.is_empty())
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
@@ -162,6 +180,9 @@ fn xml(status: StatusCode, body: &'static str) -> Response {
 
 const S3_SLOW_DOWN: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message><RequestId>FAULTPROXY</RequestId></Error>"#;
+
+const S3_ACCESS_DENIED: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<Error><Code>AccessDenied</Code><Message>Access Denied</Message><RequestId>FAULTPROXY</RequestId></Error>"#;
 
 const STS_THROTTLING: &str = r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
 <Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error>

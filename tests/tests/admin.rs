@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use integration_tests::admin::{
-    ADMIN_TOKEN, AdminIngest, AdminTopics, CUSTOMER_ROLE, VENDOR_ROLE, integration_path, settings,
+    ADMIN_TOKEN, AdminIngest, AdminTopics, CUSTOMER_ACCOUNT, CUSTOMER_ROLE, VENDOR_ROLE,
+    integration_path, settings,
 };
 use integration_tests::fault_proxy::{FaultProxy, Faults};
 use integration_tests::fixtures::{
@@ -185,9 +186,38 @@ async fn connection_test_failures_name_their_step_and_success_leaves_no_object()
         "{answer}"
     );
     assert!(hint.contains("s3:DeleteObject"), "{hint}");
+    // S3 answers this refusal without a body: the message is a sentence, not the client
+    // library's dump of the raw response.
+    let message = answer["connection_test"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.starts_with("HTTP 403 without an error body: access denied"),
+        "{message}"
+    );
     assert_eq!(
         answer["connection_test"]["passed"],
         json!(["assume-role", "put-object"])
+    );
+
+    // A bucket of the right name owned by another account (the customer's was deleted and the
+    // name taken): S3 refuses writes that expect the customer's account as owner.
+    let taken = new_bucket(&s3).await;
+    proxy.set(Faults {
+        bucket_owners: vec![(taken.clone(), "999999999999".to_owned())],
+        ..Faults::default()
+    });
+    let (status, answer) = admin.put("acme", &settings(&taken)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let (step, code, hint) = failure(&answer);
+    assert_eq!(
+        (step.as_str(), code.as_str()),
+        ("put-object", "AccessDenied"),
+        "{answer}"
+    );
+    assert!(
+        hint.contains(&format!("belong to account {CUSTOMER_ACCOUNT}")),
+        "{hint}"
     );
 
     // STS refuses the role (a trust policy without the vendor role or external id).

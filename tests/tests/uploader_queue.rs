@@ -532,6 +532,58 @@ async fn a_refused_assume_role_is_dead_lettered_as_configuration_and_redrivable(
 }
 
 #[tokio::test]
+async fn a_bucket_owned_by_another_account_gets_nothing_and_the_job_is_dead_lettered() {
+    use integration_tests::fault_proxy::{FaultProxy, Faults};
+    let config = aws_config(&moto_endpoint()).await;
+    let s3 = s3_client(&config);
+    // The customer deleted their bucket and another account created one of the same name.
+    let bucket = new_bucket(&s3).await;
+    let proxy = FaultProxy::start(&moto_endpoint()).await;
+    proxy.set(Faults {
+        bucket_owners: vec![(bucket.clone(), "999999999999".to_owned())],
+        ..Faults::default()
+    });
+
+    let supervisor = Supervisor::new();
+    let registry = registry(&[("acme", &bucket)], &supervisor).await;
+    let (_connection, channel) = confirm_channel("uploader-test").await;
+    let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(60)]);
+    topology.declare(&channel).await.expect("declare");
+    start_uploader(aws_args(&proxy.url()), registry, &topology, &supervisor).await;
+    let job = upload_job("acme", 43, &payload("acme"));
+    enqueue_job(&channel, &topology, &job, &payload(job.tenant_id.as_str())).await;
+
+    let dead = wait_for(
+        "the job in the dead-letter queue",
+        Duration::from_secs(30),
+        || async {
+            let jobs = uploader::dlq::list(&channel, &topology, None)
+                .await
+                .expect("list");
+            jobs.into_iter().next()
+        },
+    )
+    .await;
+    assert_eq!(
+        (dead.class.as_str(), dead.code.as_str()),
+        ("configuration", "AccessDenied"),
+        "{dead:?}"
+    );
+    let stored = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("list the bucket");
+    assert_eq!(
+        stored.key_count(),
+        Some(0),
+        "nothing lands in the foreign bucket"
+    );
+    finish(supervisor, &channel, &topology).await;
+}
+
+#[tokio::test]
 async fn a_job_whose_events_belong_to_another_tenant_never_reaches_any_bucket() {
     let s3 = s3_client(&aws_config(&moto_endpoint()).await);
     let acme_bucket = new_bucket(&s3).await;

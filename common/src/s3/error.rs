@@ -81,7 +81,12 @@ impl UploadError {
                     .err()
                     .code()
                     .unwrap_or_else(|| code_for_status(status));
-                let message = context.err().message().unwrap_or(&detail);
+                // Without a body there is no message either; the client library's description
+                // of the raw response is for developers, not for the customer reading this.
+                let message = context
+                    .err()
+                    .message()
+                    .map_or_else(|| message_for_status(status), str::to_owned);
                 Self::new(classify(Some(status), code), step, code, message)
             }
             SdkError::TimeoutError(_) => Self::new(ErrorClass::Retryable, step, "Timeout", detail),
@@ -100,12 +105,29 @@ fn code_for_status(status: u16) -> &'static str {
         400 => "BadRequest",
         403 => "AccessDenied",
         404 => "NotFound",
+        409 => "Conflict",
         412 => "PreconditionFailed",
         429 => "Throttling",
         500 => "InternalError",
         503 => "ServiceUnavailable",
         _ => "Unknown",
     }
+}
+
+/// A sentence for an error response that came without a body.
+fn message_for_status(status: u16) -> String {
+    let meaning = match status {
+        301 | 307 => "the bucket is in another region than the integration names",
+        400 => "the request was refused as malformed",
+        403 => "access denied: a bucket policy, the role's policy or the bucket's owner refuses it",
+        404 => "the bucket or the object does not exist",
+        409 => "a conflicting request on the same object was in progress",
+        412 => "an object with this key already exists",
+        429 | 503 => "S3 asked to slow down",
+        500..=599 => "S3 failed to answer",
+        _ => "S3 refused the request",
+    };
+    format!("HTTP {status} without an error body: {meaning}")
 }
 
 /// The class of an AWS error response, from its status and code. Pure, so every rule is tested.
@@ -123,6 +145,9 @@ pub fn classify(status: Option<u16>, code: &str) -> ErrorClass {
         "ExpiredTokenException",
         "BadDigest",
         "IDPCommunicationError",
+        // Two writers raced on one key (409): the next attempt finds the object there.
+        "ConditionalRequestConflict",
+        "OperationAborted",
     ];
     const CONFIGURATION_CODES: &[&str] = &[
         "AccessDenied",
@@ -167,6 +192,8 @@ mod tests {
             (Some(429), "Unknown"),
             (Some(400), "ExpiredToken"),
             (Some(400), "RequestTimeout"),
+            (Some(409), "ConditionalRequestConflict"),
+            (Some(409), "OperationAborted"),
             (None, "Unknown"),
         ] {
             assert_eq!(
@@ -193,5 +220,15 @@ mod tests {
                 "{status:?} {code}"
             );
         }
+    }
+
+    #[test]
+    fn an_error_without_a_body_reads_as_a_sentence() {
+        assert_eq!(
+            message_for_status(404),
+            "HTTP 404 without an error body: the bucket or the object does not exist"
+        );
+        assert!(message_for_status(403).contains("access denied"));
+        assert!(message_for_status(502).contains("S3 failed to answer"));
     }
 }

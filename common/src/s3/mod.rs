@@ -159,7 +159,9 @@ impl S3Writer {
     }
 
     /// Puts an object under the integration's bucket and prefix, with server-side encryption,
-    /// a SHA-256 checksum S3 verifies, `If-None-Match: *` and the window metadata.
+    /// a SHA-256 checksum S3 verifies, `If-None-Match: *` and the window metadata. S3 refuses
+    /// it (`403`) unless the bucket belongs to the integration's account: a bucket name the
+    /// customer gave up and someone else took never receives their logs.
     pub async fn put_object(
         &self,
         integration: &Integration,
@@ -171,6 +173,7 @@ impl S3Writer {
             .client(&integration.region)
             .put_object()
             .bucket(&integration.bucket)
+            .expected_bucket_owner(&integration.aws_account_id)
             .key(&key)
             .content_type(CONTENT_TYPE)
             .server_side_encryption(ServerSideEncryption::Aes256)
@@ -212,6 +215,7 @@ impl S3Writer {
         self.client(&integration.region)
             .delete_object()
             .bucket(&integration.bucket)
+            .expected_bucket_owner(&integration.aws_account_id)
             .key(full_key(&integration.prefix, relative_key))
             .customize()
             .config_override(

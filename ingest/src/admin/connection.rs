@@ -169,7 +169,8 @@ pub fn hint(integration: &Integration, step: &str, code: &str, class: ErrorClass
             integration.region
         ),
         ("put-object", "AccessDenied" | "AllAccessDisabled") => format!(
-            "The role may not write to the destination: its inline policy must allow s3:PutObject on {objects}, and the bucket policy must not deny it. A bucket policy that denies requests without TLS is fine (deliveries use HTTPS); one that requires SSE-KMS needs kms:GenerateDataKey for the role, and deliveries use SSE-S3 (AES256)."
+            "The role may not write to the destination: its inline policy must allow s3:PutObject on {objects}, and the bucket policy must not deny it. A bucket policy that denies requests without TLS is fine (deliveries use HTTPS); one that requires SSE-KMS needs kms:GenerateDataKey for the role, and deliveries use SSE-S3 (AES256). Every write also requires the bucket to belong to account {}: a bucket owned by another account is refused.",
+            integration.aws_account_id
         ),
         ("put-object", _) => format!(
             "The test object could not be written to bucket {bucket}: check the bucket's policy, default encryption and object lock settings."
