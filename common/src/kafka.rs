@@ -15,7 +15,22 @@ use rdkafka::types::RDKafkaErrorCode;
 pub const PASSTHROUGH_ENV_PREFIX: &str = "ACTIVITY_KAFKA_RDKAFKA_";
 
 /// librdkafka settings whose values must never be logged.
-const SECRET_SETTINGS: &[&str] = &["sasl.password", "ssl.key.password", "ssl.keystore.password"];
+/// Parts of a librdkafka setting's name that mark its value as a secret (passwords, private
+/// keys and their PEM text, tokens, credentials, the OAuth bearer configuration).
+const SECRET_NAME_PARTS: &[&str] = &[
+    "password",
+    "secret",
+    "key",
+    "token",
+    "credential",
+    "oauthbearer.config",
+];
+
+/// Whether a setting's value must never reach a log or an error message.
+fn is_secret_setting(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_NAME_PARTS.iter().any(|part| key.contains(part))
+}
 
 /// How to reach the Kafka cluster.
 #[derive(Debug, Clone, clap::Args)]
@@ -45,9 +60,8 @@ fn parse_property(raw: &str) -> Result<(String, String), String> {
         Some((key, value)) if !key.trim().is_empty() => {
             Ok((key.trim().to_owned(), value.to_owned()))
         }
-        _ => Err(format!(
-            "{raw:?} is not KEY=VALUE (e.g. security.protocol=SASL_SSL)"
-        )),
+        // The text is not echoed: it may be a secret typed with the wrong separator.
+        _ => Err("a librdkafka setting must be KEY=VALUE (e.g. security.protocol=SASL_SSL); this one has no '=' or no key".to_owned()),
     }
 }
 
@@ -261,7 +275,7 @@ fn describe_settings(settings: &BTreeMap<String, String>) -> String {
     settings
         .iter()
         .map(|(key, value)| {
-            if SECRET_SETTINGS.contains(&key.as_str()) {
+            if is_secret_setting(key) {
                 format!("{key}=<redacted>")
             } else {
                 format!("{key}={value}")
@@ -305,13 +319,31 @@ mod tests {
 
     #[test]
     fn secret_settings_are_redacted_in_logs() {
-        let settings = BTreeMap::from([
-            ("sasl.password".to_string(), "hunter2".to_string()),
-            ("sasl.username".to_string(), "svc".to_string()),
-        ]);
+        let secrets = [
+            "sasl.password",
+            "ssl.key.password",
+            "ssl.keystore.password",
+            "ssl.key.pem",
+            "sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.config",
+            "sasl.oauthbearer.token.endpoint.url.token",
+            "SSL.Key.Password",
+            "custom.credentials",
+        ];
+        let mut settings: BTreeMap<String, String> = secrets
+            .iter()
+            .map(|key| ((*key).to_string(), format!("hunter2-{key}")))
+            .collect();
+        settings.insert("sasl.username".to_string(), "svc".to_string());
         let shown = describe_settings(&settings);
-        assert!(!shown.contains("hunter2"));
+        assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("sasl.username=svc"));
+        for key in secrets {
+            assert!(
+                shown.contains(&format!("{key}=<redacted>")),
+                "{key}: {shown}"
+            );
+        }
     }
 
     #[test]
@@ -328,6 +360,8 @@ mod tests {
             parse_property("a.b=c=d"),
             Ok(("a.b".to_string(), "c=d".to_string()))
         );
+        let refused = parse_property("sasl.password:hunter2").expect_err("no '='");
+        assert!(!refused.contains("hunter2"), "{refused}");
         assert!(parse_property("novalue").is_err());
         assert!(parse_property("=x").is_err());
     }

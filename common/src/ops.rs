@@ -40,6 +40,28 @@ pub fn registry_and_rabbitmq_readiness(
     })
 }
 
+/// `check`, run at most once per `ttl`: callers within `ttl` of the last run get its answer,
+/// and callers arriving while it runs wait for it. However many clients poll `/readyz`, the
+/// dependency behind it (a broker round trip, say) sees one request per `ttl`.
+pub fn cached(check: ReadinessCheck, ttl: std::time::Duration) -> ReadinessCheck {
+    type Last = Option<(tokio::time::Instant, Result<(), String>)>;
+    let last: Arc<tokio::sync::Mutex<Last>> = Arc::default();
+    Arc::new(move || {
+        let (check, last) = (check.clone(), last.clone());
+        Box::pin(async move {
+            let mut last = last.lock().await;
+            if let Some((at, answer)) = last.as_ref()
+                && at.elapsed() < ttl
+            {
+                return answer.clone();
+            }
+            let answer = check().await;
+            *last = Some((tokio::time::Instant::now(), answer.clone()));
+            answer
+        })
+    })
+}
+
 #[derive(Clone)]
 struct OpsState {
     readiness: ReadinessCheck,
@@ -114,4 +136,51 @@ pub async fn spawn(
             .context("the HTTP server failed")
     });
     Ok(address)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cached_check_runs_once_per_interval_however_many_ask() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let check: ReadinessCheck = Arc::new(move || {
+            let run = counted.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if run == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("run {run}"))
+                }
+            })
+        });
+        let readiness = cached(check, Duration::from_secs(1));
+        let callers: Vec<_> = (0..32).map(|_| tokio::spawn(readiness())).collect();
+        for caller in callers {
+            assert_eq!(caller.await.expect("caller"), Ok(()));
+        }
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "32 callers at once, one check"
+        );
+
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert_eq!(readiness().await, Ok(()));
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "still within the interval");
+
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(readiness().await, Err("run 1".to_string()));
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "a new check once the interval passed"
+        );
+    }
 }

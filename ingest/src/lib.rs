@@ -83,6 +83,10 @@ async fn start_admin(
     }))
 }
 
+/// How long one broker check answers `/readyz`, so polling clients cost one round trip at most
+/// this often.
+const READINESS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How often tenants with full token buckets are forgotten.
 const RATE_LIMITER_CLEANUP: Duration = Duration::from_secs(60);
 
@@ -149,16 +153,23 @@ pub async fn start(config: IngestConfig, supervisor: &Supervisor) -> anyhow::Res
 
     let token = supervisor.token();
     let readiness: ReadinessCheck = {
-        let writer = writer.clone();
+        let broker = {
+            let writer = writer.clone();
+            let check: ReadinessCheck = Arc::new(move || {
+                let writer = writer.clone();
+                Box::pin(async move { writer.check_reachable().await })
+            });
+            common::ops::cached(check, READINESS_CHECK_INTERVAL)
+        };
         let token = token.clone();
         Arc::new(move || {
-            let writer = writer.clone();
+            let broker = broker.clone();
             let draining = token.is_cancelled();
             Box::pin(async move {
                 if draining {
                     return Err("shutting down".to_string());
                 }
-                writer.check_reachable().await
+                broker().await
             })
         })
     };
