@@ -11,6 +11,22 @@ pub fn brokers() -> String {
     std::env::var("ACTIVITY_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// Creates a topic named `prefix` plus a unique suffix on the test broker (replication 1) and
+/// returns its name.
+pub async fn new_topic(prefix: &str, partitions: i32) -> String {
+    let name = crate::unique(prefix);
+    common::kafka::KafkaArgs::new(brokers())
+        .ensure_topics(&[common::kafka::TopicSpec {
+            name: &name,
+            partitions,
+            replication: 1,
+            config: vec![],
+        }])
+        .await
+        .unwrap_or_else(|error| panic!("creating topic {name}: {error}"));
+    name
+}
+
 /// One record as a test sees it.
 #[derive(Debug, Clone)]
 pub struct Record {

@@ -130,31 +130,30 @@ async fn every_invalid_setting_is_named_and_nothing_is_saved() {
     assert_eq!(integrations_written(&admin).await, 0, "nothing was saved");
 }
 
+/// Saves `acme`'s settings for `bucket`, expecting the connection test to fail at `step` with
+/// AWS's `code`; returns the hint and the whole answer.
+async fn refused(admin: &AdminIngest, bucket: &str, step: &str, code: &str) -> (String, Value) {
+    let (status, answer) = admin.put("acme", &settings(bucket)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let test = &answer["connection_test"];
+    assert_eq!(
+        (test["step"].as_str(), test["code"].as_str()),
+        (Some(step), Some(code)),
+        "{answer}"
+    );
+    let hint = test["hint"].as_str().unwrap_or_default().to_owned();
+    (hint, answer)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_test_failures_name_their_step_and_success_leaves_no_object() {
     let proxy = FaultProxy::start(&moto_endpoint()).await;
     let admin = AdminIngest::spawn(&proxy.url(), AdminTopics::unique(), &[]).await;
     let s3 = s3_client(&aws_config(&moto_endpoint()).await);
 
-    let failure = |answer: &Value| {
-        let test = &answer["connection_test"];
-        (
-            test["step"].as_str().unwrap_or_default().to_owned(),
-            test["code"].as_str().unwrap_or_default().to_owned(),
-            test["hint"].as_str().unwrap_or_default().to_owned(),
-        )
-    };
-
     // A bucket that does not exist.
     let missing = integration_tests::unique("missing");
-    let (status, answer) = admin.put("acme", &settings(&missing)).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
-    let (step, code, hint) = failure(&answer);
-    assert_eq!(
-        (step.as_str(), code.as_str()),
-        ("put-object", "NoSuchBucket"),
-        "{answer}"
-    );
+    let (hint, answer) = refused(&admin, &missing, "put-object", "NoSuchBucket").await;
     assert!(
         hint.contains(&format!("no bucket named {missing}")),
         "{hint}"
@@ -164,27 +163,13 @@ async fn connection_test_failures_name_their_step_and_success_leaves_no_object()
     // A bucket policy denying PutObject.
     let no_put = new_bucket(&s3).await;
     deny_on_objects(&s3, &no_put, "s3:PutObject").await;
-    let (status, answer) = admin.put("acme", &settings(&no_put)).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
-    let (step, code, hint) = failure(&answer);
-    assert_eq!(
-        (step.as_str(), code.as_str()),
-        ("put-object", "AccessDenied"),
-        "{answer}"
-    );
+    let (hint, _) = refused(&admin, &no_put, "put-object", "AccessDenied").await;
     assert!(hint.contains("s3:PutObject on arn:aws:s3:::"), "{hint}");
 
     // A bucket policy denying DeleteObject: the put worked, the delete did not.
     let no_delete = new_bucket(&s3).await;
     deny_on_objects(&s3, &no_delete, "s3:DeleteObject").await;
-    let (status, answer) = admin.put("acme", &settings(&no_delete)).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
-    let (step, code, hint) = failure(&answer);
-    assert_eq!(
-        (step.as_str(), code.as_str()),
-        ("delete-object", "AccessDenied"),
-        "{answer}"
-    );
+    let (hint, answer) = refused(&admin, &no_delete, "delete-object", "AccessDenied").await;
     assert!(hint.contains("s3:DeleteObject"), "{hint}");
     // S3 answers this refusal without a body: the message is a sentence, not the client
     // library's dump of the raw response.
@@ -207,14 +192,7 @@ async fn connection_test_failures_name_their_step_and_success_leaves_no_object()
         bucket_owners: vec![(taken.clone(), "999999999999".to_owned())],
         ..Faults::default()
     });
-    let (status, answer) = admin.put("acme", &settings(&taken)).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
-    let (step, code, hint) = failure(&answer);
-    assert_eq!(
-        (step.as_str(), code.as_str()),
-        ("put-object", "AccessDenied"),
-        "{answer}"
-    );
+    let (hint, _) = refused(&admin, &taken, "put-object", "AccessDenied").await;
     assert!(
         hint.contains(&format!("belong to account {CUSTOMER_ACCOUNT}")),
         "{hint}"
@@ -226,14 +204,7 @@ async fn connection_test_failures_name_their_step_and_success_leaves_no_object()
         deny_assume_role: true,
         ..Faults::default()
     });
-    let (status, answer) = admin.put("acme", &settings(&good)).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
-    let (step, code, hint) = failure(&answer);
-    assert_eq!(
-        (step.as_str(), code.as_str()),
-        ("assume-role", "AccessDenied"),
-        "{answer}"
-    );
+    let (hint, _) = refused(&admin, &good, "assume-role", "AccessDenied").await;
     assert!(hint.contains("sts:ExternalId"), "{hint}");
     assert!(hint.contains(CUSTOMER_ROLE), "{hint}");
     assert_eq!(

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use common::kafka::{KafkaArgs, TopicSpec};
+use common::kafka::KafkaArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -17,16 +17,7 @@ const RECORDS: i64 = 1_000;
 #[tokio::test]
 async fn a_fetch_from_the_middle_of_a_batch_returns_the_rest_of_it_once() {
     let kafka = KafkaArgs::new(integration_tests::kafka::brokers());
-    let topic = integration_tests::unique("broker-fetch");
-    kafka
-        .ensure_topics(&[TopicSpec {
-            name: &topic,
-            partitions: 1,
-            replication: 1,
-            config: vec![],
-        }])
-        .await
-        .expect("topic");
+    let topic = integration_tests::kafka::new_topic("broker-fetch", 1).await;
     // A long linger puts every record in one batch.
     let producer: FutureProducer = kafka
         .producer_config(Duration::from_secs(10))

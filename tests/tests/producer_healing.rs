@@ -7,29 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::kafka::{KafkaArgs, TopicSpec};
+use common::kafka::KafkaArgs;
 use common::producer::HealingProducer;
 
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn topic(kafka: &KafkaArgs) -> String {
-    let topic = integration_tests::unique("producer-healing");
-    kafka
-        .ensure_topics(&[TopicSpec {
-            name: &topic,
-            partitions: 1,
-            replication: 1,
-            config: vec![],
-        }])
-        .await
-        .expect("topic");
-    topic
-}
-
 #[tokio::test]
 async fn a_producer_failing_while_the_cluster_answers_is_replaced_on_the_third_failure() {
     let kafka = KafkaArgs::new(integration_tests::kafka::brokers());
-    let topic = topic(&kafka).await;
+    let topic = integration_tests::kafka::new_topic("producer-healing", 1).await;
     let healing =
         HealingProducer::new(kafka.producer_config(QUEUE_TIMEOUT), "test").expect("producer");
     let first = healing.current();

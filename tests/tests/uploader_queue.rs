@@ -11,6 +11,7 @@ use common::kafka::KafkaArgs;
 use common::registry::IntegrationRegistry;
 use common::shutdown::Supervisor;
 use common::topology::UploadTopology;
+use integration_tests::fault_proxy::{FaultProxy, Faults};
 use integration_tests::fixtures::{
     IntegrationsTopic, REGION, amqp_args, aws_args, aws_config, confirm_channel, deny_on_objects,
     enqueue_job, finish, moto_endpoint, new_bucket, object_count, payload, s3_client, upload_job,
@@ -449,7 +450,6 @@ async fn read_records(topic: &str, count: usize) -> Vec<common::delivery::Delive
 
 #[tokio::test]
 async fn s3_slowdowns_past_the_sdk_retries_go_through_a_tier_and_the_object_lands_once() {
-    use integration_tests::fault_proxy::{FaultProxy, Faults};
     let config = aws_config(&moto_endpoint()).await;
     let s3 = s3_client(&config);
     let bucket = new_bucket(&s3).await;
@@ -483,87 +483,104 @@ async fn s3_slowdowns_past_the_sdk_retries_go_through_a_tier_and_the_object_land
     finish(supervisor, &channel, &topology).await;
 }
 
+/// An uploader delivering `acme`'s jobs to `bucket` through a fault proxy, with one job queued.
+struct ProxiedDelivery {
+    proxy: FaultProxy,
+    supervisor: Supervisor,
+    _connection: lapin::Connection,
+    channel: lapin::Channel,
+    topology: UploadTopology,
+    job: common::job::UploadJob,
+}
+
+impl ProxiedDelivery {
+    async fn start(bucket: &str, faults: Faults, first_offset: i64) -> Self {
+        let proxy = FaultProxy::start(&moto_endpoint()).await;
+        proxy.set(faults);
+        let supervisor = Supervisor::new();
+        let registry = registry(&[("acme", bucket)], &supervisor).await;
+        let (connection, channel) = confirm_channel("uploader-test").await;
+        let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(60)]);
+        topology.declare(&channel).await.expect("declare");
+        start_uploader(aws_args(&proxy.url()), registry, &topology, &supervisor).await;
+        let job = upload_job("acme", first_offset, &payload("acme"));
+        enqueue_job(&channel, &topology, &job, &payload(job.tenant_id.as_str())).await;
+        Self {
+            proxy,
+            supervisor,
+            _connection: connection,
+            channel,
+            topology,
+            job,
+        }
+    }
+
+    async fn first_dead_letter(&self) -> uploader::dlq::DeadJob {
+        wait_for(
+            "the job in the dead-letter queue",
+            Duration::from_secs(30),
+            || async {
+                let jobs = uploader::dlq::list(&self.channel, &self.topology, None)
+                    .await
+                    .expect("list");
+                jobs.into_iter().next()
+            },
+        )
+        .await
+    }
+
+    async fn finish(self) {
+        finish(self.supervisor, &self.channel, &self.topology).await;
+    }
+}
+
 #[tokio::test]
 async fn a_refused_assume_role_is_dead_lettered_as_configuration_and_redrivable() {
-    use integration_tests::fault_proxy::{FaultProxy, Faults};
-    let config = aws_config(&moto_endpoint()).await;
-    let s3 = s3_client(&config);
+    let s3 = s3_client(&aws_config(&moto_endpoint()).await);
     let bucket = new_bucket(&s3).await;
-    let proxy = FaultProxy::start(&moto_endpoint()).await;
-    proxy.set(Faults {
-        deny_assume_role: true,
-        ..Faults::default()
-    });
-
-    let supervisor = Supervisor::new();
-    let registry = registry(&[("acme", &bucket)], &supervisor).await;
-    let (_connection, channel) = confirm_channel("uploader-test").await;
-    let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(60)]);
-    topology.declare(&channel).await.expect("declare");
-    start_uploader(aws_args(&proxy.url()), registry, &topology, &supervisor).await;
-    let job = upload_job("acme", 41, &payload("acme"));
-    enqueue_job(&channel, &topology, &job, &payload(job.tenant_id.as_str())).await;
-
-    let dead = wait_for(
-        "the job in the dead-letter queue",
-        Duration::from_secs(30),
-        || async {
-            let jobs = uploader::dlq::list(&channel, &topology, None)
-                .await
-                .expect("list");
-            jobs.into_iter().next()
+    let delivery = ProxiedDelivery::start(
+        &bucket,
+        Faults {
+            deny_assume_role: true,
+            ..Faults::default()
         },
+        41,
     )
     .await;
+
+    let dead = delivery.first_dead_letter().await;
     assert_eq!(
         (dead.class.as_str(), dead.code.as_str()),
         ("configuration", "AccessDenied")
     );
     assert!(dead.message.contains("sts:AssumeRole"), "{dead:?}");
 
-    proxy.set(Faults::default());
-    let summary = uploader::dlq::redrive(&channel, &topology, None, None)
+    delivery.proxy.set(Faults::default());
+    let summary = uploader::dlq::redrive(&delivery.channel, &delivery.topology, None, None)
         .await
         .expect("redrive");
     assert_eq!(summary.redriven.len(), 1);
-    let key = format!("audit/{}", job.relative_key);
+    let key = format!("audit/{}", delivery.job.relative_key);
     wait_for_object(&s3, &bucket, &key, Duration::from_secs(30)).await;
-    finish(supervisor, &channel, &topology).await;
+    delivery.finish().await;
 }
 
 #[tokio::test]
 async fn a_bucket_owned_by_another_account_gets_nothing_and_the_job_is_dead_lettered() {
-    use integration_tests::fault_proxy::{FaultProxy, Faults};
-    let config = aws_config(&moto_endpoint()).await;
-    let s3 = s3_client(&config);
+    let s3 = s3_client(&aws_config(&moto_endpoint()).await);
     // The customer deleted their bucket and another account created one of the same name.
     let bucket = new_bucket(&s3).await;
-    let proxy = FaultProxy::start(&moto_endpoint()).await;
-    proxy.set(Faults {
-        bucket_owners: vec![(bucket.clone(), "999999999999".to_owned())],
-        ..Faults::default()
-    });
-
-    let supervisor = Supervisor::new();
-    let registry = registry(&[("acme", &bucket)], &supervisor).await;
-    let (_connection, channel) = confirm_channel("uploader-test").await;
-    let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(60)]);
-    topology.declare(&channel).await.expect("declare");
-    start_uploader(aws_args(&proxy.url()), registry, &topology, &supervisor).await;
-    let job = upload_job("acme", 43, &payload("acme"));
-    enqueue_job(&channel, &topology, &job, &payload(job.tenant_id.as_str())).await;
-
-    let dead = wait_for(
-        "the job in the dead-letter queue",
-        Duration::from_secs(30),
-        || async {
-            let jobs = uploader::dlq::list(&channel, &topology, None)
-                .await
-                .expect("list");
-            jobs.into_iter().next()
+    let delivery = ProxiedDelivery::start(
+        &bucket,
+        Faults {
+            bucket_owners: vec![(bucket.clone(), "999999999999".to_owned())],
+            ..Faults::default()
         },
+        43,
     )
     .await;
+
+    let dead = delivery.first_dead_letter().await;
     assert_eq!(
         (dead.class.as_str(), dead.code.as_str()),
         ("configuration", "AccessDenied"),
@@ -580,7 +597,7 @@ async fn a_bucket_owned_by_another_account_gets_nothing_and_the_job_is_dead_lett
         Some(0),
         "nothing lands in the foreign bucket"
     );
-    finish(supervisor, &channel, &topology).await;
+    delivery.finish().await;
 }
 
 #[tokio::test]
