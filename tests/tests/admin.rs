@@ -288,8 +288,20 @@ async fn setup_documents_are_policies_naming_the_bucket_the_vendor_role_and_the_
     assert_eq!(role[0]["Action"], json!("s3:ListBucket"));
     assert_eq!(role[0]["Resource"], json!(format!("arn:aws:s3:::{bucket}")));
     assert_eq!(
-        role[1]["Resource"],
-        json!(format!("arn:aws:s3:::{bucket}/audit/*"))
+        (&role[1]["Action"], &role[1]["Resource"]),
+        (
+            &json!("s3:PutObject"),
+            &json!(format!("arn:aws:s3:::{bucket}/audit/acme/*"))
+        )
+    );
+    assert_eq!(
+        (&role[2]["Action"], &role[2]["Resource"]),
+        (
+            &json!("s3:DeleteObject"),
+            &json!(format!(
+                "arn:aws:s3:::{bucket}/audit/acme/_connection-test-*"
+            ))
+        )
     );
     let ssl_only = &setup["bucket_policy"]["Statement"][0];
     assert_eq!(ssl_only["Effect"], json!("Deny"));

@@ -9,6 +9,8 @@ use common::clock::now_unix_ms;
 use common::codec::compress;
 use common::integration::Integration;
 use common::s3::{ErrorClass, ObjectToPut, S3Writer, UploadError, assume_role};
+
+use crate::admin::setup;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -107,8 +109,9 @@ fn test_object(integration: &Integration) -> Result<ObjectToPut, UploadError> {
     let sha256: [u8; 32] = Sha256::digest(&body).into();
     Ok(ObjectToPut {
         relative_key: format!(
-            "{}/_connection-test-{id}.{}",
+            "{}/{}{id}.{}",
             integration.tenant_id,
+            setup::CONNECTION_TEST_OBJECT,
             integration.compression.extension()
         ),
         body,
@@ -139,11 +142,9 @@ pub fn hint(integration: &Integration, step: &str, code: &str, class: ErrorClass
     let bucket = &integration.bucket;
     // S3 ARNs are in the role's partition (aws, aws-cn, aws-us-gov).
     let partition = integration.role_arn.split(':').nth(1).unwrap_or("aws");
-    let objects = if integration.prefix.is_empty() {
-        format!("arn:{partition}:s3:::{bucket}/*")
-    } else {
-        format!("arn:{partition}:s3:::{bucket}/{}/*", integration.prefix)
-    };
+    let (prefix, tenant) = (&integration.prefix, &integration.tenant_id);
+    let objects = setup::tenant_objects_arn(partition, bucket, prefix, tenant);
+    let test_objects = setup::connection_test_objects_arn(partition, bucket, prefix, tenant);
     if class == ErrorClass::Retryable {
         return "AWS answered with a temporary error or did not answer in time; nothing is wrong with the settings as far as this test could tell. Try again.".into();
     }
@@ -176,7 +177,7 @@ pub fn hint(integration: &Integration, step: &str, code: &str, class: ErrorClass
             "The test object could not be written to bucket {bucket}: check the bucket's policy, default encryption and object lock settings."
         ),
         ("delete-object", "AccessDenied") => format!(
-            "The role may write but not delete: its inline policy must allow s3:DeleteObject on {objects}, and the bucket policy must not deny it. The test object was left in the bucket; it can be removed by hand."
+            "The role may write but not delete the test object: its inline policy must allow s3:DeleteObject on {test_objects}, and the bucket policy must not deny it. The test object was left in the bucket; it can be removed by hand."
         ),
         ("delete-object", _) => "The test object was written but could not be deleted; it may be left in the bucket and can be removed by hand.".into(),
         _ => "See AWS's message.".into(),
@@ -206,9 +207,13 @@ mod tests {
         assert!(hint("put-object", "NoSuchBucket").contains("no bucket named acme-logs"));
         assert!(
             hint("put-object", "AccessDenied")
-                .contains("s3:PutObject on arn:aws:s3:::acme-logs/audit/*")
+                .contains("s3:PutObject on arn:aws:s3:::acme-logs/audit/acme/*")
         );
-        assert!(hint("delete-object", "AccessDenied").contains("s3:DeleteObject"));
+        assert!(
+            hint("delete-object", "AccessDenied").contains(
+                "s3:DeleteObject on arn:aws:s3:::acme-logs/audit/acme/_connection-test-*"
+            )
+        );
         assert!(hint("put-object", "PermanentRedirect").contains("not in eu-west-1"));
         assert!(
             super::hint(

@@ -56,7 +56,43 @@ impl Vendor {
     }
 }
 
-/// Fills in the three documents.
+/// What the connection test's object is named after, under the tenant's folder; the role may
+/// delete only objects named so.
+pub const CONNECTION_TEST_OBJECT: &str = "_connection-test-";
+
+/// The ARN of the bucket in an S3 partition (`aws`, `aws-cn`, `aws-us-gov`).
+fn bucket_arn(partition: &str, bucket: &str) -> String {
+    format!("arn:{partition}:s3:::{bucket}")
+}
+
+/// The ARN pattern of every object delivered for `tenant`: its folder below the prefix.
+pub fn tenant_objects_arn(
+    partition: &str,
+    bucket: &str,
+    prefix: &str,
+    tenant: &TenantId,
+) -> String {
+    let folder = common::key::full_key(prefix, tenant.as_str());
+    format!("{}/{folder}/*", bucket_arn(partition, bucket))
+}
+
+/// The ARN pattern of the connection test's objects, the only ones the role may delete.
+pub fn connection_test_objects_arn(
+    partition: &str,
+    bucket: &str,
+    prefix: &str,
+    tenant: &TenantId,
+) -> String {
+    let folder = common::key::full_key(prefix, tenant.as_str());
+    format!(
+        "{}/{folder}/{CONNECTION_TEST_OBJECT}*",
+        bucket_arn(partition, bucket)
+    )
+}
+
+/// Fills in the three documents. The role's inline policy is as narrow as delivery needs:
+/// writes only in the tenant's folder, deletes only of the connection test's object, and the
+/// listing the S3 console needs to show the folder.
 pub fn documents(
     vendor: &Vendor,
     tenant: &TenantId,
@@ -65,12 +101,7 @@ pub fn documents(
     prefix: &str,
 ) -> SetupDocuments {
     let partition = vendor.partition();
-    let bucket_arn = format!("arn:{partition}:s3:::{bucket}");
-    let objects_arn = if prefix.is_empty() {
-        format!("{bucket_arn}/*")
-    } else {
-        format!("{bucket_arn}/{prefix}/*")
-    };
+    let bucket_arn = bucket_arn(partition, bucket);
     let bucket_policy = json!({
         "Version": "2012-10-17",
         "Statement": [{
@@ -108,8 +139,14 @@ pub fn documents(
             {
                 "Sid": "WriteActivityLogs",
                 "Effect": "Allow",
-                "Action": ["s3:PutObject", "s3:DeleteObject"],
-                "Resource": objects_arn
+                "Action": "s3:PutObject",
+                "Resource": tenant_objects_arn(partition, bucket, prefix, tenant)
+            },
+            {
+                "Sid": "RemoveConnectionTestObject",
+                "Effect": "Allow",
+                "Action": "s3:DeleteObject",
+                "Resource": connection_test_objects_arn(partition, bucket, prefix, tenant)
             }
         ]
     });
@@ -166,9 +203,22 @@ mod tests {
             docs.trust_policy["Statement"][0]["Principal"]["AWS"],
             vendor.role_arn
         );
+        assert_eq!(docs.role_policy["Statement"][1]["Action"], "s3:PutObject");
         assert_eq!(
             docs.role_policy["Statement"][1]["Resource"],
-            "arn:aws:s3:::acme-logs/audit/*"
+            "arn:aws:s3:::acme-logs/audit/acme/*"
+        );
+        assert_eq!(
+            docs.role_policy["Statement"][2]["Action"],
+            "s3:DeleteObject"
+        );
+        assert_eq!(
+            docs.role_policy["Statement"][2]["Resource"],
+            "arn:aws:s3:::acme-logs/audit/acme/_connection-test-*"
+        );
+        assert_eq!(
+            docs.role_policy["Statement"].as_array().map(Vec::len),
+            Some(3)
         );
         assert_eq!(
             docs.bucket_policy["Statement"][0]["Condition"]["Bool"]["aws:SecureTransport"],
@@ -177,7 +227,7 @@ mod tests {
         let bare = documents(&vendor, &tenant("acme"), "ext-1234", "acme-logs", "");
         assert_eq!(
             bare.role_policy["Statement"][1]["Resource"],
-            "arn:aws:s3:::acme-logs/*"
+            "arn:aws:s3:::acme-logs/acme/*"
         );
         assert!(bare.role_policy["Statement"][0].get("Condition").is_none());
     }
