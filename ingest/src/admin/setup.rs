@@ -65,15 +65,20 @@ fn bucket_arn(partition: &str, bucket: &str) -> String {
     format!("arn:{partition}:s3:::{bucket}")
 }
 
-/// The ARN pattern of every object delivered for `tenant`: its folder below the prefix.
+/// The ARN of the tenant's folder below the prefix (without the trailing `/`).
+fn tenant_folder_arn(partition: &str, bucket: &str, prefix: &str, tenant: &TenantId) -> String {
+    let folder = common::key::full_key(prefix, tenant.as_str());
+    format!("{}/{folder}", bucket_arn(partition, bucket))
+}
+
+/// The ARN pattern of every object delivered for `tenant`.
 pub fn tenant_objects_arn(
     partition: &str,
     bucket: &str,
     prefix: &str,
     tenant: &TenantId,
 ) -> String {
-    let folder = common::key::full_key(prefix, tenant.as_str());
-    format!("{}/{folder}/*", bucket_arn(partition, bucket))
+    format!("{}/*", tenant_folder_arn(partition, bucket, prefix, tenant))
 }
 
 /// The ARN pattern of the connection test's objects, the only ones the role may delete.
@@ -83,11 +88,8 @@ pub fn connection_test_objects_arn(
     prefix: &str,
     tenant: &TenantId,
 ) -> String {
-    let folder = common::key::full_key(prefix, tenant.as_str());
-    format!(
-        "{}/{folder}/{CONNECTION_TEST_OBJECT}*",
-        bucket_arn(partition, bucket)
-    )
+    let folder = tenant_folder_arn(partition, bucket, prefix, tenant);
+    format!("{folder}/{CONNECTION_TEST_OBJECT}*")
 }
 
 /// Fills in the three documents. The role's inline policy is as narrow as delivery needs:
