@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a partition may yield no record, short of its planned end, before the replay fails.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A replay's consumer: told when a partition's end is reached.
 type ReplayConsumer = BaseConsumer<EndReachedContext>;
@@ -199,6 +201,7 @@ pub async fn execute(
     );
     let (registry, only_tenant) = (registry.clone(), scope.tenant.clone());
     let replay_report = report.clone();
+    let shutdown = token.clone();
     let summary = tokio::task::spawn_blocking(move || {
         replay(
             &consumer,
@@ -211,6 +214,7 @@ pub async fn execute(
             &parts_tx,
             &confirms_rx,
             &*replay_report,
+            &shutdown,
         )
     })
     .await;
@@ -391,6 +395,7 @@ fn replay(
     parts: &tokio::sync::mpsc::Sender<Outgoing>,
     confirms: &std::sync::mpsc::Receiver<Confirmed>,
     report: &dyn Fn(String),
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<Summary> {
     let mut summary = Summary::default();
     let mut sent = 0_u64;
@@ -425,9 +430,29 @@ fn replay(
         consumer.assign(&assignment)?;
         let mut offsets = OffsetCheck::starting_at(Some(plan.start_offset));
         let next = |offsets: &OffsetCheck| offsets.next().unwrap_or(plan.start_offset);
+        let mut last_read = Instant::now();
         while next(&offsets) < plan.end_offset {
+            anyhow::ensure!(
+                !shutdown.is_cancelled(),
+                "stopped by shutdown at offset {} of partition {}",
+                next(&offsets),
+                plan.partition
+            );
             let message = match consumer.poll(Duration::from_millis(100)) {
-                None => continue,
+                None => {
+                    // Records below the planned end exist, so a read that yields nothing for
+                    // this long is stuck (the broker, or the client's idea of the partition's
+                    // leader after a broker pause); a new replay starts with a new client.
+                    anyhow::ensure!(
+                        last_read.elapsed() < STALL_TIMEOUT,
+                        "partition {}: nothing read for {} s at offset {} of {}; run the replay again",
+                        plan.partition,
+                        STALL_TIMEOUT.as_secs(),
+                        next(&offsets),
+                        plan.end_offset
+                    );
+                    continue;
+                }
                 // The partition ends before the planned end offset: the offsets left hold no
                 // records (transaction markers, or retention deleted them meanwhile).
                 Some(Err(KafkaError::PartitionEOF(partition))) if partition == plan.partition => {
@@ -435,7 +460,11 @@ fn replay(
                 }
                 Some(message) => message?,
             };
-            if message.partition() != plan.partition || !admit(consumer, &mut offsets, &message) {
+            if message.partition() != plan.partition {
+                continue;
+            }
+            last_read = Instant::now();
+            if !admit(consumer, &mut offsets, &message) {
                 continue;
             }
             summary.records += 1;

@@ -151,6 +151,18 @@ pub async fn start(config: IngestConfig, supervisor: &Supervisor) -> anyhow::Res
         retry_after: config.retry_after,
     });
 
+    // The admin API is ready once it has read the integrations; ingest says ready only then.
+    #[cfg(feature = "admin")]
+    let admin_api = if config.admin.enabled() {
+        Some(start_admin(&config, supervisor).await?)
+    } else {
+        None
+    };
+    #[cfg(feature = "admin")]
+    let admin_integrations = admin_api.as_ref().map(|api| api.registry.clone());
+    #[cfg(not(feature = "admin"))]
+    let admin_integrations: Option<common::registry::IntegrationRegistry> = None;
+
     let token = supervisor.token();
     let readiness: ReadinessCheck = {
         let broker = {
@@ -165,9 +177,15 @@ pub async fn start(config: IngestConfig, supervisor: &Supervisor) -> anyhow::Res
         Arc::new(move || {
             let broker = broker.clone();
             let draining = token.is_cancelled();
+            let reading = admin_integrations
+                .as_ref()
+                .is_some_and(|registry| !registry.is_caught_up());
             Box::pin(async move {
                 if draining {
                     return Err("shutting down".to_string());
+                }
+                if reading {
+                    return Err("the admin API is still reading the integrations".to_string());
                 }
                 broker().await
             })
@@ -178,10 +196,9 @@ pub async fn start(config: IngestConfig, supervisor: &Supervisor) -> anyhow::Res
         .with_state(api.clone())
         .merge(common::ops::router(readiness, metrics));
     #[cfg(feature = "admin")]
-    let router = if config.admin.enabled() {
-        router.merge(admin::router(start_admin(&config, supervisor).await?))
-    } else {
-        router
+    let router = match admin_api {
+        Some(api) => router.merge(admin::router(api)),
+        None => router,
     };
     #[cfg(not(feature = "admin"))]
     anyhow::ensure!(

@@ -67,15 +67,15 @@ impl AdminIngest {
             topics,
             http: reqwest::Client::new(),
         };
-        // The admin API answers 503 until it has read the integrations.
+        // Ingest says ready once the admin API has read the integrations.
         crate::wait_for(
-            "the admin API",
+            "ingest ready",
             std::time::Duration::from_secs(20),
             || async {
-                let (status, _) = admin
-                    .call(Method::GET, "/v1/tenants/probe/integrations/s3", None)
-                    .await;
-                (status != StatusCode::SERVICE_UNAVAILABLE).then_some(())
+                let ready = admin.ingest.get("/readyz").send().await;
+                ready
+                    .is_ok_and(|answer| answer.status().is_success())
+                    .then_some(())
             },
         )
         .await;

@@ -9,7 +9,8 @@ use integration_tests::admin::{
 };
 use integration_tests::fault_proxy::{FaultProxy, Faults};
 use integration_tests::fixtures::{
-    aws_config, deny_on_objects, moto_endpoint, new_bucket, object_count, s3_client,
+    IntegrationsTopic, aws_config, deny_on_objects, moto_endpoint, new_bucket, object_count,
+    s3_client,
 };
 use integration_tests::services::TEST_TOKEN;
 use reqwest::{Method, StatusCode};
@@ -250,6 +251,29 @@ async fn connection_test_failures_name_their_step_and_success_leaves_no_object()
     assert_eq!(answer["integration"]["bucket"], json!(good));
     assert_eq!(answer["integration"]["enabled"], json!(true));
     assert_eq!(integrations_written(&admin).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_says_ready_only_once_the_admin_api_has_read_the_integrations() {
+    // Enough integrations that reading them takes a while after ingest starts listening.
+    let integrations = IntegrationsTopic::create().await;
+    let tenants: Vec<String> = (0..20_000).map(|n| format!("t{n:05}")).collect();
+    futures_util::future::join_all(
+        tenants
+            .iter()
+            .map(|tenant| integrations.connect(tenant, "acme-logs")),
+    )
+    .await;
+    let topics = AdminTopics {
+        integrations: integrations.name.clone(),
+        ..AdminTopics::unique()
+    };
+    // `spawn` returns once `/readyz` answers 200; the very next admin call must be served.
+    let admin = AdminIngest::spawn(&moto_endpoint(), topics, &[]).await;
+    let last = tenants.last().expect("tenants");
+    let (status, answer) = admin.call(Method::GET, &integration_path(last), None).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["integration"]["tenant_id"], json!(last), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
