@@ -254,6 +254,32 @@ async fn connection_test_failures_name_their_step_and_success_leaves_no_object()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_the_admin_token_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let admin = AdminIngest::spawn(&moto_endpoint(), AdminTopics::unique(), &[]).await;
+    let mut stream = tokio::net::TcpStream::connect(admin.ingest.address)
+        .await
+        .expect("connect");
+    // Headers announcing a 10 MiB body that never comes.
+    let request = format!(
+        "PUT {} HTTP/1.1\r\nHost: ingest\r\nAuthorization: Bearer wrong\r\n\
+         Content-Type: application/json\r\nContent-Length: 10485760\r\n\r\n{{",
+        integration_path("acme")
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the headers");
+    let mut answer = vec![0_u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("the refusal comes without waiting for the body")
+        .expect("read the answer");
+    let head = String::from_utf8_lossy(&answer[..read]);
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_says_ready_only_once_the_admin_api_has_read_the_integrations() {
     // Enough integrations that reading them takes a while after ingest starts listening.
     let integrations = IntegrationsTopic::create().await;

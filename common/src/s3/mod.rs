@@ -26,6 +26,11 @@ pub use error::{ErrorClass, UploadError};
 /// Content type of every object.
 pub const CONTENT_TYPE: &str = "application/x-ndjson";
 
+/// Regions whose S3 client is kept for reuse. AWS has about 35; region names are only checked
+/// for their shape, so connection tests naming made-up regions must not grow the cache without
+/// bound: past this many, a client is made for the call and dropped.
+const MAX_CACHED_REGIONS: usize = 64;
+
 /// Requested session length of an assumed role.
 const SESSION_SECONDS: i32 = 3600;
 /// STS's limit on `RoleSessionName`.
@@ -126,16 +131,18 @@ impl S3Writer {
             .clients
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        clients
-            .entry(region.to_owned())
-            .or_insert_with(|| {
-                let config = aws_sdk_s3::config::Builder::from(&self.base)
-                    .region(Region::new(region.to_owned()))
-                    .force_path_style(self.force_path_style)
-                    .build();
-                aws_sdk_s3::Client::from_conf(config)
-            })
-            .clone()
+        if let Some(client) = clients.get(region) {
+            return client.clone();
+        }
+        let config = aws_sdk_s3::config::Builder::from(&self.base)
+            .region(Region::new(region.to_owned()))
+            .force_path_style(self.force_path_style)
+            .build();
+        let client = aws_sdk_s3::Client::from_conf(config);
+        if clients.len() < MAX_CACHED_REGIONS {
+            clients.insert(region.to_owned(), client.clone());
+        }
+        client
     }
 
     /// Puts an upload job's body under the integration's bucket and prefix.
@@ -239,6 +246,20 @@ pub fn rfc3339_ms(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_cache_keeps_a_bounded_number_of_regions() {
+        let base = SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let writer = S3Writer::new(base);
+        for n in 0..100 {
+            writer.client(&format!("xx-made-up-{n}"));
+        }
+        writer.client("eu-west-1");
+        let cached = writer.clients.lock().expect("clients").len();
+        assert_eq!(cached, MAX_CACHED_REGIONS);
+    }
 
     #[test]
     fn session_names_name_the_tenant_within_the_limit() {

@@ -76,7 +76,24 @@ pub fn router(api: Arc<AdminApi>) -> Router {
             "/v1/tenants/{tenant}/integrations/s3/test",
             post(post_connection_test),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            require_admin_token,
+        ))
         .with_state(api)
+}
+
+/// Refuses a request without a valid admin token before its body is read: a client without a
+/// token cannot make ingest wait for, or hold, a body.
+async fn require_admin_token(
+    State(api): State<Arc<AdminApi>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match api.authorize(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(error) => finish("auth", Err(error)),
+    }
 }
 
 /// Why an admin request was refused.
