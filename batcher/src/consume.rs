@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::mpsc::Receiver;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::clock::now_unix_ms;
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::CheckpointStore;
 use crate::core::{Checkpoint, ClosedPart, Core};
+use crate::fetch_watch::FetchWatch;
 use crate::metrics::{
     BUFFERED_BYTES, COMMIT_LAG, COMMITS, CONSUMER_LAG, DUPLICATES, NEXT_OFFSET, OPEN_PARTS,
     OPEN_WINDOWS, PARTS_CLOSED, PUBLISH_BACKLOG, SPILLED_BYTES,
@@ -437,18 +438,36 @@ impl Batching {
 /// statistics give each partition's end offset (from its own fetches, without a request of
 /// ours).
 pub struct BatcherContext {
-    batching: Mutex<Batching>,
+    /// Shared with the next consumer when this one is replaced.
+    batching: Arc<Mutex<Batching>>,
     events_topic: String,
     high_watermarks: Mutex<HashMap<i32, i64>>,
+    /// The broker each partition is fetched from (negative: none), from the statistics.
+    fetched_from: Mutex<HashMap<i32, i32>>,
 }
 
 impl BatcherContext {
-    pub fn new(batching: Batching) -> Self {
+    pub fn new(batching: Arc<Mutex<Batching>>) -> Self {
+        let events_topic = batching
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .events_topic
+            .clone();
         Self {
-            events_topic: batching.events_topic.clone(),
-            batching: Mutex::new(batching),
+            events_topic,
+            batching,
             high_watermarks: Mutex::default(),
+            fetched_from: Mutex::default(),
         }
+    }
+
+    /// The broker `partition` is fetched from as of the last statistics (negative: none).
+    fn fetched_from(&self, partition: i32) -> Option<i32> {
+        self.fetched_from
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&partition)
+            .copied()
     }
 
     /// The end offset of `partition` as of the last statistics (at most one interval old).
@@ -475,10 +494,18 @@ impl ClientContext for BatcherContext {
             .high_watermarks
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let mut fetched_from = self
+            .fetched_from
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for (partition, stats) in &topic.partitions {
-            if *partition >= 0 && stats.hi_offset >= 0 {
+            if *partition < 0 {
+                continue; // librdkafka's internal unassigned-partition entry
+            }
+            if stats.hi_offset >= 0 {
                 high.insert(*partition, stats.hi_offset);
             }
+            fetched_from.insert(*partition, stats.broker);
         }
     }
 }
@@ -514,15 +541,26 @@ impl ConsumerContext for BatcherContext {
     }
 }
 
+/// Why `run` returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Shutdown: the final checkpoints are written.
+    Shutdown,
+    /// The consumer stopped fetching `partition` while the cluster has a leader for it; a new
+    /// consumer is needed (closing this one hands its partitions over with a commit).
+    Stuck { partition: i32, leader: i32 },
+}
+
 /// Runs the consumer until `shutdown`, then publishes what closed, commits what is safe within
-/// `drain`, and leaves the rest to be rebuilt by the next owner.
+/// `drain`, and leaves the rest to be rebuilt by the next owner; or until the consumer is stuck.
 pub fn run(
     consumer: &BaseConsumer<BatcherContext>,
     shutdown: &CancellationToken,
     commit_interval: Duration,
     drain: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Ended> {
     let mut paused = false;
+    let mut watch = FetchWatch::default();
     let mut last_commit = Instant::now();
     let mut last_housekeeping = Instant::now();
     while !shutdown.is_cancelled() {
@@ -555,6 +593,9 @@ pub fn run(
             last_housekeeping = Instant::now();
             batching.close_idle(consumer)?;
             batching.report(consumer);
+            if let Some((partition, leader)) = stuck(consumer, &batching.assigned(), &mut watch) {
+                return Ok(Ended::Stuck { partition, leader });
+            }
         }
         if last_commit.elapsed() >= commit_interval {
             last_commit = Instant::now();
@@ -572,5 +613,46 @@ pub fn run(
     // Closing the consumer (when it is dropped) waits for this commit, within the session.
     batching.commit(consumer, &partitions, CommitMode::Async)?;
     tracing::info!(partitions = ?partitions, "final checkpoints written");
-    Ok(())
+    Ok(Ended::Shutdown)
+}
+
+/// An assigned partition the consumer has fetched from no broker for `STUCK_AFTER` while the
+/// cluster's metadata names a leader for it, with that leader.
+fn stuck(
+    consumer: &BaseConsumer<BatcherContext>,
+    assigned: &[i32],
+    watch: &mut FetchWatch,
+) -> Option<(i32, i32)> {
+    let now = Instant::now();
+    watch.keep_only(assigned);
+    let context = consumer.context();
+    let due: Vec<i32> = assigned
+        .iter()
+        .copied()
+        .filter(|p| watch.observe(*p, context.fetched_from(*p), now))
+        .collect();
+    if due.is_empty() {
+        return None;
+    }
+    let metadata = match consumer.fetch_metadata(Some(&context.events_topic), REQUEST_TIMEOUT) {
+        Ok(metadata) => metadata,
+        Err(error) => {
+            tracing::warn!(%error, ?due, "partitions fetched from no broker, and the cluster's metadata is unreadable; waiting");
+            due.iter().for_each(|p| watch.leaderless(*p, now));
+            return None;
+        }
+    };
+    let leaders: HashMap<i32, i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|topic| topic.partitions())
+        .map(|partition| (partition.id(), partition.leader()))
+        .collect();
+    for partition in due {
+        match leaders.get(&partition) {
+            Some(leader) if *leader >= 0 => return Some((partition, *leader)),
+            _ => watch.leaderless(partition, now),
+        }
+    }
+    None
 }

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod consume;
 pub mod core;
+pub mod fetch_watch;
 pub mod first_delivery;
 pub mod metrics;
 pub mod offsets;
@@ -16,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use ::metrics::counter;
 use anyhow::Context;
 use common::registry::IntegrationRegistry;
 use common::shutdown::Supervisor;
@@ -25,6 +27,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::config::BatcherConfig;
 use crate::consume::{BatcherContext, Batching};
 use crate::core::Core;
+use crate::metrics::CONSUMER_REPLACEMENTS;
 
 /// Closed parts handed to the publisher at once before the consumer pauses.
 const PUBLISH_QUEUE: usize = 1024;
@@ -96,19 +99,25 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
         confirms_rx,
         tokio::runtime::Handle::current(),
     );
-    let consumer: BaseConsumer<BatcherContext> = config
-        .kafka
-        .client_config(&[
-            ("group.id", &config.group),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("auto.offset.reset", "earliest"),
-            ("partition.assignment.strategy", "range,roundrobin"),
-            // End offsets for lag gauges and idle closes come from these statistics.
-            ("statistics.interval.ms", "1000"),
-        ])
-        .create_with_context(BatcherContext::new(batching))
-        .context("cannot create the Kafka consumer")?;
+    let batching = Arc::new(std::sync::Mutex::new(batching));
+    let kafka = config.kafka.clone();
+    let group = config.group.clone();
+    let new_consumer = move || -> anyhow::Result<BaseConsumer<BatcherContext>> {
+        kafka
+            .client_config(&[
+                ("group.id", &group),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("partition.assignment.strategy", "range,roundrobin"),
+                // End offsets for lag gauges and idle closes, and the broker each partition is
+                // fetched from, come from these statistics.
+                ("statistics.interval.ms", "1000"),
+            ])
+            .create_with_context(BatcherContext::new(batching.clone()))
+            .context("cannot create the Kafka consumer")
+    };
+    let mut consumer = new_consumer()?;
 
     let readiness = common::ops::registry_and_rabbitmq_readiness(
         supervisor.token(),
@@ -144,10 +153,26 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
             () = token.cancelled() => return Ok(()),
         }
         tokio::task::spawn_blocking(move || {
-            consumer
-                .subscribe(&[&events_topic])
-                .with_context(|| format!("cannot subscribe to {events_topic}"))?;
-            consume::run(&consumer, &token, commit_interval, drain)
+            loop {
+                consumer
+                    .subscribe(&[&events_topic])
+                    .with_context(|| format!("cannot subscribe to {events_topic}"))?;
+                match consume::run(&consumer, &token, commit_interval, drain)? {
+                    consume::Ended::Shutdown => return Ok(()),
+                    consume::Ended::Stuck { partition, leader } => {
+                        tracing::warn!(
+                            partition,
+                            leader,
+                            "replacing the Kafka consumer: it fetches the partition from no broker while the cluster has a leader for it"
+                        );
+                        counter!(CONSUMER_REPLACEMENTS).increment(1);
+                        // Closing the old consumer first hands its partitions over with a commit;
+                        // the new one joins the group and rebuilds from the checkpoints.
+                        drop(consumer);
+                        consumer = new_consumer()?;
+                    }
+                }
+            }
         })
         .await
         .context("the consumer thread panicked")?

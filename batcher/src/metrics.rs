@@ -10,6 +10,9 @@ pub const SKIPPED_OFFSETS: &str = "activity_batcher_skipped_offsets_total";
 /// Times a partition was read again from the offset expected next, after a record arrived at
 /// another offset.
 pub const REFETCHES: &str = "activity_batcher_offset_refetches_total";
+/// Kafka consumers replaced because one fetched an assigned partition from no broker while the
+/// cluster had a leader for it.
+pub const CONSUMER_REPLACEMENTS: &str = "activity_batcher_consumer_replacements_total";
 /// Records skipped because they are not readable events (logged with partition and offset).
 pub const INVALID_RECORDS: &str = "activity_batcher_invalid_records_total";
 /// Records of tenants without an integration, or older than the tenant's first delivery.
@@ -53,6 +56,7 @@ pub fn describe() {
         RECORDS,
         SKIPPED_OFFSETS,
         REFETCHES,
+        CONSUMER_REPLACEMENTS,
         INVALID_RECORDS,
         UNDELIVERED_RECORDS,
         DUPLICATES,
@@ -81,6 +85,11 @@ pub fn describe() {
         REFETCHES,
         Unit::Count,
         "Times a partition was read again from the offset expected next, after a record arrived at another offset."
+    );
+    describe_counter!(
+        CONSUMER_REPLACEMENTS,
+        Unit::Count,
+        "Kafka consumers replaced because one fetched an assigned partition from no broker while the cluster had a leader for it."
     );
     describe_counter!(
         INVALID_RECORDS,
