@@ -4,6 +4,7 @@
 use std::io::Read;
 
 use common::event::{Event, EventError};
+use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
 use crate::error::{ApiError, EventProblem, Position};
@@ -82,27 +83,29 @@ pub fn parse_events(body: &[u8], format: Format, limits: &Limits) -> Result<Vec<
             limit: limits.max_body_bytes,
         });
     }
-    let items: Vec<(Position, &[u8])> = match format {
-        Format::Ndjson => ndjson_lines(body).collect(),
-        Format::JsonArray => {
-            let elements: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
-                ApiError::InvalidBody(format!(
-                    "the body must be a JSON array of event objects: {e}"
-                ))
-            })?;
-            elements
-                .into_iter()
-                .enumerate()
-                .map(|(index, raw)| (Position::Index(index), raw.get().as_bytes()))
-                .collect()
-        }
+    // Counted before anything is kept per event: a body of millions of tiny events is refused
+    // without allocating an entry for each.
+    let count = match format {
+        Format::Ndjson => ndjson_lines(body).count(),
+        Format::JsonArray => serde_json::from_slice::<Vec<IgnoredAny>>(body)
+            .map_err(not_an_array)?
+            .len(),
     };
-    if items.len() > limits.max_events {
+    if count > limits.max_events {
         return Err(ApiError::TooManyEvents {
-            count: items.len(),
+            count,
             limit: limits.max_events,
         });
     }
+    let items: Vec<(Position, &[u8])> = match format {
+        Format::Ndjson => ndjson_lines(body).collect(),
+        Format::JsonArray => serde_json::from_slice::<Vec<&RawValue>>(body)
+            .map_err(not_an_array)?
+            .into_iter()
+            .enumerate()
+            .map(|(index, raw)| (Position::Index(index), raw.get().as_bytes()))
+            .collect(),
+    };
     if items.is_empty() {
         return Err(ApiError::InvalidBody("the body holds no events".into()));
     }
@@ -121,6 +124,12 @@ pub fn parse_events(body: &[u8], format: Format, limits: &Limits) -> Result<Vec<
     } else {
         Err(ApiError::InvalidEvents { problems, total })
     }
+}
+
+fn not_an_array(error: serde_json::Error) -> ApiError {
+    ApiError::InvalidBody(format!(
+        "the body must be a JSON array of event objects: {error}"
+    ))
 }
 
 /// Non-blank lines with their 1-based line numbers; CRLF line ends and a leading byte-order mark

@@ -15,6 +15,7 @@ pub mod connection;
 pub mod settings;
 pub mod setup;
 pub mod status;
+pub mod test_limits;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,10 +42,11 @@ use crate::auth::Tokens;
 use crate::error::ApiError;
 use crate::metrics::ADMIN_REQUESTS;
 
-use self::connection::{ConnectionFailure, test_connection};
+use self::connection::{ConnectionFailure, ConnectionSuccess, test_connection};
 use self::settings::{FieldProblem, IntegrationSettings};
 use self::setup::Vendor;
 use self::status::DeliveryStatuses;
+use self::test_limits::{ConnectionTestLimits, Refused};
 
 /// What the admin handlers share.
 pub struct AdminApi {
@@ -58,6 +60,7 @@ pub struct AdminApi {
     pub integrations_topic: String,
     pub first_deliveries_topic: String,
     pub connection_test_timeout: Duration,
+    pub connection_tests: ConnectionTestLimits,
     /// How long a write waits for Kafka, and then for the registry to read it back.
     pub write_timeout: Duration,
 }
@@ -106,6 +109,8 @@ pub enum AdminError {
     /// The registry is still reading the integrations topic.
     NotReady,
     Unavailable(String),
+    /// Too many connection tests, for the tenant or in total.
+    TooManyTests(Refused),
 }
 
 impl AdminError {
@@ -116,6 +121,7 @@ impl AdminError {
             Self::ConnectionFailed(_) => "connection_test_failed",
             Self::NotFound(_) => "not_found",
             Self::NotReady | Self::Unavailable(_) => "unavailable",
+            Self::TooManyTests(_) => "rate_limited",
         }
     }
 }
@@ -160,6 +166,18 @@ impl IntoResponse for AdminError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": code, "message": format!("{reason}; retry the request")}),
             ),
+            Self::TooManyTests(refused) => {
+                let seconds = refused.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let body = json!({"error": code, "message": format!(
+                    "too many connection tests for {}; retry in {seconds} s", refused.scope
+                )});
+                let mut response =
+                    (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                return response;
+            }
         };
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -193,6 +211,19 @@ fn finish(route: &'static str, result: AdminResult) -> Response {
 }
 
 impl AdminApi {
+    /// Runs the connection test, within the limits on how often tests may run.
+    async fn connection_test(
+        &self,
+        integration: &Integration,
+    ) -> Result<ConnectionSuccess, AdminError> {
+        self.connection_tests
+            .admit(&integration.tenant_id)
+            .map_err(AdminError::TooManyTests)?;
+        test_connection(&self.writer, integration, self.connection_test_timeout)
+            .await
+            .map_err(AdminError::ConnectionFailed)
+    }
+
     fn authorize(&self, headers: &HeaderMap) -> Result<(), AdminError> {
         self.tokens
             .check(headers.get(header::AUTHORIZATION))
@@ -394,10 +425,7 @@ async fn connect(api: &AdminApi, headers: &HeaderMap, tenant: &str, body: &[u8])
     let (integration, new_connection) = proposed(api, headers, tenant, body)?;
     // Disabling must work while the customer's side is broken; everything else is proven.
     let connection_test = if integration.enabled {
-        let success = test_connection(&api.writer, &integration, api.connection_test_timeout)
-            .await
-            .map_err(AdminError::ConnectionFailed)?;
-        Some(success)
+        Some(api.connection_test(&integration).await?)
     } else {
         None
     };
@@ -480,9 +508,7 @@ async fn try_connection(
     body: &[u8],
 ) -> AdminResult {
     let (integration, _) = proposed(api, headers, tenant, body)?;
-    let success = test_connection(&api.writer, &integration, api.connection_test_timeout)
-        .await
-        .map_err(AdminError::ConnectionFailed)?;
+    let success = api.connection_test(&integration).await?;
     Ok(
         axum::Json(json!({"connection_test": success, "external_id": integration.external_id}))
             .into_response(),
