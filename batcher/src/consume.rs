@@ -15,7 +15,7 @@ use common::clock::now_unix_ms;
 use common::registry::IntegrationRegistry;
 use metrics::{counter, gauge};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
@@ -208,13 +208,12 @@ impl Batching {
 
     /// Snapshots a checkpoint per partition and writes and commits those whose parts are all
     /// confirmed. A checkpoint that cannot be written leaves the commit where it was. The
-    /// checkpoints are what a rebuild starts from; the offsets committed after them in `mode`
-    /// only show the group's progress to lag monitoring.
+    /// checkpoints are what a rebuild starts from; the offsets committed after them show the
+    /// group's progress to lag monitoring.
     fn commit(
         &mut self,
         consumer: &BaseConsumer<BatcherContext>,
         partitions: &[i32],
-        mode: CommitMode,
     ) -> Result<(), KafkaError> {
         self.drain_confirms();
         let mut ready = Vec::new();
@@ -276,8 +275,10 @@ impl Batching {
             }
         }
         if offsets.count() > 0 {
-            // A failure here is corrected by the next round.
-            if let Err(error) = consumer.commit(&offsets, mode) {
+            // Synchronous: an asynchronous commit still in flight when the session expired kept
+            // the consumer from ever rejoining the group (seen twice after a frozen broker, with
+            // every partition left unread). A failure here is corrected by the next round.
+            if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
                 tracing::warn!(%error, "offset commit failed; the checkpoints are written");
             }
             counter!(COMMITS).increment(offsets.count() as u64);
@@ -421,8 +422,7 @@ impl Batching {
                     "parts still unconfirmed at revocation; the next owner rebuilds them"
                 );
             }
-            // Synchronous, so the next owner reads the offset committed here.
-            if let Err(error) = self.commit(consumer, &partitions, CommitMode::Sync) {
+            if let Err(error) = self.commit(consumer, &partitions) {
                 tracing::warn!(%error, "commit at revocation failed");
             }
         }
@@ -533,12 +533,6 @@ impl ConsumerContext for BatcherContext {
             other => tracing::error!(error = ?other, "rebalance failed"),
         }
     }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(error) = result {
-            tracing::warn!(%error, "offset commit failed; the checkpoints are written");
-        }
-    }
 }
 
 /// Why `run` returned.
@@ -600,9 +594,7 @@ pub fn run(
         if last_commit.elapsed() >= commit_interval {
             last_commit = Instant::now();
             let partitions = batching.assigned();
-            // Asynchronous: with the coordinator out of reach a synchronous commit would hold
-            // the consumer thread until the session ends.
-            batching.commit(consumer, &partitions, CommitMode::Async)?;
+            batching.commit(consumer, &partitions)?;
         }
     }
     let mut batching = consumer.context().lock();
@@ -610,8 +602,7 @@ pub fn run(
     if !batching.await_confirms(&partitions, drain) {
         tracing::warn!("shutting down with parts unconfirmed; the next owner rebuilds them");
     }
-    // Closing the consumer (when it is dropped) waits for this commit, within the session.
-    batching.commit(consumer, &partitions, CommitMode::Async)?;
+    batching.commit(consumer, &partitions)?;
     tracing::info!(partitions = ?partitions, "final checkpoints written");
     Ok(Ended::Shutdown)
 }
