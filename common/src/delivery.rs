@@ -19,6 +19,9 @@ pub fn topic_spec(name: &str, replication: i32) -> TopicSpec<'_> {
 pub mod outcome {
     pub const STORED: &str = "stored";
     pub const ALREADY_THERE: &str = "already_there";
+    /// Stored under an alternate key because a different object held the job's key; the
+    /// record's `key` is where it went.
+    pub const DIVERGED: &str = "diverged";
     pub const RETRIED: &str = "retried";
     pub const DEAD_LETTERED: &str = "dead_lettered";
     pub const DISCARDED: &str = "discarded";

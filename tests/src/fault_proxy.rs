@@ -1,7 +1,8 @@
 //! A small fault-injecting HTTP proxy in front of the S3/STS server, for the faults moto cannot
 //! produce: S3 answering 503 `SlowDown`, slow answers, STS refusing or throttling `AssumeRole`,
-//! and buckets owned by another account than the requests expect (moto does not check
-//! `x-amz-expected-bucket-owner`; S3 answers `403 AccessDenied`).
+//! buckets owned by another account than the requests expect (moto does not check
+//! `x-amz-expected-bucket-owner`; S3 answers `403 AccessDenied`), and object HEADs refused as
+//! for a role without `s3:GetObject` (moto applies no bucket policy to HEAD).
 //! Everything else is forwarded unchanged (moto does not check SigV4 signatures against the Host).
 
 use std::net::SocketAddr;
@@ -29,6 +30,9 @@ pub struct Faults {
     /// Buckets and the account owning each: a request about one of them whose
     /// `x-amz-expected-bucket-owner` names another account is refused as S3 refuses it.
     pub bucket_owners: Vec<(String, String)>,
+    /// Object HEADs are refused with a bodiless `403`, as S3 answers a HEAD the role's policy
+    /// does not allow.
+    pub deny_object_heads: bool,
 }
 
 #[derive(Clone)]
@@ -121,6 +125,9 @@ async fn forward(State(state): State<ProxyState>, request: Request) -> Response 
     });
     if owned_elsewhere {
         return xml(StatusCode::FORBIDDEN, S3_ACCESS_DENIED);
+    }
+    if parts.method == Method::HEAD && faults.deny_object_heads {
+        return StatusCode::FORBIDDEN.into_response();
     }
     let is_object_put = parts.method == Method::PUT && parts.uri.path().matches('/').count() >= 2;
     if is_object_put {

@@ -148,10 +148,7 @@ pub fn upload_job(tenant: &str, first_offset: i64, body: &[u8]) -> UploadJob {
         first_offset,
         last_offset: first_offset + 1,
         uncompressed_bytes: body.len() as u64,
-        sha256_hex: Sha256::digest(body)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        sha256_hex: hex::encode(Sha256::digest(body)),
         created_at_ms: now_unix_ms(),
         attempt: 0,
     }

@@ -183,6 +183,20 @@ async fn connection_test_failures_name_their_step_and_success_leaves_no_object()
     );
     assert_eq!(
         answer["connection_test"]["passed"],
+        json!(["assume-role", "put-object", "head-object"])
+    );
+
+    // A role without GetObject: the put worked, reading back its SHA-256 did not.
+    let no_get = new_bucket(&s3).await;
+    proxy.set(Faults {
+        deny_object_heads: true,
+        ..Faults::default()
+    });
+    let (hint, answer) = refused(&admin, &no_get, "head-object", "AccessDenied").await;
+    proxy.set(Faults::default());
+    assert!(hint.contains("s3:GetObject on arn:aws:s3:::"), "{hint}");
+    assert_eq!(
+        answer["connection_test"]["passed"],
         json!(["assume-role", "put-object"])
     );
 
@@ -221,7 +235,7 @@ async fn connection_test_failures_name_their_step_and_success_leaves_no_object()
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(
         answer["connection_test"]["steps"],
-        json!(["assume-role", "put-object", "delete-object"])
+        json!(["assume-role", "put-object", "head-object", "delete-object"])
     );
     let test_key = answer["connection_test"]["test_object_key"]
         .as_str()
@@ -340,7 +354,7 @@ async fn setup_documents_are_policies_naming_the_bucket_the_vendor_role_and_the_
     assert_eq!(
         (&role[1]["Action"], &role[1]["Resource"]),
         (
-            &json!("s3:PutObject"),
+            &json!(["s3:PutObject", "s3:GetObject"]),
             &json!(format!("arn:aws:s3:::{bucket}/audit/acme/*"))
         )
     );

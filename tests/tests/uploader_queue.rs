@@ -647,3 +647,81 @@ async fn a_job_whose_events_belong_to_another_tenant_never_reaches_any_bucket() 
     assert_eq!(object_count(&s3, &globex_bucket).await, Some(0));
     finish(supervisor, &channel, &topology).await;
 }
+
+#[tokio::test]
+async fn a_key_holding_a_different_object_is_never_counted_as_delivered_and_the_job_lands_beside_it()
+ {
+    let config = aws_config(&moto_endpoint()).await;
+    let s3 = s3_client(&config);
+    let bucket = new_bucket(&s3).await;
+    let supervisor = Supervisor::new();
+    let registry = registry(&[("acme", &bucket)], &supervisor).await;
+    let (_connection, channel) = confirm_channel("uploader-test").await;
+    let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(60)]);
+    topology.declare(&channel).await.expect("declare");
+    let deliveries =
+        start_uploader(aws_args(&moto_endpoint()), registry, &topology, &supervisor).await;
+
+    // The job's key already holds other bytes (a batcher whose object-shaping settings changed
+    // rebuilt the part differently, or something else wrote there).
+    let body = payload("acme");
+    let job = upload_job("acme", 51, &body);
+    let key = format!("audit/{}", job.relative_key);
+    let other = b"{\"id\":\"x\",\"tenant_id\":\"acme\",\"type\":\"other\"}\n".to_vec();
+    s3.put_object()
+        .bucket(&bucket)
+        .key(&key)
+        .body(other.clone().into())
+        .send()
+        .await
+        .expect("put the other object");
+    // Another job's key already holds the very same bytes: an earlier delivery of it.
+    let delivered = upload_job("acme", 52, &body);
+    let delivered_key = format!("audit/{}", delivered.relative_key);
+    s3.put_object()
+        .bucket(&bucket)
+        .key(&delivered_key)
+        .body(body.clone().into())
+        .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+        .send()
+        .await
+        .expect("put the earlier delivery");
+    // Delivered twice: a redelivery of a diverged job finds its own object beside the key.
+    enqueue_job(&channel, &topology, &job, &body).await;
+    enqueue_job(&channel, &topology, &job, &body).await;
+    enqueue_job(&channel, &topology, &delivered, &body).await;
+
+    let records = read_records(&deliveries, 3).await;
+    let sha256 = <[u8; 32]>::try_from(hex::decode(&job.sha256_hex).expect("hex")).expect("32");
+    let diverged = common::s3::diverged_key(&key, &sha256);
+    let summary: Vec<_> = records
+        .iter()
+        .map(|r| (r.outcome.as_str(), r.key.as_deref()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("diverged", Some(diverged.as_str())),
+            ("diverged", Some(diverged.as_str())),
+            ("already_there", Some(delivered_key.as_str())),
+        ]
+    );
+    let read = |key: String| {
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        async move {
+            let object = s3
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .expect("get");
+            object.body.collect().await.expect("body").to_vec()
+        }
+    };
+    assert_eq!(read(key).await, other, "the key's object is untouched");
+    assert_eq!(read(diverged).await, body, "the job's object is beside it");
+    assert_eq!(object_count(&s3, &bucket).await, Some(3));
+    finish(supervisor, &channel, &topology).await;
+}

@@ -34,8 +34,8 @@ use crate::destination::{S3Writer, Stored, resolve, verify_body};
 use crate::error::{ErrorClass, UploadError};
 use crate::fairness::{TenantSlot, TenantSlots};
 use crate::metrics::{
-    DEFERRED, DELIVERY_LAG, DELIVERY_RECORDS_FAILED, DLQ_DEPTH, IN_FLIGHT, OBJECT_SIZE, RECONNECTS,
-    RETRIES, UPLOAD_LATENCY, UPLOADS,
+    DEFERRED, DELIVERY_LAG, DELIVERY_RECORDS_FAILED, DIVERGED_OBJECTS, DLQ_DEPTH, IN_FLIGHT,
+    OBJECT_SIZE, RECONNECTS, RETRIES, UPLOAD_LATENCY, UPLOADS,
 };
 use crate::retry::{NextStep, RetryPolicy};
 
@@ -137,15 +137,24 @@ impl Uploader {
             histogram!(UPLOAD_LATENCY).record(started.elapsed().as_secs_f64());
             histogram!(OBJECT_SIZE).record(body.len() as f64);
         }
-        let destination = result
-            .as_ref()
-            .ok()
-            .map(|(_, integration)| integration.clone());
+        let destination = result.as_ref().ok().map(|(stored, integration)| {
+            let key = match stored {
+                Stored::Diverged { key } => key.clone(),
+                Stored::Created | Stored::AlreadyThere => {
+                    full_key(&integration.prefix, &job.relative_key)
+                }
+            };
+            (integration.bucket.clone(), key)
+        });
         let outcome = match result {
             Ok((stored, _)) => {
-                if stored == Stored::Created {
+                if stored != Stored::AlreadyThere {
                     let lag_ms = now_unix_ms().saturating_sub(job.window_end_ms).max(0);
                     histogram!(DELIVERY_LAG).record(lag_ms as f64 / 1000.0);
+                }
+                if let Stored::Diverged { key } = &stored {
+                    counter!(DIVERGED_OBJECTS).increment(1);
+                    tracing::error!(key = %job, tenant = %job.tenant_id, stored_as = %key, "a different object already holds this key; stored under an alternate key");
                 }
                 Outcome::Stored(stored)
             }
@@ -184,13 +193,14 @@ impl Uploader {
         let (label, error) = match &outcome {
             Outcome::Stored(Stored::Created) => (outcome::STORED, None),
             Outcome::Stored(Stored::AlreadyThere) => (outcome::ALREADY_THERE, None),
+            Outcome::Stored(Stored::Diverged { .. }) => (outcome::DIVERGED, None),
             Outcome::Retried { error, .. } => (outcome::RETRIED, Some(error)),
             Outcome::DeadLettered(error) => (outcome::DEAD_LETTERED, Some(error)),
             Outcome::Discarded(error) => (outcome::DISCARDED, Some(error)),
         };
         let class = error.map_or("none", |e| e.class.as_str());
         counter!(UPLOADS, "outcome" => label, "class" => class).increment(1);
-        let record = delivery_record(&job, body.len(), label, error, destination.as_ref());
+        let record = delivery_record(&job, body.len(), label, error, destination);
         self.deliveries.write(&record).await;
         Ok(outcome)
     }
@@ -501,13 +511,14 @@ fn delivery_record(
     bytes: usize,
     outcome: &str,
     error: Option<&UploadError>,
-    destination: Option<&Integration>,
+    destination: Option<(String, String)>,
 ) -> DeliveryRecord {
+    let (bucket, key) = destination.unzip();
     DeliveryRecord {
         tenant_id: job.tenant_id.to_string(),
         relative_key: job.relative_key.clone(),
-        bucket: destination.map(|d| d.bucket.clone()),
-        key: destination.map(|d| full_key(&d.prefix, &job.relative_key)),
+        bucket,
+        key,
         bytes: bytes as u64,
         event_count: job.event_count,
         window_start_ms: job.window_start_ms,

@@ -68,7 +68,7 @@ pub fn verify_body(job: &UploadJob, body: &[u8]) -> Result<[u8; 32], UploadError
         UploadError::new(ErrorClass::InvalidJob, "verify-body", code, message)
     };
     let digest: [u8; 32] = Sha256::digest(body).into();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(digest);
     if hex != job.sha256_hex {
         return Err(invalid(
             "ChecksumMismatch",

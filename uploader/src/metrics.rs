@@ -9,6 +9,8 @@ pub const UPLOAD_LATENCY: &str = "activity_uploader_upload_latency_seconds";
 /// Time from a window's end until its object was stored: the end-to-end delivery lag, the
 /// system's key SLO (objects that were already there are not counted).
 pub const DELIVERY_LAG: &str = "activity_uploader_delivery_lag_seconds";
+/// Objects stored under an alternate key because a different object already held their key.
+pub const DIVERGED_OBJECTS: &str = "activity_uploader_diverged_objects_total";
 /// Sizes of stored objects.
 pub const OBJECT_SIZE: &str = "activity_uploader_object_size_bytes";
 /// Jobs sent to a retry tier, by tier (1-based).
@@ -31,6 +33,7 @@ pub const ASSUME_ROLE_CACHE_HITS: &str = "activity_uploader_assume_role_cache_hi
 pub fn describe() {
     common::metrics::register_counters(&[
         DELIVERY_RECORDS_FAILED,
+        DIVERGED_OBJECTS,
         DEFERRED,
         RECONNECTS,
         ASSUME_ROLE_CALLS,
@@ -66,6 +69,11 @@ pub fn describe() {
         UPLOADS,
         Unit::Count,
         "Deliveries handled, by outcome and error class."
+    );
+    describe_counter!(
+        DIVERGED_OBJECTS,
+        Unit::Count,
+        "Objects stored under an alternate key because a different object already held their key."
     );
     describe_counter!(
         DEFERRED,

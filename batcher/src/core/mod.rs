@@ -200,10 +200,7 @@ impl ClosedPart {
 
     /// The upload job for this part (DESIGN §2), created at `now_ms`.
     pub fn job(&self, now_ms: i64) -> UploadJob {
-        let sha256_hex = Sha256::digest(&self.content.body)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256_hex = hex::encode(Sha256::digest(&self.content.body));
         UploadJob {
             tenant_id: self.tenant.clone(),
             relative_key: self.key().relative(),

@@ -12,8 +12,9 @@ use std::time::SystemTime;
 use aws_config::{Region, SdkConfig};
 use aws_sdk_s3::config::Credentials;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, ServerSideEncryption};
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, ServerSideEncryption};
 use base64::Engine;
+use bytes::Bytes;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -82,13 +83,25 @@ pub fn session_name(tenant: &str) -> String {
 }
 
 /// How a successful put ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
     /// The object was written.
     Created,
-    /// An object with this key was already there (`412` to `If-None-Match: *`): an earlier
-    /// attempt or a rebuild delivered it, which is success.
+    /// The same object (same SHA-256) was already under the key: an earlier attempt or a
+    /// rebuild delivered it, which is success.
     AlreadyThere,
+    /// A *different* object was already under the key. Nothing is overwritten and the job is
+    /// not counted as delivered under that key: its object is stored under
+    /// [`diverged_key`] (full key given here), so both stay readable and the divergence is
+    /// on record.
+    Diverged { key: String },
+}
+
+/// How one conditional put ended.
+enum PutAttempt {
+    Created,
+    /// `412` to `If-None-Match: *`: something is already under the key.
+    KeyTaken,
 }
 
 /// One object to put, with what its metadata says about it.
@@ -169,6 +182,11 @@ impl S3Writer {
     /// a SHA-256 checksum S3 verifies, `If-None-Match: *` and the window metadata. S3 refuses
     /// it (`403`) unless the bucket belongs to the integration's account: a bucket name the
     /// customer gave up and someone else took never receives their logs.
+    ///
+    /// When the key is taken, the stored object's SHA-256 (HEAD with checksum mode) decides:
+    /// the same bytes are an earlier delivery; different bytes (or an object without a SHA-256,
+    /// which this system never writes) mean the key's object is not this one, so this one goes
+    /// under its [`diverged_key`] instead.
     pub async fn put_object(
         &self,
         integration: &Integration,
@@ -176,12 +194,52 @@ impl S3Writer {
         object: ObjectToPut,
     ) -> Result<Stored, UploadError> {
         let key = full_key(&integration.prefix, &object.relative_key);
+        let body = Bytes::from(object.body.clone());
+        let attempt = self
+            .put_once(integration, &credentials, &key, &object, body.clone())
+            .await?;
+        if matches!(attempt, PutAttempt::Created) {
+            return Ok(Stored::Created);
+        }
+        if self.stored_sha256(integration, &credentials, &key).await? == Some(object.sha256) {
+            return Ok(Stored::AlreadyThere);
+        }
+        let diverged = diverged_key(&key, &object.sha256);
+        let attempt = self
+            .put_once(integration, &credentials, &diverged, &object, body)
+            .await?;
+        if matches!(attempt, PutAttempt::KeyTaken)
+            && self
+                .stored_sha256(integration, &credentials, &diverged)
+                .await?
+                != Some(object.sha256)
+        {
+            return Err(UploadError::new(
+                ErrorClass::Configuration,
+                "put-object",
+                "KeyTaken",
+                format!(
+                    "other objects are stored under both {key} and {diverged}; something else writes under the tenant's prefix"
+                ),
+            ));
+        }
+        Ok(Stored::Diverged { key: diverged })
+    }
+
+    async fn put_once(
+        &self,
+        integration: &Integration,
+        credentials: &Credentials,
+        key: &str,
+        object: &ObjectToPut,
+        body: Bytes,
+    ) -> Result<PutAttempt, UploadError> {
         let result = self
             .client(&integration.region)
             .put_object()
             .bucket(&integration.bucket)
             .expected_bucket_owner(&integration.aws_account_id)
-            .key(&key)
+            .key(key)
             .content_type(CONTENT_TYPE)
             .server_side_encryption(ServerSideEncryption::Aes256)
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
@@ -190,26 +248,58 @@ impl S3Writer {
             .metadata("event-count", object.event_count.to_string())
             .metadata("window-start", rfc3339_ms(object.window_start_ms))
             .metadata("window-end", rfc3339_ms(object.window_end_ms))
-            .body(ByteStream::from(object.body))
+            .body(ByteStream::from(body))
             .customize()
             .config_override(
-                aws_sdk_s3::config::Builder::default().credentials_provider(credentials),
+                aws_sdk_s3::config::Builder::default().credentials_provider(credentials.clone()),
             )
             .send()
             .await;
         match result {
-            Ok(_) => Ok(Stored::Created),
+            Ok(_) => Ok(PutAttempt::Created),
             Err(error) => {
                 let precondition_failed = error
                     .raw_response()
                     .is_some_and(|r| r.status().as_u16() == 412);
                 if precondition_failed {
-                    Ok(Stored::AlreadyThere)
+                    Ok(PutAttempt::KeyTaken)
                 } else {
                     Err(UploadError::from_sdk("put-object", &error))
                 }
             }
         }
+    }
+
+    /// The whole-object SHA-256 S3 keeps for the object at `key`, if it was stored with one
+    /// (a multipart object's composite checksum is not one).
+    pub async fn stored_sha256(
+        &self,
+        integration: &Integration,
+        credentials: &Credentials,
+        key: &str,
+    ) -> Result<Option<[u8; 32]>, UploadError> {
+        let head = self
+            .client(&integration.region)
+            .head_object()
+            .bucket(&integration.bucket)
+            .expected_bucket_owner(&integration.aws_account_id)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .customize()
+            .config_override(
+                aws_sdk_s3::config::Builder::default().credentials_provider(credentials.clone()),
+            )
+            .send()
+            .await
+            .map_err(|error| UploadError::from_sdk("head-object", &error))?;
+        Ok(head
+            .checksum_sha256()
+            .and_then(|encoded| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .ok()
+            })
+            .and_then(|digest| <[u8; 32]>::try_from(digest).ok()))
     }
 
     /// Deletes the object at `relative_key` below the integration's prefix.
@@ -233,6 +323,18 @@ impl S3Writer {
             .map(|_| ())
             .map_err(|error| UploadError::from_sdk("delete-object", &error))
     }
+}
+
+/// Where an object goes when a different object already holds its key: the same key with the
+/// first 16 hex digits of its SHA-256 before the extension, so a retry or a rebuild of the same
+/// object finds it there and a third, different object gets a name of its own.
+pub fn diverged_key(key: &str, sha256: &[u8; 32]) -> String {
+    let name_start = key.rfind('/').map_or(0, |slash| slash + 1);
+    let stem_end = key[name_start..]
+        .find('.')
+        .map_or(key.len(), |dot| name_start + dot);
+    let digest = hex::encode(&sha256[..8]);
+    format!("{}.diverged-{digest}{}", &key[..stem_end], &key[stem_end..])
 }
 
 /// RFC 3339 with milliseconds, as object metadata carries window bounds.
@@ -259,6 +361,22 @@ mod tests {
         writer.client("eu-west-1");
         let cached = writer.clients.lock().expect("clients").len();
         assert_eq!(cached, MAX_CACHED_REGIONS);
+    }
+
+    #[test]
+    fn a_diverged_object_keeps_its_name_and_extension_with_its_digest_before_it() {
+        let sha = [0xab; 32];
+        assert_eq!(
+            diverged_key(
+                "logs/acme/2026/11/30/10/acme_20261130T1000Z_3-31.jsonl.zst",
+                &sha
+            ),
+            "logs/acme/2026/11/30/10/acme_20261130T1000Z_3-31.diverged-abababababababab.jsonl.zst"
+        );
+        assert_eq!(
+            diverged_key("p.v2/acme_x", &sha),
+            "p.v2/acme_x.diverged-abababababababab"
+        );
     }
 
     #[test]

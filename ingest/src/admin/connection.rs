@@ -1,6 +1,7 @@
 //! The connection test (DESIGN §1 step 4): assume the customer's role with the tenant's external
 //! id, put a small object under the destination with the headers every delivered object
-//! carries, and delete it. The first step that fails is reported with AWS's code and message and
+//! carries, read back the SHA-256 S3 stored for it (what delivery checks when a key is already
+//! taken), and delete it. The first step that fails is reported with AWS's code and message and
 //! a hint of what to fix on the customer's side.
 
 use std::time::Duration;
@@ -15,12 +16,12 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 /// The steps, in order.
-pub const STEPS: [&str; 3] = ["assume-role", "put-object", "delete-object"];
+pub const STEPS: [&str; 4] = ["assume-role", "put-object", "head-object", "delete-object"];
 
 /// Why a connection test failed.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectionFailure {
-    /// The step that failed: `assume-role`, `put-object` or `delete-object`.
+    /// The step that failed: `assume-role`, `put-object`, `head-object` or `delete-object`.
     pub step: &'static str,
     /// AWS's error code, or `Timeout` / `Network` when AWS did not answer.
     pub code: String,
@@ -37,7 +38,7 @@ pub struct ConnectionFailure {
 /// A successful test.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectionSuccess {
-    pub steps: [&'static str; 3],
+    pub steps: [&'static str; 4],
     /// The key the test object had (it was deleted again).
     pub test_object_key: String,
 }
@@ -76,11 +77,27 @@ async fn run_steps(
     let credentials = assume_role(writer.base(), integration).await?;
     passed.push("assume-role");
     let object = test_object(integration)?;
-    let key = object.relative_key.clone();
+    let (key, sha256) = (object.relative_key.clone(), object.sha256);
     writer
         .put_object(integration, credentials.clone(), object)
         .await?;
     passed.push("put-object");
+    let full_key = common::key::full_key(&integration.prefix, &key);
+    let stored = writer
+        .stored_sha256(integration, &credentials, &full_key)
+        .await?;
+    if stored != Some(sha256) {
+        return Err(UploadError::new(
+            ErrorClass::Configuration,
+            "head-object",
+            "ChecksumMissing",
+            format!(
+                "the bucket returned {} for the test object's SHA-256, not the one it was written with",
+                stored.map_or_else(|| "nothing".to_owned(), hex::encode)
+            ),
+        ));
+    }
+    passed.push("head-object");
     writer.delete_object(integration, credentials, &key).await?;
     passed.push("delete-object");
     Ok(key)
@@ -176,6 +193,12 @@ pub fn hint(integration: &Integration, step: &str, code: &str, class: ErrorClass
         ("put-object", _) => format!(
             "The test object could not be written to bucket {bucket}: check the bucket's policy, default encryption and object lock settings."
         ),
+        ("head-object", "AccessDenied" | "Forbidden") => format!(
+            "The role may write but not read back what it wrote: its inline policy must allow s3:GetObject on {objects} (delivery reads an existing object's SHA-256 before treating it as delivered), and the bucket policy must not deny it. The test object was left in the bucket; it can be removed by hand."
+        ),
+        ("head-object", _) => format!(
+            "The test object was written but S3 did not return the SHA-256 it was stored with; delivery needs it to tell an earlier delivery from a different object under the same key. Check that bucket {bucket} is an Amazon S3 general purpose bucket. The test object was left in the bucket; it can be removed by hand."
+        ),
         ("delete-object", "AccessDenied") => format!(
             "The role may write but not delete the test object: its inline policy must allow s3:DeleteObject on {test_objects}, and the bucket policy must not deny it. The test object was left in the bucket; it can be removed by hand."
         ),
@@ -213,6 +236,10 @@ mod tests {
             hint("delete-object", "AccessDenied").contains(
                 "s3:DeleteObject on arn:aws:s3:::acme-logs/audit/acme/_connection-test-*"
             )
+        );
+        assert!(
+            hint("head-object", "AccessDenied")
+                .contains("s3:GetObject on arn:aws:s3:::acme-logs/audit/acme/*")
         );
         assert!(hint("put-object", "PermanentRedirect").contains("not in eu-west-1"));
         assert!(

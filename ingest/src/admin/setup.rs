@@ -16,7 +16,7 @@ pub fn external_id(secret: &[u8], tenant: &TenantId) -> String {
     mac.update(b"activity-logs external id v1\0");
     mac.update(tenant.as_str().as_bytes());
     let digest = mac.finalize().into_bytes();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(digest)
 }
 
 /// The answer to `GET /v1/integrations/s3/setup`.
@@ -141,7 +141,9 @@ pub fn documents(
             {
                 "Sid": "WriteActivityLogs",
                 "Effect": "Allow",
-                "Action": "s3:PutObject",
+                // GetObject lets delivery read back an existing object's SHA-256 (HEAD) before
+                // it counts a taken key as an earlier delivery of the same object.
+                "Action": ["s3:PutObject", "s3:GetObject"],
                 "Resource": tenant_objects_arn(partition, bucket, prefix, tenant)
             },
             {
@@ -205,7 +207,10 @@ mod tests {
             docs.trust_policy["Statement"][0]["Principal"]["AWS"],
             vendor.role_arn
         );
-        assert_eq!(docs.role_policy["Statement"][1]["Action"], "s3:PutObject");
+        assert_eq!(
+            docs.role_policy["Statement"][1]["Action"],
+            json!(["s3:PutObject", "s3:GetObject"])
+        );
         assert_eq!(
             docs.role_policy["Statement"][1]["Resource"],
             "arn:aws:s3:::acme-logs/audit/acme/*"

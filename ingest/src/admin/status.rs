@@ -92,7 +92,7 @@ impl DeliveryStatuses {
         let hour = record.at_ms.div_euclid(HOUR_MS);
         let counts = history.hours.entry(hour).or_default();
         match record.outcome.as_str() {
-            outcome::STORED | outcome::ALREADY_THERE => {
+            outcome::STORED | outcome::ALREADY_THERE | outcome::DIVERGED => {
                 counts.objects_delivered += 1;
                 counts.events_delivered += record.event_count;
                 if history
