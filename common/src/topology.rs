@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  {name} (direct) ──upload──▶ {name} (quorum queue) ──▶ uploaders
+//!                                 └── past the delivery limit, dead-lettered ──▶ {name}.dlq exchange
 //!  {name}.retry (direct) ──tier-N──▶ {name}.retry.N (quorum, TTL = delay N)
 //!                                      └── expires, dead-lettered back ──▶ {name} exchange
 //!  {name}.dlq (direct) ──dead──▶ {name}.dlq (quorum queue)
@@ -11,6 +12,11 @@
 //! Each retry tier is its own queue with one TTL, so messages expire in arrival order and a long
 //! delay never holds back a short one. Quorum queues dead-letter at-least-once only with
 //! `x-dead-letter-strategy=at-least-once`, which in turn needs `x-overflow=reject-publish`.
+//!
+//! Every queue states its delivery limit. RabbitMQ 4 gives quorum queues a default of 20 and
+//! *drops* a message returned more often than that when the queue has no dead-letter target. A
+//! job on the upload queue that keeps coming back (uploaders crashing or losing their connection
+//! while holding it) goes to the dead-letter queue instead, where `uploader dlq` shows it.
 
 use std::time::Duration;
 
@@ -24,6 +30,16 @@ use crate::config::parse_positive_duration;
 pub const UPLOAD_ROUTING_KEY: &str = "upload";
 /// Routing key of jobs on the dead-letter exchange.
 pub const DEAD_ROUTING_KEY: &str = "dead";
+
+/// Deliveries of one job from the upload queue before RabbitMQ moves it to the dead-letter
+/// queue: an uploader settles every job it handles, so only jobs whose uploaders died or lost
+/// their connection while holding them come back, and twenty such returns mean the job itself
+/// is the likely cause (say, a body that exhausts an uploader's memory).
+pub const UPLOAD_DELIVERY_LIMIT: i64 = 20;
+/// The dead-letter queue's delivery limit, set so high it never applies: it is read only by
+/// `uploader dlq`, which moves every message it reads instead of returning it, and a message
+/// past its limit there would have nowhere to go but away.
+const DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000;
 
 /// Names and retry delays of the upload queues.
 #[derive(Debug, Clone, clap::Args)]
@@ -128,12 +144,18 @@ impl UploadTopology {
                 .await
                 .map_err(|source| declare_error("exchange", exchange, source))?;
         }
+        let mut upload_arguments = quorum(UPLOAD_DELIVERY_LIMIT);
+        dead_letter_to(
+            &mut upload_arguments,
+            &self.dead_letter_exchange,
+            DEAD_ROUTING_KEY,
+        );
         declare_bound_queue(
             channel,
             &self.queue,
             &self.exchange,
             UPLOAD_ROUTING_KEY,
-            quorum(),
+            upload_arguments,
         )
         .await?;
         declare_bound_queue(
@@ -141,23 +163,15 @@ impl UploadTopology {
             &self.dead_letter_queue,
             &self.dead_letter_exchange,
             DEAD_ROUTING_KEY,
-            quorum(),
+            quorum(DEAD_LETTER_DELIVERY_LIMIT),
         )
         .await?;
         for tier in &self.retry_queues {
-            let mut arguments = quorum();
+            // Nothing consumes a tier: its messages only expire, so no delivery is counted.
+            let mut arguments = quorum(UPLOAD_DELIVERY_LIMIT);
             let ttl_ms = i64::try_from(tier.delay.as_millis()).unwrap_or(i64::MAX);
             arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
-            arguments.insert("x-dead-letter-exchange".into(), long_string(&self.exchange));
-            arguments.insert(
-                "x-dead-letter-routing-key".into(),
-                long_string(UPLOAD_ROUTING_KEY),
-            );
-            arguments.insert(
-                "x-dead-letter-strategy".into(),
-                long_string("at-least-once"),
-            );
-            arguments.insert("x-overflow".into(), long_string("reject-publish"));
+            dead_letter_to(&mut arguments, &self.exchange, UPLOAD_ROUTING_KEY);
             declare_bound_queue(
                 channel,
                 &tier.queue,
@@ -171,10 +185,26 @@ impl UploadTopology {
     }
 }
 
-fn quorum() -> FieldTable {
+fn quorum(delivery_limit: i64) -> FieldTable {
     let mut arguments = FieldTable::default();
     arguments.insert(ShortString::from("x-queue-type"), long_string("quorum"));
+    arguments.insert(
+        ShortString::from("x-delivery-limit"),
+        AMQPValue::LongLongInt(delivery_limit),
+    );
     arguments
+}
+
+/// Dead-letters at least once (RabbitMQ keeps a message until the target confirmed it) to
+/// `exchange` with `routing_key`.
+fn dead_letter_to(arguments: &mut FieldTable, exchange: &str, routing_key: &str) {
+    arguments.insert("x-dead-letter-exchange".into(), long_string(exchange));
+    arguments.insert("x-dead-letter-routing-key".into(), long_string(routing_key));
+    arguments.insert(
+        "x-dead-letter-strategy".into(),
+        long_string("at-least-once"),
+    );
+    arguments.insert("x-overflow".into(), long_string("reject-publish"));
 }
 
 fn long_string(value: &str) -> AMQPValue {

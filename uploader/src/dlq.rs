@@ -1,15 +1,17 @@
 //! Inspecting and redriving the dead-letter queue (`uploader dlq list|redrive`).
 //!
-//! Messages are read with `basic.get` without auto-ack. A redriven message is acknowledged on the
-//! dead-letter queue only after RabbitMQ confirmed its copy on the upload exchange, so a crash in
-//! between leaves a duplicate job (harmless: `If-None-Match`), never a lost one. Messages that are
-//! not redriven are returned to the queue.
+//! Messages are read with `basic.get` without auto-ack, and every message read is moved, never
+//! returned (see [`walk`]): a redriven one to the upload exchange, a kept one to the tail of the
+//! dead-letter queue. The original is acknowledged only after RabbitMQ confirmed its copy.
 
+use anyhow::Context;
 use common::amqp::publish_confirmed;
 use common::clock::now_unix_ms;
 use common::event::TenantId;
 use common::job::header;
-use common::topology::{UPLOAD_ROUTING_KEY, UploadTopology};
+use common::topology::{
+    DEAD_ROUTING_KEY, UPLOAD_DELIVERY_LIMIT, UPLOAD_ROUTING_KEY, UploadTopology,
+};
 use lapin::Channel;
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
@@ -18,7 +20,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use crate::consume::failure_header;
 
 /// One dead-lettered job as `dlq list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadJob {
     pub key: String,
     pub tenant: String,
@@ -32,7 +34,7 @@ pub struct DeadJob {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RedriveSummary {
     pub redriven: Vec<DeadJob>,
-    /// Left in the dead-letter queue: other tenants, or past the limit.
+    /// Left in the dead-letter queue (in their order): other tenants, or past the limit.
     pub kept: usize,
 }
 
@@ -66,57 +68,127 @@ fn describe(message: &BasicGetMessage) -> DeadJob {
             ),
         tenant: text(&headers, header::TENANT),
         attempts: text(&headers, header::ATTEMPT),
-        class: text(&headers, failure_header::CLASS),
-        code: text(&headers, failure_header::CODE),
-        message: text(&headers, failure_header::MESSAGE),
+        ..failure(&headers)
     }
 }
 
-/// Takes every message currently in the dead-letter queue, unacknowledged.
-async fn take_all(
+/// The failure a dead-lettered message carries: the uploader's headers, or, for a job RabbitMQ
+/// moved itself (past the upload queue's delivery limit), the broker's reason.
+fn failure(headers: &FieldTable) -> DeadJob {
+    let by_broker = !headers.inner().contains_key(failure_header::CLASS);
+    let reason = broker_reason(headers).filter(|_| by_broker);
+    match reason {
+        Some(reason) => DeadJob {
+            class: "broker".into(),
+            message: format!(
+                "RabbitMQ moved the job here ({reason}): uploaders holding it died or lost their connection {UPLOAD_DELIVERY_LIMIT} times"
+            ),
+            code: reason,
+            ..DeadJob::default()
+        },
+        None => DeadJob {
+            class: text(headers, failure_header::CLASS),
+            code: text(headers, failure_header::CODE),
+            message: text(headers, failure_header::MESSAGE),
+            ..DeadJob::default()
+        },
+    }
+}
+
+/// The `reason` of the latest entry of RabbitMQ's `x-death` header.
+fn broker_reason(headers: &FieldTable) -> Option<String> {
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+        return None;
+    };
+    deaths.as_slice().iter().find_map(|death| match death {
+        AMQPValue::FieldTable(death) => Some(text(death, "reason")),
+        _ => None,
+    })
+}
+
+/// What a walk does with one dead-lettered message.
+enum Decision {
+    /// Leave it in the dead-letter queue.
+    Keep,
+    /// Send it back to the upload exchange with a fresh retry budget.
+    Redrive,
+}
+
+/// Walks once through the messages in the dead-letter queue when the walk starts, handing each
+/// to `decide`. A kept message is published again at the queue's tail and the original
+/// acknowledged once RabbitMQ confirmed the copy, so after a full walk the kept messages are in
+/// their old order and none was *returned* to the queue: a return counts as a failed delivery
+/// towards a quorum queue's delivery limit (RabbitMQ 4 drops a message past 20 by default), so
+/// listing the queue must never return one. A crash between a copy and its acknowledgement
+/// leaves a duplicate job in the queue (harmless: `If-None-Match`), never a lost one.
+async fn walk(
     channel: &Channel,
     topology: &UploadTopology,
-) -> lapin::Result<Vec<BasicGetMessage>> {
-    let mut taken = Vec::new();
-    while let Some(message) = channel
-        .basic_get(
-            topology.dead_letter_queue.as_str().into(),
-            BasicGetOptions { no_ack: false },
-        )
-        .await?
-    {
-        taken.push(message);
-    }
-    Ok(taken)
-}
-
-async fn give_back(messages: Vec<BasicGetMessage>) -> lapin::Result<()> {
-    for message in messages {
-        message
-            .delivery
-            .acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await?;
+    mut decide: impl FnMut(&DeadJob) -> Decision,
+) -> anyhow::Result<()> {
+    let mut remaining: Option<u32> = None;
+    while remaining != Some(0) {
+        let Some(message) = channel
+            .basic_get(
+                topology.dead_letter_queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?
+        else {
+            break;
+        };
+        // The first message says how many were behind it: the walk ends there, before the
+        // copies it made come round again.
+        let left = *remaining.get_or_insert(message.message_count.saturating_add(1));
+        remaining = Some(left - 1);
+        let job = describe(&message);
+        let moved = match decide(&job) {
+            Decision::Keep => keep(channel, topology, &message).await,
+            Decision::Redrive => republish(channel, topology, &message).await,
+        };
+        match moved {
+            Ok(()) => {
+                message
+                    .delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .context("cannot acknowledge a dead-lettered message")?;
+            }
+            Err(error) => {
+                // Returned unchanged: one delivery counted against it, nothing lost.
+                message
+                    .delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await?;
+                return Err(error.context(format!(
+                    "moving {} failed; it stays in the dead-letter queue",
+                    job.key
+                )));
+            }
+        }
     }
     Ok(())
 }
 
-/// Lists the dead-lettered jobs (of one tenant, if given), leaving them in place.
+/// Lists the dead-lettered jobs (of one tenant, if given), leaving them in place and in order.
 pub async fn list(
     channel: &Channel,
     topology: &UploadTopology,
     tenant: Option<&TenantId>,
-) -> lapin::Result<Vec<DeadJob>> {
-    let messages = take_all(channel, topology).await?;
-    let jobs = messages
-        .iter()
-        .map(describe)
-        .filter(|job| tenant.is_none_or(|t| job.tenant == t.as_str()))
-        .collect();
-    give_back(messages).await?;
+) -> anyhow::Result<Vec<DeadJob>> {
+    let mut jobs = Vec::new();
+    walk(channel, topology, |job| {
+        if tenant.is_none_or(|t| job.tenant == t.as_str()) {
+            jobs.push(job.clone());
+        }
+        Decision::Keep
+    })
+    .await?;
     Ok(jobs)
 }
 
@@ -128,41 +200,43 @@ pub async fn redrive(
     tenant: Option<&TenantId>,
     limit: Option<usize>,
 ) -> anyhow::Result<RedriveSummary> {
-    let messages = take_all(channel, topology).await?;
     let mut summary = RedriveSummary::default();
-    let mut kept = Vec::new();
-    let mut remaining = messages.into_iter();
-    for message in remaining.by_ref() {
-        let job = describe(&message);
+    walk(channel, topology, |job| {
         let wanted = tenant.is_none_or(|t| job.tenant == t.as_str())
             && limit.is_none_or(|l| summary.redriven.len() < l);
-        if !wanted {
-            kept.push(message);
-            continue;
+        if wanted {
+            summary.redriven.push(job.clone());
+            Decision::Redrive
+        } else {
+            summary.kept += 1;
+            Decision::Keep
         }
-        match republish(channel, topology, &message).await {
-            Ok(()) => {
-                message
-                    .delivery
-                    .acker
-                    .ack(BasicAckOptions::default())
-                    .await?;
-                summary.redriven.push(job);
-            }
-            Err(error) => {
-                kept.push(message);
-                give_back(kept).await?;
-                give_back(remaining.collect()).await?;
-                return Err(error.context(format!(
-                    "redriving {} failed; it stays in the dead-letter queue",
-                    job.key
-                )));
-            }
-        }
-    }
-    summary.kept = kept.len();
-    give_back(kept).await?;
+    })
+    .await?;
     Ok(summary)
+}
+
+/// Publishes a copy of a dead-lettered message at the dead-letter queue's tail, unchanged.
+async fn keep(
+    channel: &Channel,
+    topology: &UploadTopology,
+    message: &BasicGetMessage,
+) -> anyhow::Result<()> {
+    publish_confirmed(
+        channel,
+        &topology.dead_letter_exchange,
+        DEAD_ROUTING_KEY,
+        &message.delivery.data,
+        message
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default(),
+        message.delivery.properties.message_id().clone(),
+    )
+    .await?;
+    Ok(())
 }
 
 async fn republish(
