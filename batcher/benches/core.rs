@@ -28,6 +28,7 @@ fn settings() -> WindowSettings {
         length_ms: 3_600_000,
         close_delay_ms: 5_000,
         max_object_bytes: 32 * 1024 * 1024,
+        max_body_bytes: batcher::config::max_body_bytes(16 * 1024 * 1024),
         part: PartSettings {
             frame_bytes: FRAME_BYTES,
             zstd_level: LEVEL,

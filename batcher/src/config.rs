@@ -117,6 +117,14 @@ pub struct TopicArgs {
     pub first_deliveries_topic: String,
 }
 
+/// What a job's headers and properties may take of a RabbitMQ message; the body gets the rest.
+const MESSAGE_HEADER_ALLOWANCE: u64 = 64 * 1024;
+
+/// The largest part body that fits in a message of `max_message_bytes`.
+pub fn max_body_bytes(max_message_bytes: u64) -> u64 {
+    max_message_bytes.saturating_sub(MESSAGE_HEADER_ALLOWANCE)
+}
+
 /// How events become windows and objects; a replay must use the values the live batcher used,
 /// or it builds different objects.
 #[derive(Debug, Clone, Args)]
@@ -134,6 +142,14 @@ pub struct BatchingArgs {
     #[arg(long, env = "ACTIVITY_BATCHER_MAX_OBJECT_BYTES", default_value_t = 32 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1024..))]
     pub max_object_bytes: u64,
+
+    /// Largest RabbitMQ message, at most the broker's `max_message_size` (RabbitMQ 4's
+    /// default is 16 MiB): a part is also cut before its compressed body could outgrow it, so a
+    /// tenant with `compression: none`, or events that barely compress, never makes a job the
+    /// broker refuses.
+    #[arg(long, env = "ACTIVITY_BATCHER_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(2 * MESSAGE_HEADER_ALLOWANCE..=512 * 1024 * 1024))]
+    pub max_message_bytes: u64,
 
     /// An open part's raw tail is compressed into a frame once it holds this many bytes.
     #[arg(long, env = "ACTIVITY_BATCHER_FRAME_BYTES", default_value_t = 64 * 1024,
@@ -153,6 +169,7 @@ impl BatchingArgs {
             length_ms: millis(self.window).max(1),
             close_delay_ms: millis(self.close_delay),
             max_object_bytes: self.max_object_bytes,
+            max_body_bytes: max_body_bytes(self.max_message_bytes),
             part: PartSettings {
                 frame_bytes: usize::try_from(self.frame_bytes).unwrap_or(usize::MAX),
                 zstd_level: self.zstd_level,
@@ -235,6 +252,7 @@ mod tests {
         let settings = config.batching.window_settings();
         assert_eq!(settings.length_ms, 3_600_000);
         assert_eq!(settings.max_object_bytes, 32 * 1024 * 1024);
+        assert_eq!(settings.max_body_bytes, 16 * 1024 * 1024 - 64 * 1024);
         assert_eq!(settings.part.zstd_level, 3);
         assert_eq!(config.group, "activity-batcher");
     }

@@ -72,9 +72,19 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
             config.uploads.topology(),
             rabbitmq.clone(),
         );
+        let max_body_bytes = config.batching.window_settings().max_body_bytes;
         let token = supervisor.token();
         supervisor.spawn("publisher", async move {
-            publish::run(amqp, topology, parts_rx, confirms_tx, connected, token).await
+            publish::run(
+                amqp,
+                topology,
+                max_body_bytes,
+                parts_rx,
+                confirms_tx,
+                connected,
+                token,
+            )
+            .await
         });
     }
 

@@ -35,6 +35,8 @@ pub const PUBLISH_BACKLOG: &str = "activity_batcher_publish_backlog_parts";
 pub const PUBLISHED: &str = "activity_batcher_published_parts_total";
 /// Time from sending a part to RabbitMQ's confirm.
 pub const PUBLISH_CONFIRM_LATENCY: &str = "activity_batcher_publish_confirm_latency_seconds";
+/// Parts larger than RabbitMQ takes, not published (their partitions' offsets stay behind them).
+pub const REFUSED_PARTS: &str = "activity_batcher_refused_parts_total";
 /// RabbitMQ sessions that failed (the publisher reconnects).
 pub const PUBLISH_FAILURES: &str = "activity_batcher_publish_failures_total";
 /// Records between a partition's committed offset and what was read, by partition.
@@ -63,6 +65,7 @@ pub fn describe() {
         SPILLED_BYTES,
         PUBLISHED,
         PUBLISH_FAILURES,
+        REFUSED_PARTS,
         COMMITS,
     ]);
     describe_counter!(
@@ -133,6 +136,11 @@ pub fn describe() {
         PUBLISH_CONFIRM_LATENCY,
         Unit::Seconds,
         "Time from sending a part to RabbitMQ's confirm."
+    );
+    describe_counter!(
+        REFUSED_PARTS,
+        Unit::Count,
+        "Parts larger than RabbitMQ takes, not published (their partitions' offsets stay behind them)."
     );
     describe_counter!(
         PUBLISH_FAILURES,

@@ -1,7 +1,12 @@
 //! Publishing closed parts to RabbitMQ as upload jobs, with many messages in flight and their
 //! confirms awaited in order. A part is reported confirmed only on a plain ack; anything else
 //! (nack, returned message, lost connection) puts it back at the head of the line and the
-//! publisher reconnects. A part is never dropped: until it is confirmed, offsets stay behind it.
+//! publisher reconnects. Until a part is confirmed, offsets stay behind it.
+//!
+//! The one part never retried is one larger than RabbitMQ takes (its `max_message_size`, which
+//! the batcher's own limit should not exceed): retrying it would stall every part behind it, so
+//! it is *refused*: logged, counted, reported to the sink and dropped from memory. It is never
+//! confirmed, so its partition's offsets stay behind it and a restart rebuilds it from Kafka.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,7 +22,7 @@ use metrics::{counter, histogram};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{PUBLISH_CONFIRM_LATENCY, PUBLISH_FAILURES, PUBLISHED};
+use crate::metrics::{PUBLISH_CONFIRM_LATENCY, PUBLISH_FAILURES, PUBLISHED, REFUSED_PARTS};
 
 /// Messages awaiting their confirm at once.
 const IN_FLIGHT: usize = 256;
@@ -41,9 +46,24 @@ pub struct Confirmed {
     pub sequence: u64,
 }
 
-/// Where confirmed parts are reported; a closed receiver is ignored (the reader stopped).
+/// A part RabbitMQ cannot take because of its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub partition: i32,
+    pub sequence: u64,
+    pub relative_key: String,
+    pub body_bytes: u64,
+    /// The largest body RabbitMQ takes, as far as the publisher knows.
+    pub limit: u64,
+}
+
+/// Where confirmed and refused parts are reported; a closed receiver is ignored (the reader
+/// stopped).
 pub trait ConfirmSink: Send + 'static {
     fn confirmed(&self, confirmed: Confirmed);
+    /// A refused part; live batching keeps its partition's offsets behind it and has nothing
+    /// more to do.
+    fn refused(&self, _refused: Refused) {}
 }
 
 impl ConfirmSink for std::sync::mpsc::Sender<Confirmed> {
@@ -53,12 +73,32 @@ impl ConfirmSink for std::sync::mpsc::Sender<Confirmed> {
     }
 }
 
-/// Publishes everything `parts` yields until it is closed and every part is confirmed.
+impl ConfirmSink for std::sync::mpsc::Sender<Result<Confirmed, Refused>> {
+    fn confirmed(&self, confirmed: Confirmed) {
+        let _ = self.send(Ok(confirmed));
+    }
+
+    fn refused(&self, refused: Refused) {
+        let _ = self.send(Err(refused));
+    }
+}
+
+/// The message size RabbitMQ says it takes at most, from its refusal of a larger one
+/// (`PRECONDITION_FAILED - message size 20971520 is larger than configured max size 16777216`).
+pub fn broker_max_message_size(error: &str) -> Option<u64> {
+    let (_, rest) = error.split_once("larger than configured max size ")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Publishes everything `parts` yields until it is closed and every part is confirmed (or
+/// refused: a body over `max_body_bytes`, or over what RabbitMQ says it takes).
 /// `shutdown` only stops waiting for RabbitMQ to come back; a part is never reported
 /// confirmed without an ack.
 pub async fn run(
     amqp: AmqpArgs,
     topology: UploadTopology,
+    max_body_bytes: u64,
     parts: mpsc::Receiver<Outgoing>,
     sink: impl ConfirmSink,
     connected: Arc<AtomicBool>,
@@ -66,6 +106,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut publisher = Publisher {
         topology,
+        max_body_bytes,
         parts,
         waiting: VecDeque::new(),
         closed: false,
@@ -88,6 +129,16 @@ pub async fn run(
             Ok(()) => return Ok(()),
             Err(error) => {
                 counter!(PUBLISH_FAILURES).increment(1);
+                if let Some(broker_max) = broker_max_message_size(&format!("{error:#}"))
+                    && broker_max < publisher.max_body_bytes
+                {
+                    tracing::error!(
+                        broker_max,
+                        configured = publisher.max_body_bytes,
+                        "RabbitMQ takes smaller messages than ACTIVITY_BATCHER_MAX_MESSAGE_BYTES allows; parts above its limit are refused"
+                    );
+                    publisher.max_body_bytes = broker_max;
+                }
                 tracing::warn!(
                     error = format!("{error:#}"),
                     waiting = publisher.waiting.len(),
@@ -104,6 +155,8 @@ pub async fn run(
 /// The publisher's state across sessions.
 struct Publisher<S> {
     topology: UploadTopology,
+    /// The largest body to send; larger parts are refused without being sent.
+    max_body_bytes: u64,
     parts: mpsc::Receiver<Outgoing>,
     /// Parts to publish before taking new ones: those a failed session left unconfirmed.
     waiting: VecDeque<Outgoing>,
@@ -170,6 +223,25 @@ impl<S: ConfirmSink> Publisher<S> {
         result
     }
 
+    fn refuse(&self, part: Outgoing) {
+        counter!(REFUSED_PARTS).increment(1);
+        tracing::error!(
+            key = %part.job.relative_key,
+            tenant = %part.job.tenant_id,
+            partition = part.partition,
+            bytes = part.body.len(),
+            limit = self.max_body_bytes,
+            "a part is larger than RabbitMQ takes and is not published; its partition's offsets stay behind it until ACTIVITY_BATCHER_MAX_MESSAGE_BYTES is at most RabbitMQ's max_message_size and the batcher restarts"
+        );
+        self.sink.refused(Refused {
+            partition: part.partition,
+            sequence: part.sequence,
+            relative_key: part.job.relative_key,
+            body_bytes: part.body.len() as u64,
+            limit: self.max_body_bytes,
+        });
+    }
+
     async fn pump(
         &mut self,
         channel: &lapin::Channel,
@@ -180,6 +252,10 @@ impl<S: ConfirmSink> Publisher<S> {
             if in_flight.len() < IN_FLIGHT
                 && let Some(part) = self.next(channel, in_flight.is_empty()).await?
             {
+                if part.body.len() as u64 > self.max_body_bytes {
+                    self.refuse(part);
+                    continue;
+                }
                 let pending = publish_persistent(
                     channel,
                     &exchange,
@@ -217,5 +293,20 @@ impl<S: ConfirmSink> Publisher<S> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rabbitmq_s_refusal_of_a_large_message_gives_its_limit() {
+        let error = "channel error: PRECONDITION_FAILED - message size 20971520 is larger than configured max size 16777216";
+        assert_eq!(broker_max_message_size(error), Some(16_777_216));
+        assert_eq!(
+            broker_max_message_size("PRECONDITION_FAILED - inequivalent arg"),
+            None
+        );
     }
 }

@@ -242,6 +242,7 @@ mod tests {
             length_ms,
             close_delay_ms,
             max_object_bytes: 1 << 20,
+            max_body_bytes: 1 << 20,
             part: crate::core::part::PartSettings {
                 frame_bytes: 64 * 1024,
                 zstd_level: 3,

@@ -23,7 +23,7 @@ use crate::config::{BatcherConfig, ReplayArgs, ReplayStart};
 use crate::core::window::window_start;
 use crate::core::{ClosedPart, Core, WindowSettings};
 use crate::offsets::{OffsetCheck, admit};
-use crate::publish::{self, Confirmed, Outgoing};
+use crate::publish::{self, Confirmed, Outgoing, Refused};
 use crate::records::{Horizon, take_record};
 use tokio_util::sync::CancellationToken;
 
@@ -177,12 +177,13 @@ pub async fn execute(
     }
 
     let (parts_tx, parts_rx) = tokio::sync::mpsc::channel(256);
-    let (confirms_tx, confirms_rx) = std::sync::mpsc::channel::<Confirmed>();
+    let (confirms_tx, confirms_rx) = std::sync::mpsc::channel::<Result<Confirmed, Refused>>();
     // The publisher stops once every part is sent (the sender is dropped) or on `token`.
     let publisher_token = token.child_token();
     let publisher = tokio::spawn(publish::run(
         config.amqp.clone(),
         config.uploads.topology(),
+        settings.max_body_bytes,
         parts_rx,
         confirms_tx,
         std::sync::Arc::default(),
@@ -393,7 +394,7 @@ fn replay(
     plans: &[PartitionPlan],
     to_ms: i64,
     parts: &tokio::sync::mpsc::Sender<Outgoing>,
-    confirms: &std::sync::mpsc::Receiver<Confirmed>,
+    confirms: &std::sync::mpsc::Receiver<Result<Confirmed, Refused>>,
     report: &dyn Fn(String),
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Summary> {
@@ -494,7 +495,13 @@ fn replay(
     let mut confirmed = 0_u64;
     while confirmed < sent {
         match confirms.recv_timeout(PROGRESS_INTERVAL) {
-            Ok(_) => confirmed += 1,
+            Ok(Ok(_)) => confirmed += 1,
+            Ok(Err(refused)) => anyhow::bail!(
+                "RabbitMQ cannot take {} ({} bytes, its limit is {}): set ACTIVITY_BATCHER_MAX_MESSAGE_BYTES to at most RabbitMQ's max_message_size, for the replay and the live batchers alike",
+                refused.relative_key,
+                refused.body_bytes,
+                refused.limit
+            ),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 report(format!(
                     "  waiting for RabbitMQ to confirm {} more object(s)",

@@ -462,3 +462,94 @@ async fn two_batchers_split_the_partitions_and_a_stopped_one_hands_over_without_
     drop(second);
     delete_topology(&channel, &setup.topology).await;
 }
+
+/// Writes 90 events of ~200 KiB for `acme` (no compression: ~18 MiB, more than RabbitMQ's
+/// 16 MiB message limit) on partition 0 and 5 small ones for `globex` on partition 1, all in
+/// the next 10 s window, so it cannot close before they are all written.
+async fn one_large_window(events: &EventsTopic) -> i64 {
+    let window_start = (now_unix_ms() / 10_000 + 1) * 10_000;
+    for n in 0..90 {
+        events
+            .send(0, "acme", &format!("big-{n}"), window_start + n, 200 * 1024)
+            .await;
+    }
+    for n in 0..5 {
+        events
+            .send(1, "globex", &format!("small-{n}"), window_start + n, 10)
+            .await;
+    }
+    window_start
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_is_cut_to_what_rabbitmq_takes_even_without_compression() {
+    let events = EventsTopic::create(2).await;
+    let integrations = IntegrationsTopic::create().await;
+    integrations.connect("acme", "acme-bucket").await;
+    integrations.connect("globex", "globex-bucket").await;
+    let setup = BatcherSetup::new(&events, &integrations);
+    let (_connection, channel) = confirm_channel("batcher-test").await;
+    setup.topology.declare(&channel).await.expect("declare");
+    let batcher = setup.spawn("10s", "500ms", &[]);
+    batcher.ready().await;
+
+    one_large_window(&events).await;
+    let jobs =
+        jobs_until_events(&channel, &setup.topology.queue, 95, Duration::from_secs(60)).await;
+    let acme: Vec<_> = jobs
+        .values()
+        .filter(|j| j.job.tenant_id.as_str() == "acme")
+        .collect();
+    assert!(acme.len() >= 2, "{} acme part(s)", acme.len());
+    for published in &acme {
+        assert_eq!(published.job.codec, Codec::None);
+        assert!(
+            published.body.len() <= 16 * 1024 * 1024 - 64 * 1024,
+            "{} bytes",
+            published.body.len()
+        );
+    }
+    let metrics = batcher.metrics().await;
+    assert_eq!(
+        integration_tests::process::metric_value(&metrics, "activity_batcher_refused_parts_total"),
+        Some(0.0)
+    );
+    drop(batcher);
+    delete_topology(&channel, &setup.topology).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_rabbitmq_refuses_is_counted_and_set_aside_while_other_partitions_go_on() {
+    let events = EventsTopic::create(2).await;
+    let integrations = IntegrationsTopic::create().await;
+    integrations.connect("acme", "acme-bucket").await;
+    integrations.connect("globex", "globex-bucket").await;
+    let setup = BatcherSetup::new(&events, &integrations);
+    let (_connection, channel) = confirm_channel("batcher-test").await;
+    setup.topology.declare(&channel).await.expect("declare");
+    // Configured above the broker's limit, as a mistake would be.
+    let batcher = setup.spawn("10s", "500ms", &["--max-message-bytes", "67108864"]);
+    batcher.ready().await;
+
+    one_large_window(&events).await;
+    let jobs = jobs_until_events(&channel, &setup.topology.queue, 5, Duration::from_secs(60)).await;
+    let tenants: BTreeSet<_> = jobs.values().map(|j| j.job.tenant_id.to_string()).collect();
+    assert_eq!(tenants, BTreeSet::from(["globex".to_owned()]));
+    let refused = wait_for(
+        "the refused part counted",
+        Duration::from_secs(30),
+        || async {
+            let metrics = batcher.metrics().await;
+            integration_tests::process::metric_value(
+                &metrics,
+                "activity_batcher_refused_parts_total",
+            )
+            .filter(|&n| n > 0.0)
+        },
+    )
+    .await;
+    assert_eq!(refused, 1.0);
+    assert!(take_jobs(&channel, &setup.topology.queue).await.is_empty());
+    drop(batcher);
+    delete_topology(&channel, &setup.topology).await;
+}

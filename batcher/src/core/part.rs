@@ -79,6 +79,12 @@ pub struct FinishedBody {
     pub uncompressed_bytes: u64,
 }
 
+/// The most bytes `raw` bytes can take once compressed into a frame by any codec: incompressible
+/// input grows a little (zstd and gzip store it in blocks with small headers).
+fn compressed_bound(raw: u64) -> u64 {
+    raw + raw / 128 + 1024
+}
+
 /// Bytes of memory one remembered event id costs, with the hash set's own overhead.
 const ID_MEMORY_BYTES: usize = 24;
 
@@ -105,11 +111,25 @@ impl OpenPart {
         }
     }
 
-    /// Whether a line of `line_bytes` (newline excluded) still fits under `max_bytes`. An empty
-    /// part takes any line, so an event larger than the limit still gets an object.
-    pub fn fits(&self, line_bytes: usize, max_bytes: u64) -> bool {
+    /// Whether a line of `line_bytes` (newline excluded) still fits: the part's uncompressed
+    /// bytes stay under `max_raw_bytes`, and its body, bounded before the raw tail is
+    /// compressed, within `max_body_bytes`. An empty part takes any line, so an event larger
+    /// than a limit still gets an object.
+    pub fn fits(&self, line_bytes: usize, max_raw_bytes: u64, max_body_bytes: u64) -> bool {
         // The line takes its newline too.
-        self.event_count == 0 || self.raw_bytes + (line_bytes as u64) < max_bytes
+        let line = line_bytes as u64 + 1;
+        let tail = self.raw_tail_bytes() as u64 + line;
+        self.event_count == 0
+            || (self.raw_bytes + line <= max_raw_bytes
+                && self.frames_bytes() + compressed_bound(tail) <= max_body_bytes)
+    }
+
+    /// Bytes of the finished frames.
+    fn frames_bytes(&self) -> u64 {
+        match &self.storage {
+            Storage::Memory { frames } => frames.len() as u64,
+            Storage::Disk { frames_bytes, .. } => *frames_bytes,
+        }
     }
 
     /// Whether the event whose id hashes to `id` (see [`id_hash`]) is already in this part.
@@ -464,12 +484,48 @@ mod tests {
     fn the_size_limit_counts_lines_with_their_newlines_and_an_empty_part_takes_anything() {
         let s = settings(1 << 16);
         let mut part = part(Codec::None);
+        let no_body_limit = u64::MAX;
         assert!(
-            part.fits(1_000, 10),
+            part.fits(1_000, 10, no_body_limit),
             "an empty part takes even an oversized event"
         );
         part.add(1, id_hash("a"), b"12345", &s).expect("add");
-        assert!(part.fits(3, 10), "6 + 4 bytes fit in 10");
-        assert!(!part.fits(4, 10), "6 + 5 bytes do not");
+        assert!(part.fits(3, 10, no_body_limit), "6 + 4 bytes fit in 10");
+        assert!(!part.fits(4, 10, no_body_limit), "6 + 5 bytes do not");
+    }
+
+    #[test]
+    fn a_body_never_outgrows_its_limit_whatever_the_codec_makes_of_the_lines() {
+        // Random bytes in hex: zstd and gzip cannot shrink them much, `none` not at all.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut noise = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let max_body = 200_000;
+        for codec in [Codec::None, Codec::Gzip, Codec::Zstd] {
+            let s = settings(16 * 1024);
+            let mut parts = vec![part(codec)];
+            for n in 0..2_000 {
+                let line: String = (0..25).map(|_| format!("{:016x}", noise())).collect();
+                let open = parts.last_mut().expect("a part");
+                if !open.fits(line.len(), u64::MAX, max_body) {
+                    parts.push(part(codec));
+                }
+                let open = parts.last_mut().expect("a part");
+                open.add(n, id_hash(&n.to_string()), line.as_bytes(), &s)
+                    .expect("add");
+            }
+            let bodies: Vec<_> = parts
+                .into_iter()
+                .map(|p| p.finish(&s).expect("finish").body.len() as u64)
+                .collect();
+            assert!(bodies.len() > 2, "{codec}: {bodies:?}");
+            assert!(bodies.iter().all(|&b| b <= max_body), "{codec}: {bodies:?}");
+            // Cut close to the limit, not far below it.
+            assert!(bodies[0] > max_body * 3 / 4, "{codec}: {bodies:?}");
+        }
     }
 }

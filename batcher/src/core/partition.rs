@@ -21,6 +21,9 @@ pub struct WindowSettings {
     pub close_delay_ms: i64,
     /// A part is cut before it would exceed this many uncompressed bytes.
     pub max_object_bytes: u64,
+    /// A part is cut before its body (compressed, as published and stored) could exceed this
+    /// many bytes: what fits in one RabbitMQ message.
+    pub max_body_bytes: u64,
     pub part: PartSettings,
 }
 
@@ -455,7 +458,12 @@ impl PartitionState {
         };
         let id = id_hash(record.event_id);
         // A repeated id stays a duplicate whatever its size; only new events can cut.
-        let cut = !part.contains(id) && !part.fits(record.line.len(), settings.max_object_bytes);
+        let cut = !part.contains(id)
+            && !part.fits(
+                record.line.len(),
+                settings.max_object_bytes,
+                settings.max_body_bytes,
+            );
         let full = if cut {
             Some(std::mem::replace(part, new_part()))
         } else {
@@ -518,6 +526,7 @@ mod tests {
             length_ms: W,
             close_delay_ms: DELAY,
             max_object_bytes,
+            max_body_bytes: u64::MAX,
             part: PartSettings {
                 frame_bytes: 256,
                 zstd_level: 3,
