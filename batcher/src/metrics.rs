@@ -17,6 +17,9 @@ pub const CONSUMER_REPLACEMENTS: &str = "activity_batcher_consumer_replacements_
 pub const INVALID_RECORDS: &str = "activity_batcher_invalid_records_total";
 /// Records of tenants without an integration, or older than the tenant's first delivery.
 pub const UNDELIVERED_RECORDS: &str = "activity_batcher_undelivered_records_total";
+/// Records stamped further ahead of the batcher's clock than the tolerance; batched at the
+/// tolerance's end instead (`records::future_tolerance_ms`).
+pub const FUTURE_RECORDS: &str = "activity_batcher_future_records_total";
 /// Records dropped because their event id was already in their part.
 pub const DUPLICATES: &str = "activity_batcher_duplicate_events_total";
 /// Parts closed, by reason (window, size, late).
@@ -61,6 +64,7 @@ pub fn describe() {
         CONSUMER_REPLACEMENTS,
         INVALID_RECORDS,
         UNDELIVERED_RECORDS,
+        FUTURE_RECORDS,
         DUPLICATES,
         SPILLED_BYTES,
         PUBLISHED,
@@ -103,6 +107,11 @@ pub fn describe() {
         UNDELIVERED_RECORDS,
         Unit::Count,
         "Records of tenants without an integration, or older than the tenant's first delivery."
+    );
+    describe_counter!(
+        FUTURE_RECORDS,
+        Unit::Count,
+        "Records stamped further ahead of the batcher's clock than half the close delay (at most a minute), batched as if stamped that far ahead."
     );
     describe_counter!(
         DUPLICATES,

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use common::clock::now_unix_ms;
 use common::event::TenantId;
 use common::integration::Integration;
 use common::key::Codec;
@@ -13,7 +14,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 
 use crate::core::window::window_start;
 use crate::core::{ClosedPart, Core, Record, WindowSettings};
-use crate::metrics::{INVALID_RECORDS, RECORDS, UNDELIVERED_RECORDS};
+use crate::metrics::{FUTURE_RECORDS, INVALID_RECORDS, RECORDS, UNDELIVERED_RECORDS};
 
 /// The fields of an event the batcher reads; the line itself is delivered verbatim.
 #[derive(Debug)]
@@ -135,6 +136,28 @@ pub fn delivery_codec(
     (timestamp_ms >= from).then_some(integration.compression)
 }
 
+/// The most a record's time may be ahead of this process's clock: half the close delay, so a
+/// window still waits at least half its close delay for stragglers, and at most a minute (the
+/// events topic refuses records stamped further ahead, `message.timestamp.after.max.ms`, when
+/// the services created it).
+pub fn future_tolerance_ms(settings: &WindowSettings) -> i64 {
+    (settings.close_delay_ms / 2).min(60_000)
+}
+
+/// A record's time as batching uses it: its timestamp, but never more than `tolerance_ms` past
+/// `now_ms`. A producer host whose clock runs hours ahead would otherwise move its partition's
+/// stream time past every open window and close them all, and put its own events in a window
+/// that closes hours from now; bounded, its events go in the window of the present. Returns
+/// whether the timestamp was bounded.
+pub fn bounded_timestamp(timestamp_ms: i64, now_ms: i64, tolerance_ms: i64) -> (i64, bool) {
+    let latest = now_ms.saturating_add(tolerance_ms);
+    if timestamp_ms > latest {
+        (latest, true)
+    } else {
+        (timestamp_ms, false)
+    }
+}
+
 /// Feeds one record of the events topic to `core`: into its tenant's part when the tenant gets
 /// deliveries for it (and is `only_tenant`, when given), else only as time passing. Returns the
 /// parts it closed. Live batching and replay both go through here, so they agree.
@@ -147,12 +170,17 @@ pub fn take_record(
 ) -> std::io::Result<Vec<ClosedPart>> {
     let (partition, offset) = (message.partition(), message.offset());
     counter!(RECORDS).increment(1);
-    let timestamp_ms = message.timestamp().to_millis();
-    let Some(timestamp) = timestamp_ms else {
+    let Some(stamped) = message.timestamp().to_millis() else {
         counter!(INVALID_RECORDS).increment(1);
         tracing::error!(partition, offset, "record without a timestamp skipped");
         return core.skip(partition, offset, None);
     };
+    let tolerance = future_tolerance_ms(&core.settings);
+    let (timestamp, bounded) = bounded_timestamp(stamped, now_unix_ms(), tolerance);
+    if bounded {
+        counter!(FUTURE_RECORDS).increment(1);
+    }
+    let timestamp_ms = Some(timestamp);
     let event = match read_event(message.key(), message.payload()) {
         Ok(event) => event,
         Err(problem) => {
@@ -248,6 +276,23 @@ mod tests {
                 zstd_level: 3,
             },
         }
+    }
+
+    #[test]
+    fn a_record_time_is_bounded_by_the_clock_plus_half_the_close_delay_at_most_a_minute() {
+        assert_eq!(future_tolerance_ms(&settings(3_600_000, 120_000)), 60_000);
+        assert_eq!(future_tolerance_ms(&settings(3_600_000, 600_000)), 60_000);
+        assert_eq!(future_tolerance_ms(&settings(10_000, 500)), 250);
+        let now = 1_800_000_000_000;
+        assert_eq!(bounded_timestamp(now - 5, now, 60_000), (now - 5, false));
+        assert_eq!(
+            bounded_timestamp(now + 60_000, now, 60_000),
+            (now + 60_000, false)
+        );
+        assert_eq!(
+            bounded_timestamp(now + 86_400_000, now, 60_000),
+            (now + 60_000, true)
+        );
     }
 
     #[test]

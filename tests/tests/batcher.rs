@@ -553,3 +553,61 @@ async fn a_part_rabbitmq_refuses_is_counted_and_set_aside_while_other_partitions
     drop(batcher);
     delete_topology(&channel, &setup.topology).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_stamped_far_ahead_closes_nothing_and_is_delivered_with_the_present() {
+    let events = EventsTopic::create(1).await;
+    let integrations = IntegrationsTopic::create().await;
+    integrations.connect("acme", "acme-bucket").await;
+    integrations.connect("globex", "globex-bucket").await;
+    let setup = BatcherSetup::new(&events, &integrations);
+    let (_connection, channel) = confirm_channel("batcher-test").await;
+    setup.topology.declare(&channel).await.expect("declare");
+    // A record may be 2 s ahead of the batcher's clock (half the close delay).
+    let batcher = setup.spawn("20s", "4s", &[]);
+    batcher.ready().await;
+
+    let mut acme_windows = BTreeSet::new();
+    let mut send_acme = async |id: String| {
+        let now = now_unix_ms();
+        acme_windows.insert(now - now % 20_000);
+        events.send(0, "acme", &id, now, 10).await;
+    };
+    for n in 0..3 {
+        send_acme(format!("before-{n}")).await;
+    }
+    // A producer host whose clock is 50 minutes ahead: Kafka 4 refuses records stamped more
+    // than an hour ahead by default, and this topic sets nothing stricter.
+    let sent_at = now_unix_ms();
+    events
+        .send(0, "globex", "from-the-future", sent_at + 3_000_000, 10)
+        .await;
+    for n in 0..3 {
+        send_acme(format!("after-{n}")).await;
+    }
+
+    let jobs = jobs_until_events(&channel, &setup.topology.queue, 7, Duration::from_secs(90)).await;
+    let acme = jobs
+        .values()
+        .filter(|j| j.job.tenant_id.as_str() == "acme")
+        .count();
+    // One part per window the acme events fell in (two only if the clock crossed a boundary
+    // between them): the future record closed no window early.
+    assert_eq!(acme, acme_windows.len());
+    let globex: Vec<_> = jobs
+        .values()
+        .filter(|j| j.job.tenant_id.as_str() == "globex")
+        .collect();
+    assert_eq!(globex.len(), 1);
+    assert!(
+        globex[0].job.window_start_ms <= now_unix_ms(),
+        "delivered with the present, not 50 minutes from now"
+    );
+    let metrics = batcher.metrics().await;
+    assert_eq!(
+        integration_tests::process::metric_value(&metrics, "activity_batcher_future_records_total"),
+        Some(1.0)
+    );
+    drop(batcher);
+    delete_topology(&channel, &setup.topology).await;
+}
