@@ -299,7 +299,9 @@ impl Deployment {
         )
     }
 
-    /// Stops every process and removes the queues.
+    /// Stops every process and removes the queues. A service that cannot reach Kafka (a
+    /// cluster still recovering from the scenario's fault) may spend its whole drain timeout
+    /// (30 s by default) before it exits, so each gets longer than that.
     pub async fn stop(mut self) {
         for service in self
             .batchers
@@ -307,7 +309,7 @@ impl Deployment {
             .chain(self.uploaders.iter_mut())
             .chain(std::iter::once(&mut self.ingest))
         {
-            service.terminate(Duration::from_secs(30)).await;
+            service.terminate(Duration::from_secs(45)).await;
         }
         let (_connection, channel) = crate::fixtures::confirm_channel("e2e-cleanup").await;
         crate::fixtures::delete_topology(&channel, &self.plan.setup.topology).await;
