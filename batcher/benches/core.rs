@@ -29,6 +29,7 @@ fn settings() -> WindowSettings {
         close_delay_ms: 5_000,
         max_object_bytes: 32 * 1024 * 1024,
         max_body_bytes: batcher::config::max_body_bytes(16 * 1024 * 1024),
+        future_tolerance_ms: 60_000,
         part: PartSettings {
             frame_bytes: FRAME_BYTES,
             zstd_level: LEVEL,

@@ -16,7 +16,95 @@ use common::read_to_end::{ReadError, read_to_end};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 
-use crate::core::Checkpoint;
+use crate::core::{Checkpoint, WindowSettings};
+
+/// The settings that decide how records become objects. A batcher that rebuilds from a
+/// checkpoint with other ones would cut other objects under the same keys, so every checkpoint
+/// records the ones it was written with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectShape {
+    pub window_ms: i64,
+    pub close_delay_ms: i64,
+    pub max_object_bytes: u64,
+    pub max_body_bytes: u64,
+    pub frame_bytes: usize,
+    pub zstd_level: i32,
+}
+
+impl ObjectShape {
+    pub fn of(settings: &WindowSettings) -> Self {
+        Self {
+            window_ms: settings.length_ms,
+            close_delay_ms: settings.close_delay_ms,
+            max_object_bytes: settings.max_object_bytes,
+            max_body_bytes: settings.max_body_bytes,
+            frame_bytes: settings.part.frame_bytes,
+            zstd_level: settings.part.zstd_level,
+        }
+    }
+
+    /// Each setting that differs, as `name: recorded → given`.
+    pub fn differences(&self, given: &Self) -> Vec<String> {
+        let mut differences = Vec::new();
+        let mut compare = |name: &str, recorded: String, now: String| {
+            if recorded != now {
+                differences.push(format!("{name}: {recorded} → {now}"));
+            }
+        };
+        compare(
+            "window (ACTIVITY_BATCHER_WINDOW, ms)",
+            self.window_ms.to_string(),
+            given.window_ms.to_string(),
+        );
+        compare(
+            "close delay (ACTIVITY_BATCHER_CLOSE_DELAY, ms)",
+            self.close_delay_ms.to_string(),
+            given.close_delay_ms.to_string(),
+        );
+        compare(
+            "ACTIVITY_BATCHER_MAX_OBJECT_BYTES",
+            self.max_object_bytes.to_string(),
+            given.max_object_bytes.to_string(),
+        );
+        compare(
+            "part body limit (ACTIVITY_BATCHER_MAX_MESSAGE_BYTES less 64 KiB)",
+            self.max_body_bytes.to_string(),
+            given.max_body_bytes.to_string(),
+        );
+        compare(
+            "ACTIVITY_BATCHER_FRAME_BYTES",
+            self.frame_bytes.to_string(),
+            given.frame_bytes.to_string(),
+        );
+        compare(
+            "ACTIVITY_BATCHER_ZSTD_LEVEL",
+            self.zstd_level.to_string(),
+            given.zstd_level.to_string(),
+        );
+        differences
+    }
+}
+
+/// A checkpoint as stored: its fields, and the object shape it was written with (absent in
+/// checkpoints written before shapes were recorded).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    checkpoint: Checkpoint,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shape: Option<ObjectShape>,
+}
+
+/// Checkpoints of the group were written with other object settings than these.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the checkpoints of partitions {partitions:?} were written with other object settings than this batcher's, so rebuilding from them would cut other objects under the keys already delivered: {}. Start it with the recorded settings; to change them on purpose, stop every batcher of the group and start them with --allow-settings-change (objects rebuilt from before the change may then differ from the ones delivered, and are stored beside them as diverged)",
+    differences.join("; ")
+)]
+pub struct ShapeMismatch {
+    pub partitions: Vec<i32>,
+    pub differences: Vec<String>,
+}
 
 /// The checkpoints topic as the batcher creates it: compacted, one partition, segments rolled
 /// hourly so compaction keeps it small.
@@ -52,6 +140,8 @@ pub struct CheckpointStore {
     topic: String,
     key_prefix: String,
     producer: HealingProducer,
+    /// The shape this batcher cuts objects with, recorded in every checkpoint it writes.
+    shape: ObjectShape,
 }
 
 /// How long writing a checkpoint may take before the commit is given up (and retried later).
@@ -63,8 +153,10 @@ impl CheckpointStore {
         topic: &str,
         group: &str,
         events_topic: &str,
+        settings: &WindowSettings,
     ) -> Result<Self, KafkaError> {
         Ok(Self {
+            shape: ObjectShape::of(settings),
             kafka: kafka.clone(),
             topic: topic.to_owned(),
             key_prefix: format!("{group}/{events_topic}/"),
@@ -82,8 +174,12 @@ impl CheckpointStore {
         checkpoint: &Checkpoint,
     ) -> Result<(), CheckpointError> {
         let key = format!("{}{partition}", self.key_prefix);
+        let stored = Stored {
+            checkpoint: checkpoint.clone(),
+            shape: Some(self.shape.clone()),
+        };
         // Serializing a struct of integers cannot fail.
-        let value = serde_json::to_vec(checkpoint).unwrap_or_default();
+        let value = serde_json::to_vec(&stored).unwrap_or_default();
         self.producer
             .send(&self.topic, &key, Some(&value), WRITE_TIMEOUT)
             .await
@@ -99,6 +195,39 @@ impl CheckpointStore {
         &self,
         timeout: Duration,
     ) -> Result<HashMap<i32, Checkpoint>, CheckpointError> {
+        Ok(self
+            .read_stored(timeout)?
+            .into_iter()
+            .map(|(partition, stored)| (partition, stored.checkpoint))
+            .collect())
+    }
+
+    /// Checks that the latest checkpoint of every partition was written with this batcher's
+    /// object shape (one written before shapes were recorded passes): `Ok(Some(_))` names the
+    /// partitions that were not. Blocking, as [`Self::read_latest`].
+    pub fn check_shape(&self, timeout: Duration) -> Result<Option<ShapeMismatch>, CheckpointError> {
+        let mut mismatch = ShapeMismatch {
+            partitions: Vec::new(),
+            differences: Vec::new(),
+        };
+        let mut stored: Vec<_> = self.read_stored(timeout)?.into_iter().collect();
+        stored.sort_by_key(|(partition, _)| *partition);
+        for (partition, stored) in stored {
+            let Some(recorded) = stored.shape else {
+                continue;
+            };
+            let differences = recorded.differences(&self.shape);
+            if !differences.is_empty() {
+                mismatch.partitions.push(partition);
+                if mismatch.differences.is_empty() {
+                    mismatch.differences = differences;
+                }
+            }
+        }
+        Ok((!mismatch.partitions.is_empty()).then_some(mismatch))
+    }
+
+    fn read_stored(&self, timeout: Duration) -> Result<HashMap<i32, Stored>, CheckpointError> {
         let mut latest = HashMap::new();
         read_to_end(
             &self.kafka,
@@ -114,9 +243,9 @@ impl CheckpointStore {
                 else {
                     return;
                 };
-                match message.payload().map(serde_json::from_slice::<Checkpoint>) {
-                    Some(Ok(checkpoint)) => {
-                        latest.insert(partition, checkpoint);
+                match message.payload().map(serde_json::from_slice::<Stored>) {
+                    Some(Ok(stored)) => {
+                        latest.insert(partition, stored);
                     }
                     None => {
                         latest.remove(&partition);
@@ -133,5 +262,78 @@ impl CheckpointStore {
             source,
         })?;
         Ok(latest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::PartSettings;
+
+    fn settings(length_ms: i64) -> WindowSettings {
+        WindowSettings {
+            length_ms,
+            close_delay_ms: 120_000,
+            future_tolerance_ms: 60_000,
+            max_object_bytes: 32 << 20,
+            max_body_bytes: (16 << 20) - (64 << 10),
+            part: PartSettings {
+                frame_bytes: 64 << 10,
+                zstd_level: 3,
+            },
+        }
+    }
+
+    fn checkpoint() -> Checkpoint {
+        Checkpoint {
+            commit_offset: 10,
+            resume_offset: 12,
+            stream_time_ms: Some(5),
+            closed_until_ms: Some(0),
+            closed_until_at_commit_ms: None,
+            closes: vec![],
+        }
+    }
+
+    #[test]
+    fn a_stored_checkpoint_carries_its_shape_and_older_or_newer_records_still_read() {
+        let stored = Stored {
+            checkpoint: checkpoint(),
+            shape: Some(ObjectShape::of(&settings(3_600_000))),
+        };
+        let json = serde_json::to_value(&stored).expect("serialize");
+        assert_eq!(
+            json["commit_offset"], 10,
+            "the checkpoint's fields stay at the top"
+        );
+        assert_eq!(json["shape"]["window_ms"], 3_600_000);
+
+        // Written before shapes were recorded.
+        let mut old = json.clone();
+        old.as_object_mut().expect("object").remove("shape");
+        let read: Stored = serde_json::from_value(old).expect("an old checkpoint");
+        assert_eq!((read.checkpoint, read.shape), (checkpoint(), None));
+
+        // Written by a newer version with a field this one does not know.
+        let mut newer = json;
+        newer["shape"]["future_setting"] = 1.into();
+        newer["another"] = "x".into();
+        let read: Stored = serde_json::from_value(newer).expect("a newer checkpoint");
+        assert_eq!(read.checkpoint, checkpoint());
+    }
+
+    #[test]
+    fn differences_name_each_changed_setting_with_both_values() {
+        let hourly = ObjectShape::of(&settings(3_600_000));
+        assert!(hourly.differences(&hourly).is_empty());
+        let mut other = ObjectShape::of(&settings(60_000));
+        other.zstd_level = 9;
+        assert_eq!(
+            hourly.differences(&other),
+            [
+                "window (ACTIVITY_BATCHER_WINDOW, ms): 3600000 → 60000",
+                "ACTIVITY_BATCHER_ZSTD_LEVEL: 3 → 9"
+            ]
+        );
     }
 }

@@ -70,6 +70,13 @@ pub struct BatcherConfig {
     )]
     pub checkpoints_topic: String,
 
+    /// Start even though the group's checkpoints were written with other object settings
+    /// (window, close delay, object and message sizes, frame size, zstd level). Without it the
+    /// batcher refuses to start, since rebuilding with other settings cuts other objects under
+    /// keys already delivered. Use it only with every batcher of the group stopped.
+    #[arg(long, env = "ACTIVITY_BATCHER_ALLOW_SETTINGS_CHANGE")]
+    pub allow_settings_change: bool,
+
     #[command(flatten)]
     pub topics: TopicArgs,
 
@@ -117,6 +124,13 @@ pub struct TopicArgs {
     pub first_deliveries_topic: String,
 }
 
+/// Half the close delay, so a window still waits at least half its close delay for
+/// stragglers, and at most a minute (the events topic refuses records stamped further ahead,
+/// `message.timestamp.after.max.ms`, when the services created it).
+pub fn default_future_tolerance_ms(close_delay_ms: i64) -> i64 {
+    (close_delay_ms / 2).min(60_000)
+}
+
 /// What a job's headers and properties may take of a RabbitMQ message; the body gets the rest.
 const MESSAGE_HEADER_ALLOWANCE: u64 = 64 * 1024;
 
@@ -156,6 +170,12 @@ pub struct BatchingArgs {
           value_parser = clap::value_parser!(u64).range(256..=16_777_216))]
     pub frame_bytes: u64,
 
+    /// How far ahead of the batcher's clock a record's time may be; a record stamped further
+    /// ahead (a host's clock running ahead) is batched as if stamped at this bound, so it
+    /// cannot close every open window. Default: half the close delay, at most a minute.
+    #[arg(long, env = "ACTIVITY_BATCHER_FUTURE_TOLERANCE", value_parser = parse_duration)]
+    pub future_tolerance: Option<Duration>,
+
     /// zstd compression level of the objects.
     #[arg(long, env = "ACTIVITY_BATCHER_ZSTD_LEVEL", default_value_t = 3,
           value_parser = clap::value_parser!(i32).range(1..=19))]
@@ -165,9 +185,13 @@ pub struct BatchingArgs {
 impl BatchingArgs {
     pub fn window_settings(&self) -> WindowSettings {
         let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let close_delay_ms = millis(self.close_delay);
         WindowSettings {
             length_ms: millis(self.window).max(1),
-            close_delay_ms: millis(self.close_delay),
+            close_delay_ms,
+            future_tolerance_ms: self
+                .future_tolerance
+                .map_or_else(|| default_future_tolerance_ms(close_delay_ms), millis),
             max_object_bytes: self.max_object_bytes,
             max_body_bytes: max_body_bytes(self.max_message_bytes),
             part: PartSettings {
@@ -253,6 +277,8 @@ mod tests {
         assert_eq!(settings.length_ms, 3_600_000);
         assert_eq!(settings.max_object_bytes, 32 * 1024 * 1024);
         assert_eq!(settings.max_body_bytes, 16 * 1024 * 1024 - 64 * 1024);
+        assert_eq!(settings.future_tolerance_ms, 60_000);
+        assert_eq!(default_future_tolerance_ms(500), 250);
         assert_eq!(settings.part.zstd_level, 3);
         assert_eq!(config.group, "activity-batcher");
     }

@@ -318,6 +318,7 @@ mod tests {
             close_delay_ms: 120_000,
             max_object_bytes: 1 << 20,
             max_body_bytes: 1 << 20,
+            future_tolerance_ms: 60_000,
             part: crate::core::PartSettings {
                 frame_bytes: 64 * 1024,
                 zstd_level: 3,

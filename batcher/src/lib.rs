@@ -93,8 +93,10 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
         &config.checkpoints_topic,
         &config.group,
         &config.topics.events_topic,
+        &config.batching.window_settings(),
     )
     .context("cannot create the checkpoint writer")?;
+    let store = check_object_shape(store, config.allow_settings_change).await?;
     let core = Core::new(
         config.batching.window_settings(),
         usize::try_from(config.memory_budget).unwrap_or(usize::MAX),
@@ -205,4 +207,35 @@ fn prepare_spill_dir(path: &std::path::Path) -> anyhow::Result<std::path::PathBu
         }
     }
     Ok(path.to_owned())
+}
+
+/// How long reading the checkpoints at start may take.
+const SHAPE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Refuses to start when the group's checkpoints were written with other object settings,
+/// unless `allow_change`; then the change is logged. Checkpoints that cannot be read now (Kafka
+/// unreachable) are not waited for: the check is skipped with a warning, as reading them on
+/// assignment will be retried.
+pub(crate) async fn check_object_shape(
+    store: CheckpointStore,
+    allow_change: bool,
+) -> anyhow::Result<CheckpointStore> {
+    let (store, checked) = tokio::task::spawn_blocking(move || {
+        let checked = store.check_shape(SHAPE_CHECK_TIMEOUT);
+        (store, checked)
+    })
+    .await
+    .context("the checkpoint check panicked")?;
+    match checked {
+        Ok(None) => Ok(store),
+        Ok(Some(mismatch)) if allow_change => {
+            tracing::warn!(%mismatch, "starting with changed object settings, as allowed");
+            Ok(store)
+        }
+        Ok(Some(mismatch)) => Err(mismatch.into()),
+        Err(error) => {
+            tracing::warn!(%error, "cannot check the object settings against the checkpoints now");
+            Ok(store)
+        }
+    }
 }

@@ -18,7 +18,7 @@ pub const INVALID_RECORDS: &str = "activity_batcher_invalid_records_total";
 /// Records of tenants without an integration, or older than the tenant's first delivery.
 pub const UNDELIVERED_RECORDS: &str = "activity_batcher_undelivered_records_total";
 /// Records stamped further ahead of the batcher's clock than the tolerance; batched at the
-/// tolerance's end instead (`records::future_tolerance_ms`).
+/// tolerance's end instead (`records::bounded_timestamp`).
 pub const FUTURE_RECORDS: &str = "activity_batcher_future_records_total";
 /// Records dropped because their event id was already in their part.
 pub const DUPLICATES: &str = "activity_batcher_duplicate_events_total";
@@ -111,7 +111,7 @@ pub fn describe() {
     describe_counter!(
         FUTURE_RECORDS,
         Unit::Count,
-        "Records stamped further ahead of the batcher's clock than half the close delay (at most a minute), batched as if stamped that far ahead."
+        "Records stamped further ahead of the batcher's clock than ACTIVITY_BATCHER_FUTURE_TOLERANCE, batched as if stamped that far ahead."
     );
     describe_counter!(
         DUPLICATES,

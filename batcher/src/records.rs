@@ -136,14 +136,6 @@ pub fn delivery_codec(
     (timestamp_ms >= from).then_some(integration.compression)
 }
 
-/// The most a record's time may be ahead of this process's clock: half the close delay, so a
-/// window still waits at least half its close delay for stragglers, and at most a minute (the
-/// events topic refuses records stamped further ahead, `message.timestamp.after.max.ms`, when
-/// the services created it).
-pub fn future_tolerance_ms(settings: &WindowSettings) -> i64 {
-    (settings.close_delay_ms / 2).min(60_000)
-}
-
 /// A record's time as batching uses it: its timestamp, but never more than `tolerance_ms` past
 /// `now_ms`. A producer host whose clock runs hours ahead would otherwise move its partition's
 /// stream time past every open window and close them all, and put its own events in a window
@@ -175,7 +167,7 @@ pub fn take_record(
         tracing::error!(partition, offset, "record without a timestamp skipped");
         return core.skip(partition, offset, None);
     };
-    let tolerance = future_tolerance_ms(&core.settings);
+    let tolerance = core.settings.future_tolerance_ms;
     let (timestamp, bounded) = bounded_timestamp(stamped, now_unix_ms(), tolerance);
     if bounded {
         counter!(FUTURE_RECORDS).increment(1);
@@ -271,6 +263,7 @@ mod tests {
             close_delay_ms,
             max_object_bytes: 1 << 20,
             max_body_bytes: 1 << 20,
+            future_tolerance_ms: 60_000,
             part: crate::core::part::PartSettings {
                 frame_bytes: 64 * 1024,
                 zstd_level: 3,
@@ -279,10 +272,7 @@ mod tests {
     }
 
     #[test]
-    fn a_record_time_is_bounded_by_the_clock_plus_half_the_close_delay_at_most_a_minute() {
-        assert_eq!(future_tolerance_ms(&settings(3_600_000, 120_000)), 60_000);
-        assert_eq!(future_tolerance_ms(&settings(3_600_000, 600_000)), 60_000);
-        assert_eq!(future_tolerance_ms(&settings(10_000, 500)), 250);
+    fn a_record_time_is_bounded_by_the_clock_plus_the_tolerance() {
         let now = 1_800_000_000_000;
         assert_eq!(bounded_timestamp(now - 5, now, 60_000), (now - 5, false));
         assert_eq!(

@@ -142,6 +142,16 @@ pub async fn execute(
     report: Report,
 ) -> anyhow::Result<Summary> {
     let settings = config.batching.window_settings();
+    // A replay must cut the objects live batching cut: the same settings as the group's.
+    let store = crate::checkpoint::CheckpointStore::new(
+        &config.kafka,
+        &config.checkpoints_topic,
+        &config.group,
+        &config.topics.events_topic,
+        &settings,
+    )
+    .context("cannot create the checkpoint reader")?;
+    crate::check_object_shape(store, config.allow_settings_change).await?;
     let consumer: ReplayConsumer = config
         .kafka
         .client_config(&[

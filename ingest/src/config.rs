@@ -60,6 +60,13 @@ pub struct IngestConfig {
     #[arg(long, env = "ACTIVITY_INGEST_MAX_BODY_BYTES", default_value_t = 5 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// How long a request's body may take to arrive once its headers did; a slower one is
+    /// answered 408 and its connection closed, so a client trickling bytes cannot hold a
+    /// connection and its share of the in-flight budget for long.
+    #[arg(long, env = "ACTIVITY_INGEST_BODY_TIMEOUT", default_value = "30s",
+          value_parser = parse_positive_duration)]
+    pub body_timeout: Duration,
+
     /// Most events accepted in one request.
     #[arg(long, env = "ACTIVITY_INGEST_MAX_EVENTS", default_value_t = 10_000)]
     pub max_events: usize,

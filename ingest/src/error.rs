@@ -44,6 +44,8 @@ pub enum ApiError {
     UnsupportedEncoding { found: String },
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("the request body did not arrive within {} s", timeout.as_secs())]
+    BodyTimeout { timeout: std::time::Duration },
     #[error("the request holds {count} events; at most {limit} are accepted per request")]
     TooManyEvents { count: usize, limit: usize },
     #[error("{0}")]
@@ -105,6 +107,7 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Self::InvalidBody(_) | Self::InvalidEvents { .. } => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -117,6 +120,7 @@ impl ApiError {
             Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::UnsupportedEncoding { .. } => "unsupported_encoding",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyTimeout { .. } => "body_timeout",
             Self::TooManyEvents { .. } => "too_many_events",
             Self::InvalidBody(_) => "invalid_body",
             Self::InvalidEvents { .. } => "invalid_events",

@@ -31,6 +31,8 @@ pub struct EventsApi {
     pub rate_limiter: Option<TenantRateLimiter>,
     pub inflight: Arc<Semaphore>,
     pub retry_after: Duration,
+    /// How long the body may take to arrive.
+    pub body_timeout: Duration,
 }
 
 impl EventsApi {
@@ -80,9 +82,11 @@ async fn accept(api: &EventsApi, headers: &HeaderMap, body: Body) -> Result<usiz
     };
     let _reservation = InflightReservation::take(&api.inflight, reserve, api.retry_after)?;
 
-    let raw = Limited::new(body, max_body)
-        .collect()
+    let raw = tokio::time::timeout(api.body_timeout, Limited::new(body, max_body).collect())
         .await
+        .map_err(|_| ApiError::BodyTimeout {
+            timeout: api.body_timeout,
+        })?
         .map_err(|error| {
             if error.is::<LengthLimitError>() {
                 ApiError::BodyTooLarge { limit: max_body }

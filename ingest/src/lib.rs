@@ -150,6 +150,7 @@ pub async fn start(config: IngestConfig, supervisor: &Supervisor) -> anyhow::Res
         rate_limiter,
         inflight: EventsApi::inflight_budget(config.max_inflight_bytes),
         retry_after: config.retry_after,
+        body_timeout: config.body_timeout,
     });
 
     // The admin API is ready once it has read the integrations; ingest says ready only then.

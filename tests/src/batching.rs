@@ -77,6 +77,7 @@ pub fn event_json(tenant: &str, id: &str, pad: usize) -> String {
 }
 
 /// Everything one batcher deployment uses, unique to the test.
+#[derive(Clone)]
 pub struct BatcherSetup {
     pub events: String,
     pub integrations: String,
@@ -89,6 +90,9 @@ pub struct BatcherSetup {
     pub spill_dir: PathBuf,
     /// Bootstrap servers of the broker it reads and writes.
     pub brokers: String,
+    /// `--future-tolerance`, for tests whose records are stamped ahead of the clock on
+    /// purpose; unset, the batcher's default.
+    pub future_tolerance: Option<String>,
 }
 
 impl BatcherSetup {
@@ -114,7 +118,16 @@ impl BatcherSetup {
             group: crate::unique("batcher"),
             spill_dir: std::env::temp_dir().join(crate::unique("batcher-spill")),
             brokers: crate::kafka::brokers(),
+            future_tolerance: None,
         }
+    }
+
+    /// The same deployment taking record times up to `tolerance` ahead of the clock as they
+    /// are: tests stamp records half an hour ahead so that windows close by the records' own
+    /// (replayable) times, never by the clock.
+    pub fn with_future_tolerance(mut self, tolerance: &str) -> Self {
+        self.future_tolerance = Some(tolerance.to_owned());
+        self
     }
 
     /// The same deployment on the broker at `brokers`.
@@ -142,7 +155,7 @@ impl BatcherSetup {
     /// The settings of this deployment with windows of `window` closing after `close_delay`,
     /// as flags for the service or for `batcher replay`.
     pub fn flags(&self, window: &str, close_delay: &str) -> Vec<String> {
-        [
+        let mut flags: Vec<String> = [
             "--events-topic",
             &self.events,
             "--integrations-topic",
@@ -167,7 +180,11 @@ impl BatcherSetup {
             &self.brokers,
         ]
         .map(str::to_owned)
-        .to_vec()
+        .to_vec();
+        if let Some(tolerance) = &self.future_tolerance {
+            flags.extend(["--future-tolerance".to_owned(), tolerance.clone()]);
+        }
+        flags
     }
 
     /// Starts a batcher process with windows of `window`, closing after `close_delay`,

@@ -134,7 +134,7 @@ async fn replay_rebuilds_the_live_objects_of_its_range_and_twice_is_the_same() {
     integrations.connect("globex", "globex-bucket").await;
     let base = (now_unix_ms() + 30 * 60_000) / 10_000 * 10_000;
     let written = three_windows(&events, base).await;
-    let live = BatcherSetup::new(&events, &integrations);
+    let live = BatcherSetup::new(&events, &integrations).with_future_tolerance("1h");
     let (_connection, channel) = confirm_channel("batcher-replay-test").await;
     live.topology.declare(&channel).await.expect("declare");
     let batcher = live.spawn("10s", "2s", &[]);
@@ -147,7 +147,7 @@ async fn replay_rebuilds_the_live_objects_of_its_range_and_twice_is_the_same() {
     .await;
     drop(batcher);
 
-    let replays = BatcherSetup::new(&events, &integrations);
+    let replays = BatcherSetup::new(&events, &integrations).with_future_tolerance("1h");
     replays.topology.declare(&channel).await.expect("declare");
     // From inside window 1 to the end of window 2: windows 1 and 2, whole.
     let range = [
@@ -309,7 +309,7 @@ async fn records_retention_deleted_below_the_read_position_are_a_gap_accepted_an
             .await;
     }
     events.send(0, "nobody", "closer", base + 50_000, 10).await;
-    let setup = BatcherSetup::new(&events, &integrations);
+    let setup = BatcherSetup::new(&events, &integrations).with_future_tolerance("1h");
     // The group's position is offset 2, as if an earlier batcher had read that far; then the
     // records below offset 5 are deleted (retention, or an operator's DeleteRecords).
     let kafka = common::kafka::KafkaArgs::new(integration_tests::kafka::brokers());
@@ -365,7 +365,7 @@ async fn two_batchers_split_the_partitions_and_a_stopped_one_hands_over_without_
             .connect(tenant, &format!("{tenant}-bucket"))
             .await;
     }
-    let setup = BatcherSetup::new(&events, &integrations);
+    let setup = BatcherSetup::new(&events, &integrations).with_future_tolerance("1h");
     let (_connection, channel) = confirm_channel("batcher-group-test").await;
     setup.topology.declare(&channel).await.expect("declare");
     let mut first = setup.spawn("10s", "2s", &[]);

@@ -170,7 +170,7 @@ async fn uninterrupted_run(
     integrations: &IntegrationsTopic,
     channel: &lapin::Channel,
 ) -> BTreeMap<String, PublishedJob> {
-    let uninterrupted = BatcherSetup::new(&log.topic, integrations);
+    let uninterrupted = BatcherSetup::new(&log.topic, integrations).with_future_tolerance("1h");
     uninterrupted
         .topology
         .declare(channel)
@@ -221,7 +221,7 @@ fn assert_same_objects(
 #[tokio::test]
 async fn a_batcher_killed_anywhere_around_a_close_publishes_what_an_uninterrupted_one_does() {
     let (integrations, mut log) = Log::create(&["acme", "globex", "initech"]).await;
-    let killed = BatcherSetup::new(&log.topic, &integrations);
+    let killed = BatcherSetup::new(&log.topic, &integrations).with_future_tolerance("1h");
     let (_connection, channel) = confirm_channel("batcher-restart-test").await;
     killed.topology.declare(&channel).await.expect("declare");
 
@@ -328,7 +328,7 @@ async fn a_batcher_killed_anywhere_around_a_close_publishes_what_an_uninterrupte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batcher_stopped_by_sigterm_while_reading_publishes_what_an_uninterrupted_one_does() {
     let (integrations, mut log) = Log::create(&["acme", "globex"]).await;
-    let stopped = BatcherSetup::new(&log.topic, &integrations);
+    let stopped = BatcherSetup::new(&log.topic, &integrations).with_future_tolerance("1h");
     let (_connection, channel) = confirm_channel("batcher-sigterm-test").await;
     stopped.topology.declare(&channel).await.expect("declare");
 
@@ -372,4 +372,75 @@ async fn a_batcher_stopped_by_sigterm_while_reading_publishes_what_an_uninterrup
     let expected = uninterrupted_run(&log, &integrations, &channel).await;
     assert_same_objects(&after_stops, &expected);
     delete_topology(&channel, &stopped.topology).await;
+}
+
+/// Runs the batcher with `extra` flags until it exits by itself (within 60 s); returns its exit
+/// code and what it wrote to stderr.
+fn run_to_exit(setup: &BatcherSetup, window: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(integration_tests::process::binary("batcher"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(setup.flags(window, CLOSE_DELAY))
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the batcher");
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() >= give_up {
+            let _ = child.kill();
+            panic!("the batcher did not exit within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    (status.code(), stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batcher_with_other_object_settings_than_its_checkpoints_refuses_to_start_unless_told() {
+    let (integrations, mut log) = Log::create(&["acme"]).await;
+    let setup = BatcherSetup::new(&log.topic, &integrations).with_future_tolerance("1h");
+    let (_connection, channel) = confirm_channel("batcher-settings-test").await;
+    setup.topology.declare(&channel).await.expect("declare");
+    let mut first = spawn(&setup, &[]);
+    first.ready().await;
+    let offset = log.write(0, "acme", "a1", 1_000, 10).await;
+    committed(&setup, &log.topic.name, 0, offset).await;
+    assert_eq!(first.terminate(Duration::from_secs(30)).await, Some(0));
+
+    let setup_for_exit = setup.clone();
+    let (code, stderr) = tokio::task::spawn_blocking(move || {
+        run_to_exit(
+            &setup_for_exit,
+            "20s",
+            &["--max-object-bytes", MAX_OBJECT_BYTES],
+        )
+    })
+    .await
+    .expect("run");
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("window (ACTIVITY_BATCHER_WINDOW, ms): 10000 → 20000"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--allow-settings-change"), "{stderr}");
+
+    let allowed = setup.spawn(
+        "20s",
+        CLOSE_DELAY,
+        &[
+            "--max-object-bytes",
+            MAX_OBJECT_BYTES,
+            "--allow-settings-change",
+        ],
+    );
+    allowed.ready().await;
+    drop(allowed);
+    delete_topology(&channel, &setup.topology).await;
 }

@@ -647,3 +647,24 @@ fn every_setting_in_help_is_documented_in_the_readme() {
         .collect();
     assert!(missing.is_empty(), "README does not document {missing:?}");
 }
+
+#[tokio::test]
+async fn a_body_trickling_in_slower_than_the_body_timeout_is_answered_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ingest = TestIngest::spawn(&["--body-timeout", "1s"]).await;
+    let mut stream = tokio::net::TcpStream::connect(ingest.address)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: ingest\r\nauthorization: Bearer {}\r\ncontent-type: application/x-ndjson\r\ncontent-length: 1000\r\n\r\n{{\"id\":",
+        TEST_TOKEN
+    );
+    stream.write_all(head.as_bytes()).await.expect("send");
+    // The rest of the body never comes; the answer must, without the client closing.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "no answer within 20 s: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+}

@@ -121,7 +121,7 @@ async fn the_batcher_commits_nothing_past_unconfirmed_parts_while_rabbitmq_is_aw
     let integrations = IntegrationsTopic::create().await;
     integrations.connect("acme", "acme-bucket").await;
     let events = EventsTopic::create(1).await;
-    let setup = BatcherSetup::new(&events, &integrations);
+    let setup = BatcherSetup::new(&events, &integrations).with_future_tolerance("1h");
     let (_connection, channel) = confirm_channel("restart-test").await;
     setup.topology.declare(&channel).await.expect("declare");
     let batcher = setup.spawn("10s", "2s", &[]);

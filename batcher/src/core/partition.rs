@@ -19,6 +19,8 @@ pub struct WindowSettings {
     pub length_ms: i64,
     /// A window closes once the partition's stream time passes its end by this much.
     pub close_delay_ms: i64,
+    /// How far ahead of the clock a record's time counts (`records::bounded_timestamp`).
+    pub future_tolerance_ms: i64,
     /// A part is cut before it would exceed this many uncompressed bytes.
     pub max_object_bytes: u64,
     /// A part is cut before its body (compressed, as published and stored) could exceed this
@@ -527,6 +529,7 @@ mod tests {
             close_delay_ms: DELAY,
             max_object_bytes,
             max_body_bytes: u64::MAX,
+            future_tolerance_ms: 60_000,
             part: PartSettings {
                 frame_bytes: 256,
                 zstd_level: 3,
