@@ -1,11 +1,10 @@
 use std::process::ExitCode;
 
 use batcher::config::{BatcherConfig, Command};
-use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = BatcherConfig::parse();
+    let config: BatcherConfig = common::config::parse_command_line();
     if let Some(Command::Replay(replay)) = &config.command {
         if let Err(error) = config.log.init() {
             eprintln!("batcher replay: {error:#}");

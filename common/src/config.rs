@@ -22,6 +22,48 @@ pub fn parse_positive_duration(raw: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parses the command line as `T::parse` does, except that a refused value of a secret setting
+/// (one whose environment value `--help` hides, or a `--kafka-property`) is not echoed: clap's
+/// message quotes the value, and start-up errors end up in logs.
+pub fn parse_command_line<T: clap::Parser>() -> T {
+    match T::try_parse() {
+        Ok(config) => config,
+        Err(error) => {
+            let message = without_secret_value(&T::command(), &error);
+            match message {
+                Some(message) => {
+                    eprint!("{message}");
+                    std::process::exit(error.exit_code());
+                }
+                None => error.exit(),
+            }
+        }
+    }
+}
+
+/// The error's message with the refused value hidden, when the value belongs to a secret
+/// setting; `None` when clap's own message can be shown.
+fn without_secret_value(command: &clap::Command, error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(value)) = error.get(ContextKind::InvalidValue) else {
+        return None;
+    };
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.trim_start_matches('-').split([' ', '=']).next()?;
+    let secret = command.get_arguments().any(|candidate| {
+        candidate.get_long() == Some(long)
+            && (candidate.is_hide_env_values_set() || long == "kafka-property")
+    });
+    secret.then(|| {
+        error
+            .render()
+            .to_string()
+            .replace(&format!("'{value}'"), "(hidden)")
+    })
+}
+
 /// How long a service may take to stop after SIGTERM or SIGINT.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ShutdownArgs {
@@ -38,6 +80,26 @@ pub struct ShutdownArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Secrets {
+        #[arg(long, env = "TEST_SECRET_TOKEN", hide_env_values = true, value_parser = parse_positive_duration)]
+        secret: Option<Duration>,
+        #[arg(long, value_parser = parse_positive_duration)]
+        plain: Option<Duration>,
+    }
+
+    #[test]
+    fn a_refused_secret_value_is_hidden_and_a_plain_one_shown() {
+        let command = <Secrets as clap::CommandFactory>::command();
+        let error = Secrets::try_parse_from(["t", "--secret", "hunter2"]).unwrap_err();
+        let shown = without_secret_value(&command, &error).expect("a secret");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("--secret"), "{shown}");
+        let error = Secrets::try_parse_from(["t", "--plain", "5x"]).unwrap_err();
+        assert_eq!(without_secret_value(&command, &error), None);
+    }
 
     #[test]
     fn durations_accept_units_and_explain_mistakes() {

@@ -14,7 +14,6 @@ use rdkafka::types::RDKafkaErrorCode;
 /// lower-cased, with `_` read as `.` (`ACTIVITY_KAFKA_RDKAFKA_SECURITY_PROTOCOL=SASL_SSL`).
 pub const PASSTHROUGH_ENV_PREFIX: &str = "ACTIVITY_KAFKA_RDKAFKA_";
 
-/// librdkafka settings whose values must never be logged.
 /// Parts of a librdkafka setting's name that mark its value as a secret (passwords, private
 /// keys and their PEM text, tokens, credentials, the OAuth bearer configuration).
 const SECRET_NAME_PARTS: &[&str] = &[

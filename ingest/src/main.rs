@@ -1,11 +1,10 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use ingest::config::IngestConfig;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = IngestConfig::parse();
+    let config: IngestConfig = common::config::parse_command_line();
     if let Err(problem) = config.validate() {
         eprintln!("ingest: invalid configuration: {problem}");
         return ExitCode::from(2);

@@ -1,11 +1,10 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use uploader::config::{Command, DlqAction, UploaderConfig};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = UploaderConfig::parse();
+    let config: UploaderConfig = common::config::parse_command_line();
     if let Some(Command::Dlq { action }) = &config.command {
         return match run_dlq(&config, action).await {
             Ok(()) => ExitCode::SUCCESS,
