@@ -25,6 +25,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::CheckpointStore;
+use crate::clock::ClockWriter;
 use crate::core::{Checkpoint, ClosedPart, Core};
 use crate::fetch_watch::FetchWatch;
 use crate::metrics::{
@@ -74,6 +75,8 @@ pub struct Batching {
     pub core: Core,
     pub registry: IntegrationRegistry,
     pub store: CheckpointStore,
+    /// Closes idle partitions' windows by writing the time into their log.
+    pub clock: ClockWriter,
     pub events_topic: String,
     pub outgoing: Sender<Outgoing>,
     pub confirms: Receiver<Confirmed>,
@@ -92,7 +95,7 @@ impl Batching {
         core: Core,
         registry: IntegrationRegistry,
         store: CheckpointStore,
-        events_topic: String,
+        clock: ClockWriter,
         outgoing: Sender<Outgoing>,
         confirms: Receiver<Confirmed>,
         runtime: tokio::runtime::Handle,
@@ -101,7 +104,8 @@ impl Batching {
             core,
             registry,
             store,
-            events_topic,
+            events_topic: clock.topic().to_owned(),
+            clock,
             outgoing,
             confirms,
             runtime,
@@ -292,8 +296,9 @@ impl Batching {
         partitions
     }
 
-    /// Closes by the clock the windows of caught-up partitions.
-    fn close_idle(&mut self, consumer: &BaseConsumer<BatcherContext>) -> anyhow::Result<()> {
+    /// Writes a clock record to each caught-up partition with a window due to close by the
+    /// clock; reading it back closes the window (see [`crate::clock`]).
+    fn close_idle(&mut self, consumer: &BaseConsumer<BatcherContext>) {
         let now = now_unix_ms();
         for partition in self.assigned() {
             let due = self
@@ -308,11 +313,9 @@ impl Batching {
             };
             let position = self.progress.get(&partition).map_or(0, Progress::position);
             if position >= high {
-                let closed = self.core.close_idle(partition, now, position)?;
-                self.send(closed)?;
+                self.clock.tick(partition);
             }
         }
-        Ok(())
     }
 
     fn report(&mut self, consumer: &BaseConsumer<BatcherContext>) {
@@ -585,7 +588,7 @@ pub fn run(
         }
         if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
             last_housekeeping = Instant::now();
-            batching.close_idle(consumer)?;
+            batching.close_idle(consumer);
             batching.report(consumer);
             if let Some((partition, leader)) = stuck(consumer, &batching.assigned(), &mut watch) {
                 return Ok(Ended::Stuck { partition, leader });

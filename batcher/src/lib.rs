@@ -2,6 +2,7 @@
 //! upload (DESIGN §2–§3).
 
 pub mod checkpoint;
+pub mod clock;
 pub mod config;
 pub mod consume;
 pub mod core;
@@ -19,11 +20,13 @@ use std::sync::atomic::AtomicBool;
 
 use ::metrics::counter;
 use anyhow::Context;
+use common::producer::HealingProducer;
 use common::registry::IntegrationRegistry;
 use common::shutdown::Supervisor;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::checkpoint::CheckpointStore;
+use crate::clock::ClockWriter;
 use crate::config::BatcherConfig;
 use crate::consume::{BatcherContext, Batching};
 use crate::core::Core;
@@ -102,11 +105,20 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
         usize::try_from(config.memory_budget).unwrap_or(usize::MAX),
         spill_dir,
     );
+    let clock = ClockWriter::new(
+        HealingProducer::new(
+            config.kafka.producer_config(CLOCK_WRITE_TIMEOUT),
+            "batcher-clock",
+        )
+        .context("cannot create the clock writer")?,
+        config.topics.events_topic.clone(),
+        tokio::runtime::Handle::current(),
+    );
     let batching = Batching::new(
         core,
         registry.clone(),
         store,
-        config.topics.events_topic.clone(),
+        clock,
         parts_tx,
         confirms_rx,
         tokio::runtime::Handle::current(),
@@ -208,6 +220,9 @@ fn prepare_spill_dir(path: &std::path::Path) -> anyhow::Result<std::path::PathBu
     }
     Ok(path.to_owned())
 }
+
+/// How long a clock record may take to be acknowledged.
+const CLOCK_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long reading the checkpoints at start may take.
 const SHAPE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);

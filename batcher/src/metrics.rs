@@ -17,6 +17,8 @@ pub const CONSUMER_REPLACEMENTS: &str = "activity_batcher_consumer_replacements_
 pub const INVALID_RECORDS: &str = "activity_batcher_invalid_records_total";
 /// Records of tenants without an integration, or older than the tenant's first delivery.
 pub const UNDELIVERED_RECORDS: &str = "activity_batcher_undelivered_records_total";
+/// Clock records written to idle partitions of the events topic (`crate::clock`).
+pub const CLOCK_RECORDS: &str = "activity_batcher_clock_records_total";
 /// Records stamped further ahead of the batcher's clock than the tolerance; batched at the
 /// tolerance's end instead (`records::bounded_timestamp`).
 pub const FUTURE_RECORDS: &str = "activity_batcher_future_records_total";
@@ -65,6 +67,7 @@ pub fn describe() {
         INVALID_RECORDS,
         UNDELIVERED_RECORDS,
         FUTURE_RECORDS,
+        CLOCK_RECORDS,
         DUPLICATES,
         SPILLED_BYTES,
         PUBLISHED,
@@ -107,6 +110,11 @@ pub fn describe() {
         UNDELIVERED_RECORDS,
         Unit::Count,
         "Records of tenants without an integration, or older than the tenant's first delivery."
+    );
+    describe_counter!(
+        CLOCK_RECORDS,
+        Unit::Count,
+        "Clock records written to idle partitions of the events topic, whose reading closes their windows by the time."
     );
     describe_counter!(
         FUTURE_RECORDS,

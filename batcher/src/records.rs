@@ -12,6 +12,7 @@ use common::registry::IntegrationRegistry;
 use metrics::counter;
 use rdkafka::message::{BorrowedMessage, Message};
 
+use crate::clock::is_clock_record;
 use crate::core::window::window_start;
 use crate::core::{ClosedPart, Core, Record, WindowSettings};
 use crate::metrics::{FUTURE_RECORDS, INVALID_RECORDS, RECORDS, UNDELIVERED_RECORDS};
@@ -173,6 +174,10 @@ pub fn take_record(
         counter!(FUTURE_RECORDS).increment(1);
     }
     let timestamp_ms = Some(timestamp);
+    if is_clock_record(message) {
+        // The time a batcher wrote into the log: it closes what it closes, like any record.
+        return core.skip(partition, offset, timestamp_ms);
+    }
     let event = match read_event(message.key(), message.payload()) {
         Ok(event) => event,
         Err(problem) => {

@@ -611,3 +611,47 @@ async fn a_record_stamped_far_ahead_closes_nothing_and_is_delivered_with_the_pre
     drop(batcher);
     delete_topology(&channel, &setup.topology).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_closed_by_the_clock_closes_alike_after_a_crash_and_a_later_straggler_goes_late() {
+    let events = EventsTopic::create(1).await;
+    let integrations = IntegrationsTopic::create().await;
+    integrations.connect("acme", "acme-bucket").await;
+    let setup = BatcherSetup::new(&events, &integrations);
+    let (_connection, channel) = confirm_channel("batcher-clock-test").await;
+    setup.topology.declare(&channel).await.expect("declare");
+    // Nothing is committed or checkpointed before the crash: the restarted batcher rebuilds
+    // from the start of the log and knows of the first one's clock close only from the log.
+    let flags = ["--commit-interval", "1h"];
+    let first = setup.spawn("5s", "500ms", &flags);
+    first.ready().await;
+    let now = now_unix_ms();
+    for n in 0..3 {
+        events.send(0, "acme", &format!("e{n}"), now + n, 10).await;
+    }
+    // The partition is idle: its window closes by the clock.
+    let before =
+        jobs_until_events(&channel, &setup.topology.queue, 3, Duration::from_secs(30)).await;
+    assert_eq!(before.len(), 1);
+    drop(first); // SIGKILL
+    // A straggler of the window closed, arriving after the close.
+    events.send(0, "acme", "straggler", now + 10, 10).await;
+
+    let second = setup.spawn("5s", "500ms", &flags);
+    let after =
+        jobs_until_events(&channel, &setup.topology.queue, 4, Duration::from_secs(30)).await;
+    let (key, object) = before.iter().next().expect("the first object");
+    assert_eq!(
+        after.get(key).map(|again| &again.body),
+        Some(&object.body),
+        "the rebuilt window is the object delivered, byte for byte"
+    );
+    let late: Vec<_> = after
+        .values()
+        .filter(|job| job.job.relative_key != *key)
+        .collect();
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].event_ids(), ["straggler"]);
+    drop(second);
+    delete_topology(&channel, &setup.topology).await;
+}
