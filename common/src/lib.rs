@@ -12,6 +12,7 @@ pub mod integration;
 pub mod job;
 pub mod kafka;
 pub mod key;
+pub mod listener;
 pub mod metrics;
 pub mod ops;
 pub mod producer;

@@ -10,10 +10,11 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::listener::LimitedListener;
 
 /// Answers whether the service can do its work right now, or why not.
 pub type ReadinessCheck =
@@ -98,23 +99,27 @@ async fn render_metrics(State(state): State<OpsState>) -> Response {
 }
 
 /// Serves `router` until `shutdown` is cancelled, then stops accepting connections and waits for
-/// the requests in flight.
+/// the requests in flight. At most `max_connections` connections are open at once, and one
+/// silent for `idle_timeout` is closed.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
+    max_connections: usize,
+    idle_timeout: std::time::Duration,
 ) -> std::io::Result<()> {
-    // Without TCP_NODELAY, a response written in two segments can wait for the client's delayed
-    // ACK (up to 40 ms on Linux).
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
-        }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    axum::serve(
+        LimitedListener::new(listener, max_connections, idle_timeout),
+        router,
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }
+
+/// Connections the operational routes keep open at once (scrapers and probes), and how long
+/// one may stay silent.
+const OPS_MAX_CONNECTIONS: usize = 64;
+const OPS_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Serves the operational routes on `listen` under `supervisor` and returns the bound address.
 pub async fn spawn(
@@ -131,9 +136,15 @@ pub async fn spawn(
     let token = supervisor.token();
     let router = router(readiness, metrics);
     supervisor.spawn("http", async move {
-        serve(listener, router, token)
-            .await
-            .context("the HTTP server failed")
+        serve(
+            listener,
+            router,
+            token,
+            OPS_MAX_CONNECTIONS,
+            OPS_IDLE_TIMEOUT,
+        )
+        .await
+        .context("the HTTP server failed")
     });
     Ok(address)
 }

@@ -67,6 +67,19 @@ pub struct IngestConfig {
           value_parser = parse_positive_duration)]
     pub body_timeout: Duration,
 
+    /// Most client connections open at once; past it, new ones wait to be accepted until one
+    /// closes, so no client can make ingest hold unbounded sockets.
+    #[arg(long, env = "ACTIVITY_INGEST_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// A client connection on which nothing is read or written for this long is closed, so
+    /// connections left open and silent do not keep their places under the connection limit.
+    /// Longer than the body and produce timeouts, so a request being handled is never cut.
+    #[arg(long, env = "ACTIVITY_INGEST_IDLE_TIMEOUT", default_value = "60s",
+          value_parser = parse_positive_duration)]
+    pub idle_timeout: Duration,
+
     /// Most events accepted in one request.
     #[arg(long, env = "ACTIVITY_INGEST_MAX_EVENTS", default_value_t = 10_000)]
     pub max_events: usize,
@@ -221,6 +234,25 @@ impl IngestConfig {
                 );
             }
         }
+        let longest_wait = [
+            ("ACTIVITY_INGEST_BODY_TIMEOUT", self.body_timeout),
+            ("ACTIVITY_INGEST_PRODUCE_TIMEOUT", self.produce_timeout),
+            (
+                "ACTIVITY_ADMIN_CONNECTION_TEST_TIMEOUT",
+                self.admin.connection_test_timeout,
+            ),
+        ]
+        .into_iter()
+        .filter(|(name, _)| self.admin.enabled() || !name.starts_with("ACTIVITY_ADMIN"))
+        .max_by_key(|(_, wait)| *wait);
+        if let Some((name, wait)) = longest_wait
+            && self.idle_timeout <= wait
+        {
+            return Err(format!(
+                "ACTIVITY_INGEST_IDLE_TIMEOUT ({:?}) must be longer than {name} ({wait:?}): a connection waiting on a request would be cut",
+                self.idle_timeout
+            ));
+        }
         if self.max_inflight_bytes < self.max_body_bytes {
             return Err(format!(
                 "ACTIVITY_INGEST_MAX_INFLIGHT_BYTES ({}) must be at least ACTIVITY_INGEST_MAX_BODY_BYTES ({})",
@@ -247,6 +279,25 @@ mod tests {
         let mut args = vec!["ingest", "--token", "0123456789abcdef0123"];
         args.extend_from_slice(extra);
         IngestConfig::try_parse_from(args)
+    }
+
+    #[test]
+    fn the_idle_timeout_must_outlast_every_wait_of_a_request() {
+        let config = IngestConfig::try_parse_from([
+            "ingest",
+            "--token",
+            "0123456789abcdef0123",
+            "--idle-timeout",
+            "20s",
+        ])
+        .expect("parse");
+        let problem = config
+            .validate()
+            .expect_err("20 s idle under a 30 s body timeout");
+        assert!(
+            problem.contains("ACTIVITY_INGEST_BODY_TIMEOUT (30s)"),
+            "{problem}"
+        );
     }
 
     #[test]

@@ -212,9 +212,13 @@ pub async fn start(config: IngestConfig, supervisor: &Supervisor) -> anyhow::Res
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
-    let flush_timeout = config.shutdown.timeout;
+    let (flush_timeout, max_connections, idle_timeout) = (
+        config.shutdown.timeout,
+        usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+        config.idle_timeout,
+    );
     supervisor.spawn("http", async move {
-        common::ops::serve(listener, router, token)
+        common::ops::serve(listener, router, token, max_connections, idle_timeout)
             .await
             .context("the HTTP server failed")?;
         // Requests that already answered 503 may have left records queued; give them their

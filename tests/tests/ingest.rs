@@ -668,3 +668,67 @@ async fn a_body_trickling_in_slower_than_the_body_timeout_is_answered_408() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("body_timeout"), "{answer}");
 }
+
+/// A request for `/v1/events` with one event, written raw on `stream`, and whatever comes back
+/// until the server closes the connection or `deadline` passes.
+async fn raw_request(stream: &mut tokio::net::TcpStream, deadline: Duration) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = r#"{"id":"c1","tenant_id":"acme","type":"user.login","occurred_at":"2026-11-30T10:00:00Z"}"#;
+    let request = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: ingest\r\nconnection: close\r\nauthorization: Bearer {TEST_TOKEN}\r\ncontent-type: application/x-ndjson\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(deadline, stream.read_to_end(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_wait_for_one_to_close_and_silent_ones_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let ingest = TestIngest::spawn(&["--max-connections", "2"]).await;
+    let connect = || tokio::net::TcpStream::connect(ingest.address);
+    let mut silent = vec![
+        connect().await.expect("connect"),
+        connect().await.expect("connect"),
+    ];
+    // Both slots are held by connections that send nothing: a third client is not served.
+    let mut third = connect().await.expect("the kernel queues the connection");
+    assert_eq!(
+        raw_request(&mut third, Duration::from_secs(2)).await,
+        None,
+        "served past the connection limit"
+    );
+    drop(silent.pop());
+    let mut fourth = connect().await.expect("connect");
+    let answer = raw_request(&mut fourth, Duration::from_secs(20))
+        .await
+        .expect("served once a slot was free");
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+
+    // A connection that stays silent is closed after the idle timeout.
+    let short = TestIngest::spawn(&[
+        "--idle-timeout",
+        "2s",
+        "--body-timeout",
+        "1s",
+        "--produce-timeout",
+        "1s",
+    ])
+    .await;
+    let mut idle = tokio::net::TcpStream::connect(short.address)
+        .await
+        .expect("connect");
+    let mut buffer = [0_u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(20), idle.read(&mut buffer))
+        .await
+        .expect("closed within 20 s");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the server closed the silent connection: {read:?}"
+    );
+}

@@ -552,10 +552,7 @@ mod tests {
             id: String,
         },
         /// A record that goes in no part.
-        Skip {
-            offset: i64,
-            timestamp_ms: i64,
-        },
+        Skip { offset: i64, timestamp_ms: i64 },
     }
 
     fn line(tenant: &TenantId, id: &str) -> Vec<u8> {
