@@ -5,8 +5,11 @@
 //!   same run; medians of 5 rounds.
 //! - `memory`: 10,000 tenants with open windows under a memory budget; peak RSS of a process
 //!   that does only this (run in a child process so the other mode does not count).
+//! - `memory-tiny`: the same with ten times as many events of about 100 bytes, where the
+//!   per-event bookkeeping (event ids) weighs most.
 //!
-//! `cargo bench -p batcher --bench core` runs both; `-- throughput` or `-- memory` one.
+//! `cargo bench -p batcher --bench core` runs all; `-- throughput`, `-- memory` or
+//! `-- memory-tiny` one.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -178,9 +181,18 @@ fn peak_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn memory() {
+/// A tiny activity event, about 100 bytes of compact JSON.
+fn tiny_event(tenant: &str, n: usize) -> Vec<u8> {
+    format!(
+        "{{\"id\":\"{tenant}-{n:06}\",\"occurred_at\":\"2026-11-27T10:00:00Z\",\"tenant_id\":\"{tenant}\",\"type\":\"auth.login\"}}"
+    )
+    .into_bytes()
+}
+
+/// 10,000 tenants with `per_tenant` events each (made by `line`), all in one open window, under
+/// a 128 MiB budget.
+fn memory(per_tenant: usize, line: fn(&str, usize) -> Vec<u8>) {
     const OPEN_TENANTS: usize = 10_000;
-    const PER_TENANT: usize = 40;
     const BUDGET: usize = 128 * 1024 * 1024;
     let tenants: Vec<TenantId> = (0..OPEN_TENANTS)
         .map(|t| TenantId::parse(&format!("tenant-{t:05}")).expect("tenant"))
@@ -191,12 +203,13 @@ fn memory() {
     core.assign(0, None);
     let baseline = peak_rss_bytes();
     let started = Instant::now();
-    let mut raw = 0;
+    let (mut raw, mut events) = (0, 0);
     let mut offset = 0_i64;
-    for n in 0..PER_TENANT {
+    for n in 0..per_tenant {
         for tenant in &tenants {
-            let line = event(tenant.as_str(), n);
+            let line = line(tenant.as_str(), n);
             raw += line.len() + 1;
+            events += 1;
             let id = format!("{tenant}-{n}");
             let record = Record {
                 offset,
@@ -223,7 +236,10 @@ fn memory() {
     let peak = peak_rss_bytes();
     std::fs::remove_dir_all(&spill).ok();
     let mib = |b: u64| b as f64 / 1024.0 / 1024.0;
-    println!("## memory: {OPEN_TENANTS} tenants with open windows");
+    println!(
+        "## memory: {OPEN_TENANTS} tenants with open windows, {events} events of {} bytes on average",
+        raw / events
+    );
     println!(
         "| open windows | raw NDJSON buffered | budget | core's count at the end | spilled to disk | peak RSS | RSS before | fill time |"
     );
@@ -247,18 +263,21 @@ fn memory() {
 fn main() {
     let mode = std::env::args()
         .skip(1)
-        .find(|a| a == "throughput" || a == "memory");
+        .find(|a| ["throughput", "memory", "memory-tiny"].contains(&a.as_str()));
     match mode.as_deref() {
         Some("throughput") => throughput(),
-        Some("memory") => memory(),
+        Some("memory") => memory(40, event),
+        Some("memory-tiny") => memory(400, tiny_event),
         _ => {
             throughput();
-            // A fresh process, so its peak RSS is the memory scenario's alone.
-            let status = std::process::Command::new(std::env::current_exe().expect("self"))
-                .arg("memory")
-                .status()
-                .expect("run the memory scenario");
-            assert!(status.success());
+            // Fresh processes, so each peak RSS is its memory scenario's alone.
+            for scenario in ["memory", "memory-tiny"] {
+                let status = std::process::Command::new(std::env::current_exe().expect("self"))
+                    .arg(scenario)
+                    .status()
+                    .expect("run the memory scenario");
+                assert!(status.success());
+            }
         }
     }
 }

@@ -1,18 +1,20 @@
 //! The batcher as a process on the real broker and RabbitMQ: closed windows become upload jobs
 //! holding every delivered event once, under the key layout of DESIGN §2; replay rebuilds the
-//! live objects; two batchers share the partitions and hand them over.
+//! live objects; two batchers share the partitions and hand them over; parts fit RabbitMQ's
+//! messages; a record stamped far ahead and a crash after a clock close change no object.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::clock::now_unix_ms;
 use common::key::Codec;
 use integration_tests::batching::{
-    BatcherSetup, EventsTopic, jobs_until_events, partitions_read, take_jobs,
+    BatcherSetup, EventsTopic, PublishedJob, jobs_until_events, partitions_read, take_jobs,
 };
 use integration_tests::fixtures::{
     IntegrationsTopic, confirm_channel, delete_topology, integration_json,
 };
+use integration_tests::process::ServiceProcess;
 use integration_tests::wait_for;
 
 #[tokio::test]
@@ -463,6 +465,55 @@ async fn two_batchers_split_the_partitions_and_a_stopped_one_hands_over_without_
     delete_topology(&channel, &setup.topology).await;
 }
 
+/// A batcher deployment of its own: a fresh events topic of `partitions`, `acme` and `globex`
+/// connected, and its upload queues declared on `channel`.
+struct Deployment {
+    events: EventsTopic,
+    _integrations: IntegrationsTopic,
+    setup: BatcherSetup,
+    _connection: lapin::Connection,
+    channel: lapin::Channel,
+}
+
+impl Deployment {
+    async fn new(partitions: i32) -> Self {
+        let events = EventsTopic::create(partitions).await;
+        let integrations = IntegrationsTopic::create().await;
+        integrations.connect("acme", "acme-bucket").await;
+        integrations.connect("globex", "globex-bucket").await;
+        let setup = BatcherSetup::new(&events, &integrations);
+        let (connection, channel) = confirm_channel("batcher-test").await;
+        setup.topology.declare(&channel).await.expect("declare");
+        Self {
+            events,
+            _integrations: integrations,
+            setup,
+            _connection: connection,
+            channel,
+        }
+    }
+
+    /// Jobs published until their objects hold `events` events (at most 60 s).
+    async fn jobs(&self, events: usize) -> BTreeMap<String, PublishedJob> {
+        jobs_until_events(
+            &self.channel,
+            &self.setup.topology.queue,
+            events,
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    async fn finish(self) {
+        delete_topology(&self.channel, &self.setup.topology).await;
+    }
+}
+
+/// The value of the counter `name` that `batcher` exposes.
+async fn counter(batcher: &ServiceProcess, name: &str) -> Option<f64> {
+    integration_tests::process::metric_value(&batcher.metrics().await, name)
+}
+
 /// Writes 90 events of ~200 KiB for `acme` (no compression: ~18 MiB, more than RabbitMQ's
 /// 16 MiB message limit) on partition 0 and 5 small ones for `globex` on partition 1, all in
 /// the next 10 s window, so it cannot close before they are all written.
@@ -483,19 +534,12 @@ async fn one_large_window(events: &EventsTopic) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_part_is_cut_to_what_rabbitmq_takes_even_without_compression() {
-    let events = EventsTopic::create(2).await;
-    let integrations = IntegrationsTopic::create().await;
-    integrations.connect("acme", "acme-bucket").await;
-    integrations.connect("globex", "globex-bucket").await;
-    let setup = BatcherSetup::new(&events, &integrations);
-    let (_connection, channel) = confirm_channel("batcher-test").await;
-    setup.topology.declare(&channel).await.expect("declare");
-    let batcher = setup.spawn("10s", "500ms", &[]);
+    let deployment = Deployment::new(2).await;
+    let batcher = deployment.setup.spawn("10s", "500ms", &[]);
     batcher.ready().await;
 
-    one_large_window(&events).await;
-    let jobs =
-        jobs_until_events(&channel, &setup.topology.queue, 95, Duration::from_secs(60)).await;
+    one_large_window(&deployment.events).await;
+    let jobs = deployment.jobs(95).await;
     let acme: Vec<_> = jobs
         .values()
         .filter(|j| j.job.tenant_id.as_str() == "acme")
@@ -509,64 +553,52 @@ async fn a_part_is_cut_to_what_rabbitmq_takes_even_without_compression() {
             published.body.len()
         );
     }
-    let metrics = batcher.metrics().await;
     assert_eq!(
-        integration_tests::process::metric_value(&metrics, "activity_batcher_refused_parts_total"),
+        counter(&batcher, "activity_batcher_refused_parts_total").await,
         Some(0.0)
     );
     drop(batcher);
-    delete_topology(&channel, &setup.topology).await;
+    deployment.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_part_rabbitmq_refuses_is_counted_and_set_aside_while_other_partitions_go_on() {
-    let events = EventsTopic::create(2).await;
-    let integrations = IntegrationsTopic::create().await;
-    integrations.connect("acme", "acme-bucket").await;
-    integrations.connect("globex", "globex-bucket").await;
-    let setup = BatcherSetup::new(&events, &integrations);
-    let (_connection, channel) = confirm_channel("batcher-test").await;
-    setup.topology.declare(&channel).await.expect("declare");
+    let deployment = Deployment::new(2).await;
     // Configured above the broker's limit, as a mistake would be.
-    let batcher = setup.spawn("10s", "500ms", &["--max-message-bytes", "67108864"]);
+    let batcher = deployment
+        .setup
+        .spawn("10s", "500ms", &["--max-message-bytes", "67108864"]);
     batcher.ready().await;
 
-    one_large_window(&events).await;
-    let jobs = jobs_until_events(&channel, &setup.topology.queue, 5, Duration::from_secs(60)).await;
+    one_large_window(&deployment.events).await;
+    let jobs = deployment.jobs(5).await;
     let tenants: BTreeSet<_> = jobs.values().map(|j| j.job.tenant_id.to_string()).collect();
     assert_eq!(tenants, BTreeSet::from(["globex".to_owned()]));
     let refused = wait_for(
         "the refused part counted",
         Duration::from_secs(30),
         || async {
-            let metrics = batcher.metrics().await;
-            integration_tests::process::metric_value(
-                &metrics,
-                "activity_batcher_refused_parts_total",
-            )
-            .filter(|&n| n > 0.0)
+            counter(&batcher, "activity_batcher_refused_parts_total")
+                .await
+                .filter(|&n| n > 0.0)
         },
     )
     .await;
     assert_eq!(refused, 1.0);
-    assert!(take_jobs(&channel, &setup.topology.queue).await.is_empty());
+    let queue = &deployment.setup.topology.queue;
+    assert!(take_jobs(&deployment.channel, queue).await.is_empty());
     drop(batcher);
-    delete_topology(&channel, &setup.topology).await;
+    deployment.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_stamped_far_ahead_closes_nothing_and_is_delivered_with_the_present() {
-    let events = EventsTopic::create(1).await;
-    let integrations = IntegrationsTopic::create().await;
-    integrations.connect("acme", "acme-bucket").await;
-    integrations.connect("globex", "globex-bucket").await;
-    let setup = BatcherSetup::new(&events, &integrations);
-    let (_connection, channel) = confirm_channel("batcher-test").await;
-    setup.topology.declare(&channel).await.expect("declare");
+    let deployment = Deployment::new(1).await;
     // A record may be 2 s ahead of the batcher's clock (half the close delay).
-    let batcher = setup.spawn("20s", "4s", &[]);
+    let batcher = deployment.setup.spawn("20s", "4s", &[]);
     batcher.ready().await;
 
+    let events = &deployment.events;
     let mut acme_windows = BTreeSet::new();
     let mut send_acme = async |id: String| {
         let now = now_unix_ms();
@@ -586,7 +618,7 @@ async fn a_record_stamped_far_ahead_closes_nothing_and_is_delivered_with_the_pre
         send_acme(format!("after-{n}")).await;
     }
 
-    let jobs = jobs_until_events(&channel, &setup.topology.queue, 7, Duration::from_secs(90)).await;
+    let jobs = deployment.jobs(7).await;
     let acme = jobs
         .values()
         .filter(|j| j.job.tenant_id.as_str() == "acme")
@@ -603,43 +635,41 @@ async fn a_record_stamped_far_ahead_closes_nothing_and_is_delivered_with_the_pre
         globex[0].job.window_start_ms <= now_unix_ms(),
         "delivered with the present, not 50 minutes from now"
     );
-    let metrics = batcher.metrics().await;
     assert_eq!(
-        integration_tests::process::metric_value(&metrics, "activity_batcher_future_records_total"),
+        counter(&batcher, "activity_batcher_future_records_total").await,
         Some(1.0)
     );
     drop(batcher);
-    delete_topology(&channel, &setup.topology).await;
+    deployment.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_closed_by_the_clock_closes_alike_after_a_crash_and_a_later_straggler_goes_late() {
-    let events = EventsTopic::create(1).await;
-    let integrations = IntegrationsTopic::create().await;
-    integrations.connect("acme", "acme-bucket").await;
-    let setup = BatcherSetup::new(&events, &integrations);
-    let (_connection, channel) = confirm_channel("batcher-clock-test").await;
-    setup.topology.declare(&channel).await.expect("declare");
+    let deployment = Deployment::new(1).await;
     // Nothing is committed or checkpointed before the crash: the restarted batcher rebuilds
     // from the start of the log and knows of the first one's clock close only from the log.
     let flags = ["--commit-interval", "1h"];
-    let first = setup.spawn("5s", "500ms", &flags);
+    let first = deployment.setup.spawn("5s", "500ms", &flags);
     first.ready().await;
     let now = now_unix_ms();
     for n in 0..3 {
-        events.send(0, "acme", &format!("e{n}"), now + n, 10).await;
+        deployment
+            .events
+            .send(0, "acme", &format!("e{n}"), now + n, 10)
+            .await;
     }
     // The partition is idle: its window closes by the clock.
-    let before =
-        jobs_until_events(&channel, &setup.topology.queue, 3, Duration::from_secs(30)).await;
+    let before = deployment.jobs(3).await;
     assert_eq!(before.len(), 1);
     drop(first); // SIGKILL
     // A straggler of the window closed, arriving after the close.
-    events.send(0, "acme", "straggler", now + 10, 10).await;
+    deployment
+        .events
+        .send(0, "acme", "straggler", now + 10, 10)
+        .await;
 
-    let second = setup.spawn("5s", "500ms", &flags);
-    let after =
-        jobs_until_events(&channel, &setup.topology.queue, 4, Duration::from_secs(30)).await;
+    let second = deployment.setup.spawn("5s", "500ms", &flags);
+    let after = deployment.jobs(4).await;
     let (key, object) = before.iter().next().expect("the first object");
     assert_eq!(
         after.get(key).map(|again| &again.body),
@@ -653,5 +683,5 @@ async fn a_window_closed_by_the_clock_closes_alike_after_a_crash_and_a_later_str
     assert_eq!(late.len(), 1);
     assert_eq!(late[0].event_ids(), ["straggler"]);
     drop(second);
-    delete_topology(&channel, &setup.topology).await;
+    deployment.finish().await;
 }

@@ -121,6 +121,20 @@ async fn the_dead_letter_queue_keeps_what_is_sent_to_it() {
     delete_topology(&channel, &topology).await;
 }
 
+/// Returns a message to its queue unsettled, as a consumer that dies holding it does: RabbitMQ
+/// counts it as a failed delivery.
+async fn return_to_queue(message: lapin::message::BasicGetMessage) {
+    message
+        .delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .expect("nack");
+}
+
 /// Publishes a dead-lettered job `key` of `acme` with the uploader's failure headers.
 async fn publish_dead(channel: &Channel, topology: &UploadTopology, key: &str) {
     let mut headers = FieldTable::default();
@@ -184,15 +198,7 @@ async fn listing_the_dead_letter_queue_a_hundred_times_spends_no_delivery_and_ke
         .unwrap_or(0);
     assert_eq!(delivery_count, 0, "listing counted deliveries");
     assert!(!first.delivery.redelivered, "listing returned the job");
-    first
-        .delivery
-        .acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
-        .await
-        .expect("nack");
+    return_to_queue(first).await;
 
     let summary = uploader::dlq::redrive(&channel, &topology, None, None)
         .await
@@ -226,15 +232,7 @@ async fn a_job_returned_past_the_delivery_limit_goes_to_the_dead_letter_queue_no
     {
         returns += 1;
         assert!(returns <= UPLOAD_DELIVERY_LIMIT + 1, "never dead-lettered");
-        message
-            .delivery
-            .acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await
-            .expect("nack");
+        return_to_queue(message).await;
     }
     let dead = wait_for("the job in the DLQ", Duration::from_secs(20), || async {
         let jobs = uploader::dlq::list(&channel, &topology, None)
