@@ -1,6 +1,7 @@
 //! The batching core: pure windowing over Kafka records (no network, clock passed in), the
 //! memory budget with its disk spill, and closed parts turned into upload jobs.
 
+pub mod ids;
 pub mod part;
 pub mod partition;
 pub mod window;
@@ -140,9 +141,9 @@ impl Core {
             .sum()
     }
 
-    /// Moves the finished frames of the largest parts to disk until memory is back under the
-    /// target. Raw tails and event ids stay in memory: the frame boundaries, and so the
-    /// bytes of every object, never depend on memory pressure.
+    /// Moves the finished frames, raw tails and event ids of the largest parts to disk until
+    /// memory is back under the target. Frames are still cut at the same raw offsets and ids
+    /// answer exactly, so the bytes of every object never depend on memory pressure.
     fn spill(&mut self) -> std::io::Result<()> {
         let target = self.memory_budget / 100 * SPILL_TARGET_PERCENT;
         let mut candidates: Vec<(usize, i32, usize)> = Vec::new();

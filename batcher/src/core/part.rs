@@ -8,7 +8,6 @@
 //! byte-for-byte the part first built. Files are opened per write, so ten thousand spilled
 //! parts hold no file descriptors.
 
-use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -17,6 +16,8 @@ use std::path::{Path, PathBuf};
 use common::codec::compress;
 use common::event::TenantId;
 use common::key::Codec;
+
+use crate::core::ids::EventIds;
 
 /// Settings every part follows.
 #[derive(Debug, Clone)]
@@ -57,7 +58,7 @@ pub struct OpenPart {
     pub late: bool,
     event_count: u64,
     raw_bytes: u64,
-    ids: HashSet<u128>,
+    ids: EventIds,
     /// The raw tail held in memory: all of it, or for a spilled part what follows `tail_path`.
     tail: Vec<u8>,
     storage: Storage,
@@ -85,9 +86,6 @@ fn compressed_bound(raw: u64) -> u64 {
     raw + raw / 128 + 1024
 }
 
-/// Bytes of memory one remembered event id costs, with the hash set's own overhead.
-const ID_MEMORY_BYTES: usize = 24;
-
 impl OpenPart {
     pub fn new(
         tenant: TenantId,
@@ -105,7 +103,7 @@ impl OpenPart {
             late,
             event_count: 0,
             raw_bytes: 0,
-            ids: HashSet::new(),
+            ids: EventIds::default(),
             tail: Vec::new(),
             storage: Storage::Memory { frames: Vec::new() },
         }
@@ -133,8 +131,8 @@ impl OpenPart {
     }
 
     /// Whether the event whose id hashes to `id` (see [`id_hash`]) is already in this part.
-    pub fn contains(&self, id: u128) -> bool {
-        self.ids.contains(&id)
+    pub fn contains(&self, id: u128) -> std::io::Result<bool> {
+        self.ids.contains(id)
     }
 
     /// Appends one event line unless its id (hashed with [`id_hash`]) is already here.
@@ -145,7 +143,7 @@ impl OpenPart {
         line: &[u8],
         settings: &PartSettings,
     ) -> std::io::Result<Added> {
-        if !self.ids.insert(id) {
+        if !self.ids.insert(id)? {
             return Ok(Added::Duplicate);
         }
         self.tail.extend_from_slice(line);
@@ -173,15 +171,16 @@ impl OpenPart {
             Storage::Memory { frames } => frames.capacity(),
             Storage::Disk { .. } => 0,
         };
-        frames + self.tail.capacity() + self.ids.capacity() * ID_MEMORY_BYTES
+        frames + self.tail.capacity() + self.ids.memory_bytes()
     }
 
     /// Bytes that spilling would free.
     pub fn spillable_bytes(&self) -> usize {
-        match &self.storage {
+        let data = match &self.storage {
             Storage::Memory { frames } => frames.len() + self.tail.len(),
             Storage::Disk { .. } => self.tail.len(),
-        }
+        };
+        data + self.ids.spillable_bytes()
     }
 
     /// Bytes on disk.
@@ -196,8 +195,9 @@ impl OpenPart {
         }
     }
 
-    /// Moves the part's frames and raw tail to files at `path` (and `path` + `.tail`); later
-    /// frames and tail bytes go there too. Returns the bytes written.
+    /// Moves the part's frames, raw tail and event ids to files at `path` (and `path` + `.tail`,
+    /// `path` + `.ids`); later frames and tail bytes go there too, and later ids at the next
+    /// spill. Returns the bytes of frames and tail written.
     pub fn spill(&mut self, path: &Path) -> std::io::Result<u64> {
         let mut written = 0;
         if let Storage::Memory { frames } = &self.storage {
@@ -215,6 +215,11 @@ impl OpenPart {
         }
         written += self.tail.len() as u64;
         self.park_tail()?;
+        if let Storage::Disk { frames_path, .. } = &self.storage {
+            let mut ids_path = frames_path.as_os_str().to_owned();
+            ids_path.push(".ids");
+            self.ids.spill(Path::new(&ids_path))?;
+        }
         Ok(written)
     }
 
@@ -232,6 +237,7 @@ impl OpenPart {
                     let body = std::fs::read(&frames_path)?;
                     std::fs::remove_file(&frames_path)?;
                     remove_if_present(&tail_path)?;
+                    self.ids.remove_file()?;
                     body
                 }
             };
@@ -430,12 +436,22 @@ mod tests {
                 part.add(i64::from(n), id_hash(&format!("e{n}")), &line(n), &s)
                     .expect("add");
             }
+            // Ids added before the spill are on disk, later ones in memory: both dedup.
+            for repeated in ["e0", "e39"] {
+                let added = part.add(50, id_hash(repeated), b"{}", &s).expect("add");
+                assert_eq!(
+                    added,
+                    Added::Duplicate,
+                    "{repeated} after a spill at {spill_at:?}"
+                );
+            }
             part.finish(&s).expect("finish")
         };
         assert_eq!(build(None), build(Some(20)));
         assert_eq!(build(None), build(Some(1)), "spilled with a short tail");
         assert!(!path.exists());
         assert!(!dir.join("p.tail").exists());
+        assert!(!dir.join("p.ids").exists());
         std::fs::remove_dir_all(&dir).expect("clean");
     }
 

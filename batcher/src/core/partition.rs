@@ -460,7 +460,7 @@ impl PartitionState {
         };
         let id = id_hash(record.event_id);
         // A repeated id stays a duplicate whatever its size; only new events can cut.
-        let cut = !part.contains(id)
+        let cut = !part.contains(id)?
             && !part.fits(
                 record.line.len(),
                 settings.max_object_bytes,
