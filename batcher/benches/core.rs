@@ -5,7 +5,7 @@
 //!   same run; medians of 5 rounds.
 //! - `memory`: 10,000 tenants with open windows under a memory budget; peak RSS of a process
 //!   that does only this (run in a child process so the other mode does not count).
-//! - `memory-tiny`: the same with ten times as many events of about 100 bytes, where the
+//! - `memory-tiny`: the same with twenty times as many events of about 100 bytes, where the
 //!   per-event bookkeeping (event ids) weighs most.
 //!
 //! `cargo bench -p batcher --bench core` runs all; `-- throughput`, `-- memory` or
@@ -267,7 +267,7 @@ fn main() {
     match mode.as_deref() {
         Some("throughput") => throughput(),
         Some("memory") => memory(40, event),
-        Some("memory-tiny") => memory(400, tiny_event),
+        Some("memory-tiny") => memory(800, tiny_event),
         _ => {
             throughput();
             // Fresh processes, so each peak RSS is its memory scenario's alone.
