@@ -11,6 +11,8 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::core::part::remove_if_present;
+
 /// Bytes of memory one id held in memory costs, with the hash set's own overhead.
 const MEMORY_BYTES_PER_ID: usize = 24;
 /// Bytes of one id in the file.
@@ -115,10 +117,7 @@ impl EventIds {
     /// Removes the file of spilled ids, if any.
     pub fn remove_file(&mut self) -> std::io::Result<()> {
         match self.spilled.take() {
-            Some(spilled) => match std::fs::remove_file(&spilled.path) {
-                Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
-                _ => Ok(()),
-            },
+            Some(spilled) => remove_if_present(&spilled.path),
             None => Ok(()),
         }
     }

@@ -329,7 +329,8 @@ impl Drop for OpenPart {
     }
 }
 
-fn remove_if_present(path: &Path) -> std::io::Result<()> {
+/// Removes the file at `path`; one already gone is fine.
+pub(crate) fn remove_if_present(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
         _ => Ok(()),
