@@ -144,7 +144,7 @@ pub struct AdminArgs {
           value_parser = parse_secret)]
     pub external_id_secret: Option<SecretString>,
 
-    /// Longest a connection test (assume role, put, delete) may take.
+    /// Longest a connection test (assume role, put, read back, delete) may take.
     #[arg(long, env = "ACTIVITY_ADMIN_CONNECTION_TEST_TIMEOUT", default_value = "30s",
           value_parser = parse_positive_duration)]
     pub connection_test_timeout: Duration,

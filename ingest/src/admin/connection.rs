@@ -43,7 +43,7 @@ pub struct ConnectionSuccess {
     pub test_object_key: String,
 }
 
-/// Runs the three steps, bounded by `timeout` as a whole.
+/// Runs the steps in order, bounded by `timeout` as a whole.
 pub async fn test_connection(
     writer: &S3Writer,
     integration: &Integration,
