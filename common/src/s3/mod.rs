@@ -191,10 +191,11 @@ impl S3Writer {
         &self,
         integration: &Integration,
         credentials: Credentials,
-        object: ObjectToPut,
+        mut object: ObjectToPut,
     ) -> Result<Stored, UploadError> {
         let key = full_key(&integration.prefix, &object.relative_key);
-        let body = Bytes::from(object.body.clone());
+        // Moved, not copied: a second attempt under another key shares the same bytes.
+        let body = Bytes::from(std::mem::take(&mut object.body));
         let attempt = self
             .put_once(integration, &credentials, &key, &object, body.clone())
             .await?;
