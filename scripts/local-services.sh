@@ -169,12 +169,13 @@ EOF
   nohup "${KAFKA_JAVA[@]}" kafka.Kafka "$KAFKA_STATE/server.properties" >>"$STATE/kafka.log" 2>&1 &
   echo $! >"$STATE/kafka.pid"
   # Kafka opens its client port before the broker has registered with the controller; it can
-  # serve once it logs that it started.
-  local deadline=$((SECONDS + 120))
+  # serve once it logs that it started. It loads every partition it holds first: about 10 ms a
+  # partition here, so a broker holding thousands needs more than a minute.
+  local deadline=$((SECONDS + 300))
   until grep -q 'Kafka Server started' "$STATE/kafka.log"; do
     if ! kill -0 "$(cat "$STATE/kafka.pid")" 2>/dev/null || ((SECONDS >= deadline)); then
       tail -n 30 "$STATE/kafka.log" >&2
-      die "Kafka did not start within 120 s"
+      die "Kafka did not start within 300 s"
     fi
     sleep 0.2
   done

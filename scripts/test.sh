@@ -23,6 +23,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 # Some tests run the service binaries as separate processes.
 cargo build --workspace --bins --locked
+prune_test_topics() {
+  "${CARGO_TARGET_DIR:-target}/debug/delete-test-topics" "${ACTIVITY_TEST_KAFKA_BROKERS:-127.0.0.1:9092}" ||
+    echo "warning: the topics of earlier test runs were not all deleted; the tests run regardless" >&2
+}
+# Tests make topics under unique names and leave them; those of the previous run are deleted
+# first, and this run's after it passes, so the broker's start (which loads every partition)
+# stays short on a machine that runs the tests again and again.
+echo "== deleting the topics of earlier test runs"
+prune_test_topics
 cargo test --workspace --locked
+prune_test_topics
 echo "== fuzzing"
 scripts/fuzz.sh "${ACTIVITY_FUZZ_SECONDS:-20}"
