@@ -98,8 +98,8 @@ admin() { # method, path, [body]
   curl -sS -X "$1" -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
     ${3:+--data-binary "$3"} -w '\n   -> HTTP %{http_code}\n' "$ingest_url$2"
 }
-settings() { # bucket
-  printf '{"aws_account_id":"123456789012","bucket":"%s","prefix":"activity-logs","role_arn":"arn:aws:iam::123456789012:role/ActivityLogWriter","region":"us-east-1","compression":"zstd"}' "$1"
+settings() { # bucket, role ARN
+  printf '{"aws_account_id":"123456789012","bucket":"%s","prefix":"activity-logs","role_arn":"%s","region":"us-east-1","compression":"zstd"}' "$1" "$2"
 }
 
 buckets=()
@@ -114,11 +114,17 @@ admin GET "/v1/integrations/s3/setup?tenant=acme&bucket=${buckets[0]}&prefix=act
   head -c 700
 echo " ..."
 echo "== a mistyped setting is refused, naming the field, and nothing is saved"
-admin PUT /v1/tenants/acme/integrations/s3 "$(settings "Acme_Logs")"
+admin PUT /v1/tenants/acme/integrations/s3 \
+  "$(settings "Acme_Logs" arn:aws:iam::123456789012:role/ActivityLogWriter)"
 for i in 0 1; do
   tenant=$([ $i = 0 ] && echo acme || echo globex)
+  echo "== $tenant's administrator creates the role the setup documents describe"
+  role=$(ACTIVITY_ADMIN_TOKEN=$admin_token "$bin/provision-customer" --admin-url "$ingest_url" \
+    --aws-endpoint "$aws_endpoint" --tenant "$tenant" --bucket "${buckets[$i]}" \
+    --prefix activity-logs --role-name "ActivityLogWriter-$tenant-$run")
+  echo "   $role (trust policy: the vendor's role with $tenant's external id)"
   echo "== connecting $tenant to s3://${buckets[$i]}/activity-logs/ (connection test, then save)"
-  admin PUT "/v1/tenants/$tenant/integrations/s3" "$(settings "${buckets[$i]}")"
+  admin PUT "/v1/tenants/$tenant/integrations/s3" "$(settings "${buckets[$i]}" "$role")"
 done
 
 # Realistic activity: device, blueprint, user and auth actions with actors and targets.

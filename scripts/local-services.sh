@@ -204,10 +204,20 @@ start_rabbitmq() {
   fi
 }
 
+# The launcher that adds AWS's trust-policy check to moto (see the file). A server this script
+# started with another launcher (an older checkout's) is replaced: its state is in memory only,
+# and tests rely on the check.
+MOTO_LAUNCHER="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/moto-server.py"
+
 start_moto() {
   if listening "$MOTO_PORT"; then
-    log "reusing the S3/STS server already listening on 127.0.0.1:$MOTO_PORT"
-    return
+    if [[ -f $STATE/moto.pid ]] && ! grep -qa "moto-server.py" "/proc/$(cat "$STATE/moto.pid")/cmdline" 2>/dev/null; then
+      log "replacing the S3/STS server started without scripts/moto-server.py"
+      stop_pidfile moto "$STATE/moto.pid"
+    else
+      log "reusing the S3/STS server already listening on 127.0.0.1:$MOTO_PORT"
+      return
+    fi
   fi
   if [[ ! -x $MOTO_VENV/bin/moto_server ]]; then
     log "installing moto[server]==$MOTO_VERSION into $MOTO_VENV"
@@ -218,7 +228,7 @@ start_moto() {
       die "installing moto failed"
   fi
   log "starting moto on 127.0.0.1:$MOTO_PORT"
-  nohup "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$STATE/moto.log" 2>&1 &
+  nohup "$MOTO_VENV/bin/python" "$MOTO_LAUNCHER" -H 127.0.0.1 -p "$MOTO_PORT" >"$STATE/moto.log" 2>&1 &
   echo $! >"$STATE/moto.pid"
   wait_for_port "$MOTO_PORT" moto 60 "$STATE/moto.log"
 }

@@ -115,9 +115,11 @@ async fn accept(api: &EventsApi, headers: &HeaderMap, body: Body) -> Result<usiz
         counter!(EVENTS_REJECTED, "reason" => error.code()).increment(events.len() as u64);
         error
     };
-    if let Some(limiter) = &api.rate_limiter {
-        limiter.admit(&events).map_err(reject_all)?;
-    }
+    // Tokens taken here go back unless Kafka acknowledges the events.
+    let admission = match &api.rate_limiter {
+        Some(limiter) => Some(limiter.admit(&events).map_err(reject_all)?),
+        None => None,
+    };
 
     let started = Instant::now();
     api.writer
@@ -131,6 +133,9 @@ async fn accept(api: &EventsApi, headers: &HeaderMap, body: Body) -> Result<usiz
             })
         })?;
     histogram!(PRODUCE_LATENCY).record(started.elapsed().as_secs_f64());
+    if let Some(admission) = admission {
+        admission.keep();
+    }
     counter!(EVENTS_ACCEPTED).increment(events.len() as u64);
     Ok(events.len())
 }

@@ -11,6 +11,7 @@ pub mod http;
 pub mod metrics;
 pub mod produce;
 pub mod rate_limit;
+pub mod token_bucket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

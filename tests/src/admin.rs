@@ -10,8 +10,10 @@ use crate::services::TestIngest;
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 /// The vendor role customers trust.
 pub const VENDOR_ROLE: &str = "arn:aws:iam::111122223333:role/ActivityDelivery";
-/// The customer account and role the tests connect with.
-pub const CUSTOMER_ACCOUNT: &str = "123456789012";
+pub use crate::customer::CUSTOMER_ACCOUNT;
+/// A role in the customer account that the local server does not hold: settings naming it pass
+/// validation, and a connection test with them fails (such a role is assumed without the
+/// external id). Tests that connect use [`AdminIngest::provisioned_settings`].
 pub const CUSTOMER_ROLE: &str = "arn:aws:iam::123456789012:role/ActivityLogWriter";
 
 /// The topics an admin-enabled ingest writes and reads, unique to the test.
@@ -36,6 +38,7 @@ impl AdminTopics {
 pub struct AdminIngest {
     pub ingest: TestIngest,
     pub topics: AdminTopics,
+    aws_endpoint: String,
     http: reqwest::Client,
 }
 
@@ -65,6 +68,7 @@ impl AdminIngest {
         let admin = Self {
             ingest,
             topics,
+            aws_endpoint: aws_endpoint.to_owned(),
             http: reqwest::Client::new(),
         };
         // Ingest says ready once the admin API has read the integrations.
@@ -112,6 +116,19 @@ impl AdminIngest {
         .await
     }
 
+    /// [`settings`] for `tenant` and `bucket`, naming a role made for them in the customer
+    /// account from this API's setup documents, as a customer following them would.
+    pub async fn provisioned_settings(&self, tenant: &str, bucket: &str) -> Value {
+        provisioned_settings(
+            &self.http,
+            &self.ingest.url(""),
+            &self.aws_endpoint,
+            tenant,
+            bucket,
+        )
+        .await
+    }
+
     pub async fn delete(&self, tenant: &str) -> (StatusCode, Value) {
         self.call(Method::DELETE, &integration_path(tenant), None)
             .await
@@ -139,6 +156,36 @@ pub async fn admin_request(
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
     };
     (status, value)
+}
+
+/// [`settings`] for `tenant` and `bucket`, naming a new role in the customer account made (on
+/// the S3/STS server at `aws_endpoint`) from the setup documents of the admin API at
+/// `admin_url`.
+pub async fn provisioned_settings(
+    http: &reqwest::Client,
+    admin_url: &str,
+    aws_endpoint: &str,
+    tenant: &str,
+    bucket: &str,
+) -> Value {
+    let mut settings = settings(bucket);
+    let (status, setup) = admin_request(
+        http,
+        Method::GET,
+        &format!(
+            "{admin_url}/v1/integrations/s3/setup?tenant={tenant}&bucket={bucket}&prefix={}",
+            settings["prefix"].as_str().unwrap_or_default()
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "setup documents: {setup}");
+    let iam = crate::customer::Iam::new(aws_endpoint);
+    let role = crate::customer::create_role_from_setup(&iam, &setup, &crate::unique("writer"))
+        .await
+        .unwrap_or_else(|error| panic!("creating {tenant}'s role: {error}"));
+    settings["role_arn"] = json!(role);
+    settings
 }
 
 pub fn integration_path(tenant: &str) -> String {

@@ -132,11 +132,19 @@ impl Deployment {
         for n in 0..tenants {
             let tenant = format!("t{n:03}");
             let bucket = crate::fixtures::new_bucket(s3).await;
+            let settings = crate::admin::provisioned_settings(
+                &deployment.http,
+                &deployment.ingest.url(""),
+                aws_endpoint,
+                &tenant,
+                &bucket,
+            )
+            .await;
             let (status, answer) = deployment
                 .admin(
                     reqwest::Method::PUT,
                     &crate::admin::integration_path(&tenant),
-                    Some(&crate::pipeline::zstd_settings(&bucket)),
+                    Some(&crate::pipeline::in_zstd(settings)),
                 )
                 .await;
             assert_eq!(status, StatusCode::CREATED, "connect {tenant}: {answer}");

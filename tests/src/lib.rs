@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod batching;
 pub mod bench;
+pub mod customer;
 pub mod e2e;
 pub mod fault_proxy;
 pub mod fixtures;

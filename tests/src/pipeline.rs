@@ -63,6 +63,13 @@ impl Pipeline {
         }
     }
 
+    /// Connects `tenant` to `bucket` in zstd through the admin API, with a role made from the
+    /// setup documents; returns the admin API's answer.
+    pub async fn connect(&self, tenant: &str, bucket: &str) -> (StatusCode, serde_json::Value) {
+        let settings = in_zstd(self.admin.provisioned_settings(tenant, bucket).await);
+        self.admin.put(tenant, &settings).await
+    }
+
     /// Posts `count` events of `tenant` with ids `<label>-<n>` and returns the ids.
     pub async fn post(&self, tenant: &str, label: &str, count: usize) -> Vec<String> {
         let ids: Vec<String> = (0..count).map(|n| format!("{label}-{n}")).collect();
@@ -137,9 +144,8 @@ pub async fn delivered(
     ids
 }
 
-/// Settings for `bucket` in zstd, the codec [`delivered`] reads.
-pub fn zstd_settings(bucket: &str) -> serde_json::Value {
-    let mut settings = crate::admin::settings(bucket);
+/// `settings` in zstd, the codec [`delivered`] reads.
+pub fn in_zstd(mut settings: serde_json::Value) -> serde_json::Value {
     settings["compression"] = json!("zstd");
     settings
 }

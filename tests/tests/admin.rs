@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use integration_tests::admin::{
-    ADMIN_TOKEN, AdminIngest, AdminTopics, CUSTOMER_ACCOUNT, CUSTOMER_ROLE, VENDOR_ROLE,
-    integration_path, settings,
+    ADMIN_TOKEN, AdminIngest, AdminTopics, CUSTOMER_ACCOUNT, VENDOR_ROLE, integration_path,
+    settings,
 };
 use integration_tests::fault_proxy::{FaultProxy, Faults};
 use integration_tests::fixtures::{
@@ -134,7 +134,8 @@ async fn every_invalid_setting_is_named_and_nothing_is_saved() {
 /// Saves `acme`'s settings for `bucket`, expecting the connection test to fail at `step` with
 /// AWS's `code`; returns the hint and the whole answer.
 async fn refused(admin: &AdminIngest, bucket: &str, step: &str, code: &str) -> (String, Value) {
-    let (status, answer) = admin.put("acme", &settings(bucket)).await;
+    let connected = admin.provisioned_settings("acme", bucket).await;
+    let (status, answer) = admin.put("acme", &connected).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
     let test = &answer["connection_test"];
     assert_eq!(
@@ -159,7 +160,10 @@ async fn connection_test_failures_name_their_step_and_success_leaves_no_object()
         hint.contains(&format!("no bucket named {missing}")),
         "{hint}"
     );
-    assert_eq!(answer["connection_test"]["passed"], json!(["assume-role"]));
+    assert_eq!(
+        answer["connection_test"]["passed"],
+        json!(["assume-role", "external-id-required"])
+    );
 
     // A bucket policy denying PutObject.
     let no_put = new_bucket(&s3).await;
@@ -183,7 +187,12 @@ async fn connection_test_failures_name_their_step_and_success_leaves_no_object()
     );
     assert_eq!(
         answer["connection_test"]["passed"],
-        json!(["assume-role", "put-object", "head-object"])
+        json!([
+            "assume-role",
+            "external-id-required",
+            "put-object",
+            "head-object"
+        ])
     );
 
     // A role without GetObject: the put worked, reading back its SHA-256 did not.
@@ -197,7 +206,7 @@ async fn connection_test_failures_name_their_step_and_success_leaves_no_object()
     assert!(hint.contains("s3:GetObject on arn:aws:s3:::"), "{hint}");
     assert_eq!(
         answer["connection_test"]["passed"],
-        json!(["assume-role", "put-object"])
+        json!(["assume-role", "external-id-required", "put-object"])
     );
 
     // A bucket of the right name owned by another account (the customer's was deleted and the
@@ -221,7 +230,10 @@ async fn connection_test_failures_name_their_step_and_success_leaves_no_object()
     });
     let (hint, _) = refused(&admin, &good, "assume-role", "AccessDenied").await;
     assert!(hint.contains("sts:ExternalId"), "{hint}");
-    assert!(hint.contains(CUSTOMER_ROLE), "{hint}");
+    assert!(
+        hint.contains("arn:aws:iam::123456789012:role/writer-"),
+        "{hint}"
+    );
     assert_eq!(
         admin.get("acme").await.0,
         StatusCode::NOT_FOUND,
@@ -231,11 +243,12 @@ async fn connection_test_failures_name_their_step_and_success_leaves_no_object()
 
     // The fault cleared: the test alone passes, leaves nothing behind and saves nothing.
     proxy.set(Faults::default());
-    let (status, answer) = admin.test("acme", &settings(&good)).await;
+    let connected = admin.provisioned_settings("acme", &good).await;
+    let (status, answer) = admin.test("acme", &connected).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(
         answer["connection_test"]["steps"],
-        json!(["assume-role", "put-object", "head-object", "delete-object"])
+        json!(ingest::admin::connection::STEPS)
     );
     let test_key = answer["connection_test"]["test_object_key"]
         .as_str()
@@ -252,7 +265,7 @@ async fn connection_test_failures_name_their_step_and_success_leaves_no_object()
     assert_eq!(admin.get("acme").await.0, StatusCode::NOT_FOUND);
 
     // Saving runs the test again, then the integration is there at once.
-    let (status, answer) = admin.put("acme", &settings(&good)).await;
+    let (status, answer) = admin.put("acme", &connected).await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     assert_eq!(answer["first_delivery_requested"], json!(true));
     assert_eq!(object_count(&s3, &good).await.unwrap_or(0), 0);
@@ -265,6 +278,82 @@ async fn connection_test_failures_name_their_step_and_success_leaves_no_object()
     assert_eq!(answer["integration"]["bucket"], json!(good));
     assert_eq!(answer["integration"]["enabled"], json!(true));
     assert_eq!(integrations_written(&admin).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_the_vendor_can_assume_without_the_tenants_external_id_is_refused() {
+    use integration_tests::customer::Iam;
+    let moto = moto_endpoint();
+    let admin = AdminIngest::spawn(&moto, AdminTopics::unique(), &[]).await;
+    let s3 = s3_client(&aws_config(&moto).await);
+    let bucket = new_bucket(&s3).await;
+    let (_, setup) = admin
+        .call(
+            Method::GET,
+            &format!("/v1/integrations/s3/setup?tenant=acme&bucket={bucket}&prefix=audit"),
+            None,
+        )
+        .await;
+    let external_id = setup["external_id"].as_str().expect("external id");
+    let iam = Iam::new(&moto);
+    let role_name = integration_tests::unique("writer");
+
+    // The trust policy names the vendor's role but forgets the external id condition: anyone
+    // with an account here could point their integration at this role.
+    let mut careless = setup["trust_policy"].clone();
+    careless["Statement"][0]
+        .as_object_mut()
+        .expect("statement")
+        .remove("Condition");
+    let role_arn = iam
+        .create_role(&role_name, &careless, &setup["role_policy"])
+        .await
+        .expect("create the role");
+    let mut connected = settings(&bucket);
+    connected["role_arn"] = json!(role_arn);
+    let (status, answer) = admin.put("acme", &connected).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let test = &answer["connection_test"];
+    assert_eq!(test["step"], json!("external-id-required"), "{answer}");
+    assert_eq!(test["code"], json!("ExternalIdNotRequired"), "{answer}");
+    assert_eq!(test["passed"], json!(["assume-role"]), "{answer}");
+    let hint = test["hint"].as_str().expect("hint");
+    assert!(
+        hint.contains(&format!(
+            r#""StringEquals": {{"sts:ExternalId": "{external_id}"}}"#
+        )),
+        "{hint}"
+    );
+    assert_eq!(admin.get("acme").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(integrations_written(&admin).await, 0, "nothing was saved");
+    assert_eq!(
+        object_count(&s3, &bucket).await.unwrap_or(0),
+        0,
+        "nothing was written"
+    );
+
+    // A condition naming another tenant's external id: the vendor cannot assume the role at all.
+    let mut others = setup["trust_policy"].clone();
+    others["Statement"][0]["Condition"]["StringEquals"]["sts:ExternalId"] =
+        json!("another-tenants-external-id");
+    iam.update_trust_policy(&role_name, &others)
+        .await
+        .expect("update the trust policy");
+    let (status, answer) = admin.put("acme", &connected).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["connection_test"]["step"], json!("assume-role"));
+    assert_eq!(answer["connection_test"]["code"], json!("AccessDenied"));
+
+    // The trust policy exactly as the setup documents give it: connected.
+    iam.update_trust_policy(&role_name, &setup["trust_policy"])
+        .await
+        .expect("update the trust policy");
+    let (status, answer) = admin.put("acme", &connected).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(
+        answer["connection_test"]["steps"],
+        json!(ingest::admin::connection::STEPS)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +482,8 @@ async fn setup_documents_are_policies_naming_the_bucket_the_vendor_role_and_the_
     assert_eq!(again["external_id"], json!(external_id));
 
     // The saved integration carries the external id the documents showed.
-    let (status, answer) = admin.put("acme", &settings(&bucket)).await;
+    let connected = admin.provisioned_settings("acme", &bucket).await;
+    let (status, answer) = admin.put("acme", &connected).await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     assert_eq!(answer["integration"]["external_id"], json!(external_id));
 
@@ -405,7 +495,7 @@ async fn setup_documents_are_policies_naming_the_bucket_the_vendor_role_and_the_
         .send()
         .await
         .expect("S3 accepts the bucket policy document");
-    let (status, answer) = admin.test("acme", &settings(&bucket)).await;
+    let (status, answer) = admin.test("acme", &connected).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
     assert_eq!(answer["connection_test"]["step"], json!("put-object"));
     assert!(
@@ -491,7 +581,8 @@ async fn status_follows_deliveries_and_failures_and_disable_enable_delete_behave
     let job = |offset| upload_job("acme", offset, &body);
     let key = |offset| format!("audit/{}", job(offset).relative_key);
 
-    let (status, answer) = admin.put("acme", &settings(&bucket)).await;
+    let connected = admin.provisioned_settings("acme", &bucket).await;
+    let (status, answer) = admin.put("acme", &connected).await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     // Jobs for a tenant the uploader has not read yet are discarded: wait until it has.
     uploader_read(&uploader, 1.0).await;
@@ -529,7 +620,7 @@ async fn status_follows_deliveries_and_failures_and_disable_enable_delete_behave
         .expect("lift the deny");
 
     // Disabled: saved without a connection test, and jobs park in the dead-letter queue.
-    let mut disabled = settings(&bucket);
+    let mut disabled = connected.clone();
     disabled["enabled"] = json!(false);
     let (status, answer) = admin.put("acme", &disabled).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
@@ -553,7 +644,7 @@ async fn status_follows_deliveries_and_failures_and_disable_enable_delete_behave
     );
 
     // Enabled again (the connection test passes now) and redriven: both parked jobs land.
-    let (status, answer) = admin.put("acme", &settings(&bucket)).await;
+    let (status, answer) = admin.put("acme", &connected).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert!(answer["connection_test"]["steps"].is_array(), "{answer}");
     uploader_read(&uploader, 3.0).await;

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::fixtures::{aws_config, moto_endpoint, new_bucket, s3_client};
-use integration_tests::pipeline::{Pipeline, zstd_settings};
+use integration_tests::pipeline::Pipeline;
 use integration_tests::process::{labelled_metric_value, metric_value};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -245,7 +245,7 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exposed_by_a_running_pipe
     let pipeline = Pipeline::start(&moto, "2s", "500ms").await;
     let s3 = s3_client(&aws_config(&moto).await);
     let bucket = new_bucket(&s3).await;
-    let (status, answer) = pipeline.admin.put("acme", &zstd_settings(&bucket)).await;
+    let (status, answer) = pipeline.connect("acme", &bucket).await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     // A refused request, so rejections have a series.
     let refused = pipeline

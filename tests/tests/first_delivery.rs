@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::clock::now_unix_ms;
 use integration_tests::fixtures::{aws_config, moto_endpoint, new_bucket, s3_client};
-use integration_tests::pipeline::{Pipeline, delivered, zstd_settings};
+use integration_tests::pipeline::{Pipeline, delivered};
 use reqwest::StatusCode;
 
 const WINDOW_MS: i64 = 3_000;
@@ -35,7 +35,7 @@ async fn connecting_delivers_the_previous_window_and_everything_after_and_nothin
     let mut expected = post("previous-window").await;
     at(a + 2 * WINDOW_MS + 200).await;
     expected.extend(post("before-connecting").await);
-    let (status, answer) = pipeline.admin.put("acme", &zstd_settings(&bucket)).await;
+    let (status, answer) = pipeline.connect("acme", &bucket).await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     expected.extend(post("after-connecting").await);
     at(a + 3 * WINDOW_MS + 200).await;

@@ -44,6 +44,16 @@ pub async fn assume_role(
     base: &SdkConfig,
     integration: &Integration,
 ) -> Result<Credentials, UploadError> {
+    assume_role_presenting(base, integration, Some(&integration.external_id)).await
+}
+
+/// Assumes the integration's role presenting `external_id` (none when `None`) instead of the
+/// tenant's: how the connection test checks that the role refuses anyone without it.
+pub async fn assume_role_presenting(
+    base: &SdkConfig,
+    integration: &Integration,
+    external_id: Option<&str>,
+) -> Result<Credentials, UploadError> {
     let step = "assume-role";
     let config = aws_sdk_sts::config::Builder::from(base)
         .region(Region::new(integration.region.clone()))
@@ -51,7 +61,7 @@ pub async fn assume_role(
     let output = aws_sdk_sts::Client::from_conf(config)
         .assume_role()
         .role_arn(&integration.role_arn)
-        .external_id(&integration.external_id)
+        .set_external_id(external_id.map(str::to_owned))
         .role_session_name(session_name(integration.tenant_id.as_str()))
         .duration_seconds(SESSION_SECONDS)
         .send()

@@ -1,5 +1,5 @@
 //! The connection test (DESIGN §1 step 4): assume the customer's role with the tenant's external
-//! id, put a small object under the destination with the headers every delivered object
+//! id, check that the role refuses the vendor without it (the confused deputy), put a small object under the destination with the headers every delivered object
 //! carries, read back the SHA-256 S3 stored for it (what delivery checks when a key is already
 //! taken), and delete it. The first step that fails is reported with AWS's code and message and
 //! a hint of what to fix on the customer's side.
@@ -9,19 +9,27 @@ use std::time::Duration;
 use common::clock::now_unix_ms;
 use common::codec::compress;
 use common::integration::Integration;
-use common::s3::{ErrorClass, ObjectToPut, S3Writer, UploadError, assume_role};
+use common::s3::{
+    ErrorClass, ObjectToPut, S3Writer, UploadError, assume_role, assume_role_presenting,
+};
 
 use crate::admin::setup;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 /// The steps, in order.
-pub const STEPS: [&str; 4] = ["assume-role", "put-object", "head-object", "delete-object"];
+pub const STEPS: [&str; 5] = [
+    "assume-role",
+    "external-id-required",
+    "put-object",
+    "head-object",
+    "delete-object",
+];
 
 /// Why a connection test failed.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectionFailure {
-    /// The step that failed: `assume-role`, `put-object`, `head-object` or `delete-object`.
+    /// The step that failed: one of [`STEPS`].
     pub step: &'static str,
     /// AWS's error code, or `Timeout` / `Network` when AWS did not answer.
     pub code: String,
@@ -38,7 +46,7 @@ pub struct ConnectionFailure {
 /// A successful test.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectionSuccess {
-    pub steps: [&'static str; 4],
+    pub steps: [&'static str; 5],
     /// The key the test object had (it was deleted again).
     pub test_object_key: String,
 }
@@ -76,6 +84,8 @@ async fn run_steps(
 ) -> Result<String, UploadError> {
     let credentials = assume_role(writer.base(), integration).await?;
     passed.push("assume-role");
+    external_id_required(writer, integration).await?;
+    passed.push("external-id-required");
     let object = test_object(integration)?;
     let (key, sha256) = (object.relative_key.clone(), object.sha256);
     writer
@@ -101,6 +111,45 @@ async fn run_steps(
     writer.delete_object(integration, credentials, &key).await?;
     passed.push("delete-object");
     Ok(key)
+}
+
+/// The role must refuse the vendor when the tenant's external id is missing or another one is
+/// presented. A role that trusts the vendor's role without that condition can be named by anyone
+/// who has an account with this service, and the vendor would write their logs into it (AWS's
+/// "confused deputy"); such a connection is refused.
+async fn external_id_required(
+    writer: &S3Writer,
+    integration: &Integration,
+) -> Result<(), UploadError> {
+    const STEP: &str = "external-id-required";
+    // Shaped like an external id, and no tenant's.
+    let another = format!("probe-{}", uuid::Uuid::new_v4().simple());
+    let probes = [
+        ("without an external id", None),
+        ("with another external id", Some(another.as_str())),
+    ];
+    for (how, external_id) in probes {
+        match assume_role_presenting(writer.base(), integration, external_id).await {
+            Ok(_) => {
+                return Err(UploadError::new(
+                    ErrorClass::Configuration,
+                    STEP,
+                    "ExternalIdNotRequired",
+                    format!("the vendor could assume {} {how}", integration.role_arn),
+                ));
+            }
+            // STS did not answer: nothing is known about the role yet.
+            Err(error) if error.class == ErrorClass::Retryable => {
+                return Err(UploadError {
+                    step: STEP,
+                    ..error
+                });
+            }
+            // Refused, as it must be.
+            Err(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// A one-line NDJSON object in the integration's codec, under the tenant's folder of the
@@ -174,6 +223,10 @@ pub fn hint(integration: &Integration, step: &str, code: &str, class: ErrorClass
             "STS is not active in {} for the customer's account: activate the region in IAM account settings, or use the bucket's region.",
             integration.region
         ),
+        ("external-id-required", _) => format!(
+            "The role {} lets the vendor's role assume it without the tenant's external id, so anyone with an account on this service could have their logs written into this bucket. Add the condition \"StringEquals\": {{\"sts:ExternalId\": \"{}\"}} to the statement of its trust policy that allows the vendor's role (see the setup documents), then test again.",
+            integration.role_arn, integration.external_id
+        ),
         ("assume-role", _) => format!(
             "The role {} could not be assumed: check that it exists in account {} and that its trust policy names the vendor's role and external id.",
             integration.role_arn, integration.aws_account_id
@@ -227,6 +280,10 @@ mod tests {
         let with_prefix = integration("audit");
         let hint = |step, code| hint(&with_prefix, step, code, ErrorClass::Configuration);
         assert!(hint("assume-role", "AccessDenied").contains("sts:ExternalId = ext-0123456789"));
+        assert!(
+            hint("external-id-required", "ExternalIdNotRequired")
+                .contains(r#""StringEquals": {"sts:ExternalId": "ext-0123456789"}"#)
+        );
         assert!(hint("put-object", "NoSuchBucket").contains("no bucket named acme-logs"));
         assert!(
             hint("put-object", "AccessDenied")

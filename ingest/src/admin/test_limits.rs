@@ -3,12 +3,11 @@
 //! a bucket: each tenant gets ten tests in a row (a customer trying fixes one after another) and
 //! then one every six seconds, and all tenants together a bounded rate.
 
-use std::num::NonZeroU32;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::event::TenantId;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::token_bucket::{Shortfall, TokenBuckets};
 
 /// Tests one tenant may run back to back.
 const TENANT_BURST: u32 = 10;
@@ -28,44 +27,45 @@ pub struct Refused {
 }
 
 pub struct ConnectionTestLimits {
-    per_tenant: DefaultKeyedRateLimiter<TenantId>,
-    total: DefaultDirectRateLimiter,
-    clock: DefaultClock,
+    per_tenant: TokenBuckets<TenantId>,
+    total: TokenBuckets<()>,
 }
 
 impl Default for ConnectionTestLimits {
     fn default() -> Self {
-        let burst = |n| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
-        let per_tenant = Quota::with_period(TENANT_PERIOD)
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(burst(TENANT_BURST));
-        let total = Quota::per_second(burst(TOTAL_PER_SECOND)).allow_burst(burst(TOTAL_BURST));
         Self {
-            per_tenant: RateLimiter::keyed(per_tenant),
-            total: RateLimiter::direct(total),
-            clock: DefaultClock::default(),
+            per_tenant: TokenBuckets::new(1.0 / TENANT_PERIOD.as_secs_f64(), TENANT_BURST),
+            total: TokenBuckets::new(f64::from(TOTAL_PER_SECOND), TOTAL_BURST),
         }
     }
 }
 
 impl ConnectionTestLimits {
-    /// Takes a test for `tenant`, or says which limit refuses it and for how long.
+    /// Takes a test for `tenant`, or says which limit refuses it and for how long; a refused
+    /// test takes nothing from either limit.
     pub fn admit(&self, tenant: &TenantId) -> Result<(), Refused> {
-        if self.per_tenant.len() > REMEMBERED_TENANTS {
-            // Tenants whose allowance is full again need no entry.
-            self.per_tenant.retain_recent();
+        let now = Instant::now();
+        if self.per_tenant.remembered() > REMEMBERED_TENANTS {
+            self.per_tenant.forget_full(now);
         }
+        let one_test = [(tenant.clone(), 1)];
         self.per_tenant
-            .check_key(tenant)
-            .map_err(|not_until| Refused {
-                scope: "this tenant",
-                retry_after: not_until.wait_time_from(self.clock.now()),
-            })?;
-        self.total.check().map_err(|not_until| Refused {
-            scope: "all tenants",
-            retry_after: not_until.wait_time_from(self.clock.now()),
+            .take_all(&one_test, now)
+            .map_err(|shortfall| refused("this tenant", shortfall))?;
+        self.total.take_all(&[((), 1)], now).map_err(|shortfall| {
+            self.per_tenant.give_back(&one_test, now);
+            refused("all tenants", shortfall)
         })
     }
+}
+
+fn refused<K>(scope: &'static str, shortfall: Shortfall<K>) -> Refused {
+    let retry_after = match shortfall {
+        Shortfall::Empty { retry_after, .. } => retry_after,
+        // One test never exceeds a burst of at least one.
+        Shortfall::OverBurst { .. } => Duration::MAX,
+    };
+    Refused { scope, retry_after }
 }
 
 #[cfg(test)]
@@ -99,5 +99,12 @@ mod tests {
         let refused = limits.admit(&tenant("late")).expect_err("over the total");
         assert_eq!(refused.scope, "all tenants");
         assert!(refused.retry_after > Duration::ZERO);
+        // Refused by the total, `late` spent none of its own ten.
+        assert_eq!(
+            limits
+                .per_tenant
+                .take_all(&[(tenant("late"), TENANT_BURST)], Instant::now()),
+            Ok(())
+        );
     }
 }
