@@ -22,12 +22,17 @@ close_delay=${ACTIVITY_DEMO_CLOSE_DELAY:-5s}
 until_objects=${ACTIVITY_DEMO_OBJECTS:-0}
 timeout=${ACTIVITY_DEMO_TIMEOUT:-10m}
 base_port=${ACTIVITY_DEMO_PORT:-18080}
-aws_endpoint=http://127.0.0.1:${ACTIVITY_LOCAL_MOTO_PORT:-5000}
+# The services reach S3 and STS over TLS, as they reach AWS, trusting the local CA; the customer
+# buckets' policy refuses anything else. IAM (the customer's administrator creating a role) uses
+# the plain port.
+aws_endpoint=https://localhost:${ACTIVITY_LOCAL_MOTO_TLS_PORT:-5443}
+iam_endpoint=http://127.0.0.1:${ACTIVITY_LOCAL_MOTO_PORT:-5000}
+ca_file=${ACTIVITY_SERVICES_STATE:-/var/lib/activity-logs}/tls/ca.pem
 
 scripts/local-services.sh start
 echo "== building the services"
 cargo build --locked --quiet -p ingest -p batcher -p uploader -p integration-tests \
-  --bin ingest --bin batcher --bin uploader --bin show-deliveries
+  --bin ingest --bin batcher --bin uploader --bin show-deliveries --bin provision-customer
 bin=${CARGO_TARGET_DIR:-$PWD/target}/debug
 
 run="demo-$(date +%Y%m%d%H%M%S)-$RANDOM"
@@ -37,7 +42,7 @@ logs=$(mktemp -d -t activity-demo.XXXXXX)
 export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-demo} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-demo}
 export AWS_EC2_METADATA_DISABLED=true
 # One deployment: every service reads these.
-export ACTIVITY_AWS_ENDPOINT_URL=$aws_endpoint ACTIVITY_AWS_REGION=us-east-1
+export ACTIVITY_AWS_ENDPOINT_URL=$aws_endpoint ACTIVITY_AWS_CA_FILE=$ca_file ACTIVITY_AWS_REGION=us-east-1
 export ACTIVITY_KAFKA_EVENTS_TOPIC=$run.events ACTIVITY_KAFKA_EVENTS_PARTITIONS=3
 export ACTIVITY_KAFKA_INTEGRATIONS_TOPIC=$run.integrations
 export ACTIVITY_KAFKA_DELIVERIES_TOPIC=$run.deliveries
@@ -102,12 +107,7 @@ settings() { # bucket, role ARN
   printf '{"aws_account_id":"123456789012","bucket":"%s","prefix":"activity-logs","role_arn":"%s","region":"us-east-1","compression":"zstd"}' "$1" "$2"
 }
 
-buckets=()
-for tenant in acme globex; do
-  bucket="$tenant-audit-$run"
-  curl -fsS -X PUT "$aws_endpoint/$bucket" >/dev/null
-  buckets+=("$bucket")
-done
+buckets=(acme-audit-$run globex-audit-$run)
 
 echo "== what acme's admin is asked to create (GET /v1/integrations/s3/setup)"
 admin GET "/v1/integrations/s3/setup?tenant=acme&bucket=${buckets[0]}&prefix=activity-logs" |
@@ -118,10 +118,11 @@ admin PUT /v1/tenants/acme/integrations/s3 \
   "$(settings "Acme_Logs" arn:aws:iam::123456789012:role/ActivityLogWriter)"
 for i in 0 1; do
   tenant=$([ $i = 0 ] && echo acme || echo globex)
-  echo "== $tenant's administrator creates the role the setup documents describe"
+  echo "== $tenant's administrator creates the bucket and the role as the setup guide says"
   role=$(ACTIVITY_ADMIN_TOKEN=$admin_token "$bin/provision-customer" --admin-url "$ingest_url" \
-    --aws-endpoint "$aws_endpoint" --tenant "$tenant" --bucket "${buckets[$i]}" \
-    --prefix activity-logs --role-name "ActivityLogWriter-$tenant-$run")
+    --s3-endpoint "$aws_endpoint" --iam-endpoint "$iam_endpoint" --tenant "$tenant" \
+    --bucket "${buckets[$i]}" --prefix activity-logs --role-name "ActivityLogWriter-$tenant-$run")
+  echo "   s3://${buckets[$i]}: public access blocked, SSE-S3 with the bucket key, TLS-only policy"
   echo "   $role (trust policy: the vendor's role with $tenant's external id)"
   echo "== connecting $tenant to s3://${buckets[$i]}/activity-logs/ (connection test, then save)"
   admin PUT "/v1/tenants/$tenant/integrations/s3" "$(settings "${buckets[$i]}" "$role")"

@@ -20,12 +20,16 @@ STATE=${ACTIVITY_SERVICES_STATE:-/var/lib/activity-logs}
 KAFKA_PORT=${ACTIVITY_LOCAL_KAFKA_PORT:-9092}
 RABBITMQ_PORT=5672
 MOTO_PORT=${ACTIVITY_LOCAL_MOTO_PORT:-5000}
+MOTO_TLS_PORT=${ACTIVITY_LOCAL_MOTO_TLS_PORT:-5443}
 
 KAFKA_HOME="$PREFIX/kafka-$KAFKA_VERSION"
 KAFKA_STATE="$STATE/kafka"
 # A bounded heap: the tests run beside the Rust build on small machines.
 KAFKA_HEAP=${ACTIVITY_LOCAL_KAFKA_HEAP:-512m}
 MOTO_VENV="$PREFIX/moto-$MOTO_VERSION"
+# A private CA and a certificate for localhost signed by it, made once: the S3/STS server's TLS
+# port presents it, and clients trust ca.pem (ACTIVITY_AWS_CA_FILE for the services).
+TLS_DIR="$STATE/tls"
 BUILD_PACKAGES=(cmake g++ make libcurl4-openssl-dev libsasl2-dev libssl-dev zlib1g-dev libzstd-dev
   pkg-config python3-venv python3-yaml ca-certificates curl openssl socat openjdk-17-jre-headless maven)
 # promtool, for the test that checks the Prometheus configuration and alert rules: unpacked from
@@ -211,8 +215,10 @@ MOTO_LAUNCHER="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/moto-server.py"
 
 start_moto() {
   if listening "$MOTO_PORT"; then
-    if [[ -f $STATE/moto.pid ]] && ! grep -qa "moto-server.py" "/proc/$(cat "$STATE/moto.pid")/cmdline" 2>/dev/null; then
-      log "replacing the S3/STS server started without scripts/moto-server.py"
+    local cmdline=""
+    [[ -f $STATE/moto.pid ]] && cmdline=$(tr '\0' ' ' 2>/dev/null <"/proc/$(cat "$STATE/moto.pid")/cmdline" || true)
+    if [[ $cmdline == *moto* && $cmdline != *--tls-port* ]]; then
+      log "replacing the S3/STS server started without scripts/moto-server.py's TLS port"
       stop_pidfile moto "$STATE/moto.pid"
     else
       log "reusing the S3/STS server already listening on 127.0.0.1:$MOTO_PORT"
@@ -227,10 +233,32 @@ start_moto() {
     "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" ||
       die "installing moto failed"
   fi
-  log "starting moto on 127.0.0.1:$MOTO_PORT"
-  nohup "$MOTO_VENV/bin/python" "$MOTO_LAUNCHER" -H 127.0.0.1 -p "$MOTO_PORT" >"$STATE/moto.log" 2>&1 &
+  make_tls_certificates
+  log "starting moto on 127.0.0.1:$MOTO_PORT and, over TLS, localhost:$MOTO_TLS_PORT"
+  nohup "$MOTO_VENV/bin/python" "$MOTO_LAUNCHER" --host 127.0.0.1 --port "$MOTO_PORT" \
+    --tls-port "$MOTO_TLS_PORT" --tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key" \
+    >"$STATE/moto.log" 2>&1 &
   echo $! >"$STATE/moto.pid"
   wait_for_port "$MOTO_PORT" moto 60 "$STATE/moto.log"
+  wait_for_port "$MOTO_TLS_PORT" "moto (TLS)" 10 "$STATE/moto.log"
+}
+
+make_tls_certificates() {
+  [[ -f $TLS_DIR/server.pem ]] && return 0
+  log "making a private CA and a certificate for localhost in $TLS_DIR"
+  rm -rf "$TLS_DIR.partial"
+  mkdir -p "$TLS_DIR.partial"
+  (
+    cd "$TLS_DIR.partial"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 \
+      -subj "/CN=activity-logs local CA" -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign"
+    openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=localhost"
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
+      -days 3650 -extfile server.ext
+  ) >"$STATE/tls.log" 2>&1 || { cat "$STATE/tls.log" >&2; die "making the TLS certificates failed"; }
+  mv "$TLS_DIR.partial" "$TLS_DIR"
 }
 
 stop_pidfile() { # name pidfile
@@ -259,6 +287,7 @@ print_status() {
 kafka $KAFKA_PORT 127.0.0.1:$KAFKA_PORT
 rabbitmq $RABBITMQ_PORT amqp://guest:guest@127.0.0.1:$RABBITMQ_PORT/%2f
 s3/sts $MOTO_PORT http://127.0.0.1:$MOTO_PORT
+s3/sts $MOTO_TLS_PORT https://localhost:$MOTO_TLS_PORT (trust $TLS_DIR/ca.pem)
 EOF
 }
 

@@ -1,9 +1,16 @@
-"""The local S3/STS server: moto's server with the trust-policy check AWS makes on AssumeRole.
+"""The local S3/STS server: moto's server over HTTP and HTTPS at once, with two checks AWS makes
+and moto 5.2.5 does not: a role's trust policy on AssumeRole, and a bucket policy's
+`aws:SecureTransport` condition.
 
-Run with the Python of moto's virtual environment, with moto_server's arguments:
+Run with the Python of moto's virtual environment:
 
-    python scripts/moto-server.py -H 127.0.0.1 -p 5000
+    python scripts/moto-server.py --host 127.0.0.1 --port 5000 \
+        --tls-port 5443 --tls-cert server.pem --tls-key server.key
 
+Both listeners serve the same buckets and roles, so a test can show that a bucket whose policy
+denies requests without TLS refuses the plain port and serves the TLS one.
+
+Trust policies.
 Without IAM authentication (which would require every test to sign with an IAM user created in
 the server first), moto lets anyone assume any role. AWS does not: the role's trust policy
 decides, and the delivery system relies on its `sts:ExternalId` condition to keep one tenant from
@@ -20,16 +27,33 @@ What this adds, for roles the server holds (created through its IAM API), on eve
 Conditions on other keys, and the statement's principal, are not checked: the server does not
 know who the caller is. Roles the server does not hold are assumed as moto always does, so tests
 that never provision a role keep working.
+
+Bucket policies. Moto evaluates a bucket policy on object requests, but it gives a statement's
+condition no request values, does not know the `Bool` operator, and treats a statement whose
+condition does not hold as a denial. Here, every object request carries `aws:SecureTransport`
+(whether it came in on the TLS listener), `Bool` compares it, and a statement whose condition does
+not hold does not apply, as in AWS. So the customer setup's SSL-only policy (deny `s3:*` when
+`aws:SecureTransport` is false) refuses the plain port and lets the TLS one through.
 """
 
+import argparse
 import json
 import sys
+import threading
 
+from moto.iam import policy_conditions
+from moto.iam.access_control import IAMPolicy, IAMPolicyStatement, PermissionResult
 from moto.iam.models import iam_backends
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from moto.s3.models import FakeBucket
 from moto.sts.exceptions import STSClientError
 from moto.sts.models import STSBackend
-from moto.server import main
 from moto.utilities.utils import get_partition
+from werkzeug.serving import make_server
 
 EXTERNAL_ID = "sts:ExternalId"
 
@@ -87,5 +111,86 @@ def assume_role(self, region_name, role_session_name, role_arn, policy, duration
 
 STSBackend.assume_role = assume_role
 
+
+# Whether the request this thread serves came in over TLS (the server runs a thread per request).
+current_request = threading.local()
+
+
+def secure_transport():
+    return "true" if getattr(current_request, "secure", False) else "false"
+
+
+def bool_operation(expected, actual):
+    return str(actual).lower() in [str(value).lower() for value in as_list(expected)]
+
+
+policy_conditions.CONDITION_OPERATIONS["Bool"] = bool_operation
+
+
+def bucket_permission(self, action, resource):
+    if self.policy is None:
+        return PermissionResult.NEUTRAL
+    return IAMPolicy(self.policy.decode()).is_action_permitted(
+        action, resource, incoming_condition_values={"aws:SecureTransport": secure_transport()}
+    )
+
+
+FakeBucket.get_permission = bucket_permission
+
+moto_statement_permits = IAMPolicyStatement.is_action_permitted
+
+
+def statement_permits(self, action, resource="*", principal=None, incoming_condition_values=None):
+    # A statement applies only where its condition holds; it does not deny where it does not.
+    if incoming_condition_values is not None and not self._check_conditions(
+        incoming_condition_values
+    ):
+        return PermissionResult.NEUTRAL
+    return moto_statement_permits(self, action, resource, principal, incoming_condition_values)
+
+
+IAMPolicyStatement.is_action_permitted = statement_permits
+
+
+class RecordScheme:
+    """Notes for the policy check whether each request came in over TLS."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        current_request.secure = environ.get("wsgi.url_scheme") == "https"
+        return self.app(environ, start_response)
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000, help="the plain HTTP port")
+    parser.add_argument("--tls-port", type=int, help="the HTTPS port (with --tls-cert and --tls-key)")
+    parser.add_argument("--tls-cert", help="the server's certificate chain (PEM)")
+    parser.add_argument("--tls-key", help="the server's private key (PEM)")
+    args = parser.parse_args(argv)
+    if args.tls_port and not (args.tls_cert and args.tls_key):
+        parser.error("--tls-port needs --tls-cert and --tls-key")
+    app = RecordScheme(DomainDispatcherApplication(create_backend_app))
+
+    def server(port, ssl_context=None):
+        return make_server(
+            args.host,
+            port,
+            app,
+            threaded=True,
+            request_handler=MotoRequestHandler,
+            ssl_context=ssl_context,
+        )
+
+    plain = server(args.port)
+    if args.tls_port:
+        tls = server(args.tls_port, (args.tls_cert, args.tls_key))
+        threading.Thread(target=tls.serve_forever, name="tls", daemon=True).start()
+    plain.serve_forever()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -38,7 +38,6 @@ impl AdminTopics {
 pub struct AdminIngest {
     pub ingest: TestIngest,
     pub topics: AdminTopics,
-    aws_endpoint: String,
     http: reqwest::Client,
 }
 
@@ -60,15 +59,14 @@ impl AdminIngest {
             &topics.deliveries,
             "--aws-region",
             REGION,
-            "--aws-endpoint-url",
-            aws_endpoint,
         ];
+        let aws = crate::fixtures::aws_endpoint_flags(aws_endpoint);
+        args.extend(aws.iter().map(String::as_str));
         args.extend_from_slice(extra);
         let ingest = TestIngest::spawn(&args).await;
         let admin = Self {
             ingest,
             topics,
-            aws_endpoint: aws_endpoint.to_owned(),
             http: reqwest::Client::new(),
         };
         // Ingest says ready once the admin API has read the integrations.
@@ -119,14 +117,12 @@ impl AdminIngest {
     /// [`settings`] for `tenant` and `bucket`, naming a role made for them in the customer
     /// account from this API's setup documents, as a customer following them would.
     pub async fn provisioned_settings(&self, tenant: &str, bucket: &str) -> Value {
-        provisioned_settings(
-            &self.http,
-            &self.ingest.url(""),
-            &self.aws_endpoint,
-            tenant,
-            bucket,
-        )
-        .await
+        provisioned_settings(&self.http, &self.ingest.url(""), tenant, bucket).await
+    }
+
+    /// The setup documents for `tenant` and `bucket` (see [`setup_documents`]).
+    pub async fn setup_documents(&self, tenant: &str, bucket: &str) -> Value {
+        setup_documents(&self.http, &self.ingest.url(""), tenant, bucket).await
     }
 
     pub async fn delete(&self, tenant: &str) -> (StatusCode, Value) {
@@ -159,33 +155,39 @@ pub async fn admin_request(
 }
 
 /// [`settings`] for `tenant` and `bucket`, naming a new role in the customer account made (on
-/// the S3/STS server at `aws_endpoint`) from the setup documents of the admin API at
-/// `admin_url`.
+/// the local S3/STS server) from the setup documents of the admin API at `admin_url`.
 pub async fn provisioned_settings(
     http: &reqwest::Client,
     admin_url: &str,
-    aws_endpoint: &str,
     tenant: &str,
     bucket: &str,
 ) -> Value {
     let mut settings = settings(bucket);
-    let (status, setup) = admin_request(
-        http,
-        Method::GET,
-        &format!(
-            "{admin_url}/v1/integrations/s3/setup?tenant={tenant}&bucket={bucket}&prefix={}",
-            settings["prefix"].as_str().unwrap_or_default()
-        ),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "setup documents: {setup}");
-    let iam = crate::customer::Iam::new(aws_endpoint);
+    let setup = setup_documents(http, admin_url, tenant, bucket).await;
+    let iam = crate::customer::Iam::new(&crate::fixtures::moto_endpoint());
     let role = crate::customer::create_role_from_setup(&iam, &setup, &crate::unique("writer"))
         .await
         .unwrap_or_else(|error| panic!("creating {tenant}'s role: {error}"));
     settings["role_arn"] = json!(role);
     settings
+}
+
+/// The setup documents the admin API at `admin_url` gives `tenant` for `bucket` under the
+/// prefix [`settings`] uses.
+pub async fn setup_documents(
+    http: &reqwest::Client,
+    admin_url: &str,
+    tenant: &str,
+    bucket: &str,
+) -> Value {
+    let prefix = settings(bucket)["prefix"].clone();
+    let url = format!(
+        "{admin_url}/v1/integrations/s3/setup?tenant={tenant}&bucket={bucket}&prefix={}",
+        prefix.as_str().unwrap_or_default()
+    );
+    let (status, setup) = admin_request(http, Method::GET, &url, None).await;
+    assert_eq!(status, StatusCode::OK, "setup documents: {setup}");
+    setup
 }
 
 pub fn integration_path(tenant: &str) -> String {

@@ -1,7 +1,8 @@
-//! A customer's side of a connection, made the way the setup documents say: a role in the
-//! customer's account whose trust policy and inline policy are the documents' own, created
-//! through IAM's API on the local S3/STS server (which checks the trust policy's external id
-//! on every AssumeRole, see `scripts/moto-server.py`).
+//! A customer's side of a connection, made the way the setup guide and documents say: the bucket
+//! (public access blocked, SSE-S3 with the bucket key, versioning off, the SSL-only policy) and a
+//! role in the customer's account whose trust policy and inline policy are the documents' own,
+//! on the local S3/STS server (which checks the trust policy's external id on every AssumeRole
+//! and the policy's `aws:SecureTransport`, see `scripts/moto-server.py`).
 
 use std::time::SystemTime;
 
@@ -13,8 +14,9 @@ use serde_json::Value;
 /// The customer account every test connects (the local server's default account).
 pub const CUSTOMER_ACCOUNT: &str = "123456789012";
 
-/// IAM's query API on `endpoint`, signed with the standard credential chain's environment keys
-/// (the local server accepts any; against AWS these would be the customer's administrator).
+/// IAM's query API on `endpoint` (plain HTTP: this client speaks no TLS), signed with the
+/// standard credential chain's environment keys (the local server accepts any; against AWS
+/// these would be the customer's administrator's).
 pub struct Iam {
     endpoint: String,
     credentials: Credentials,
@@ -140,4 +142,76 @@ pub async fn create_role_from_setup(
 ) -> Result<String, String> {
     iam.create_role(role_name, &setup["trust_policy"], &setup["role_policy"])
         .await
+}
+
+/// The bucket the setup guide has a customer make: all public access blocked, versioning left
+/// off, default encryption SSE-S3 with the bucket key, and the setup documents' bucket policy
+/// (which denies every request not made over TLS) exactly as given.
+pub async fn create_bucket_from_setup(
+    s3: &aws_sdk_s3::Client,
+    setup: &Value,
+    bucket: &str,
+) -> Result<(), String> {
+    use aws_sdk_s3::types::{
+        PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
+        ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
+    };
+    let failed = |step: &str, error: &dyn std::fmt::Display| format!("{step} {bucket}: {error}");
+    s3.create_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .map_err(|e| failed("CreateBucket", &aws_sdk_s3::error::DisplayErrorContext(e)))?;
+    let block_all = PublicAccessBlockConfiguration::builder()
+        .block_public_acls(true)
+        .ignore_public_acls(true)
+        .block_public_policy(true)
+        .restrict_public_buckets(true)
+        .build();
+    s3.put_public_access_block()
+        .bucket(bucket)
+        .public_access_block_configuration(block_all)
+        .send()
+        .await
+        .map_err(|e| {
+            failed(
+                "PutPublicAccessBlock",
+                &aws_sdk_s3::error::DisplayErrorContext(e),
+            )
+        })?;
+    let sse_s3 = ServerSideEncryptionByDefault::builder()
+        .sse_algorithm(ServerSideEncryption::Aes256)
+        .build()
+        .map_err(|e| failed("encryption settings for", &e))?;
+    let rule = ServerSideEncryptionRule::builder()
+        .apply_server_side_encryption_by_default(sse_s3)
+        .bucket_key_enabled(true)
+        .build();
+    let encryption = ServerSideEncryptionConfiguration::builder()
+        .rules(rule)
+        .build()
+        .map_err(|e| failed("encryption settings for", &e))?;
+    s3.put_bucket_encryption()
+        .bucket(bucket)
+        .server_side_encryption_configuration(encryption)
+        .send()
+        .await
+        .map_err(|e| {
+            failed(
+                "PutBucketEncryption",
+                &aws_sdk_s3::error::DisplayErrorContext(e),
+            )
+        })?;
+    s3.put_bucket_policy()
+        .bucket(bucket)
+        .policy(setup["bucket_policy"].to_string())
+        .send()
+        .await
+        .map_err(|e| {
+            failed(
+                "PutBucketPolicy",
+                &aws_sdk_s3::error::DisplayErrorContext(e),
+            )
+        })?;
+    Ok(())
 }

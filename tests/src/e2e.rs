@@ -135,7 +135,6 @@ impl Deployment {
             let settings = crate::admin::provisioned_settings(
                 &deployment.http,
                 &deployment.ingest.url(""),
-                aws_endpoint,
                 &tenant,
                 &bucket,
             )
@@ -223,15 +222,18 @@ impl Plan {
             &self.topics.deliveries,
             "--aws-region",
             crate::fixtures::REGION,
-            "--aws-endpoint-url",
-            &self.aws_endpoint,
             "--kafka-brokers",
             &self.shape.brokers,
             "--produce-timeout",
             "5s",
         ];
+        let aws = crate::fixtures::aws_endpoint_flags(&self.aws_endpoint);
         let extra = self.shape.ingest_flags.iter().map(String::as_str);
-        let args: Vec<&str> = args.into_iter().chain(extra).collect();
+        let args: Vec<&str> = args
+            .into_iter()
+            .chain(aws.iter().map(String::as_str))
+            .chain(extra)
+            .collect();
         ServiceProcess::spawn_at("ingest", self.ingest_port, &args)
     }
 
@@ -261,15 +263,18 @@ impl Plan {
             &self.setup.retry_tiers,
             "--max-attempts",
             "30",
-            "--aws-endpoint-url",
-            &self.aws_endpoint,
             "--aws-region",
             crate::fixtures::REGION,
             "--kafka-brokers",
             &self.shape.brokers,
         ];
+        let aws = crate::fixtures::aws_endpoint_flags(&self.aws_endpoint);
         let extra = self.shape.uploader_flags.iter().map(String::as_str);
-        let args: Vec<&str> = args.into_iter().chain(extra).collect();
+        let args: Vec<&str> = args
+            .into_iter()
+            .chain(aws.iter().map(String::as_str))
+            .chain(extra)
+            .collect();
         ServiceProcess::spawn("uploader", &args)
     }
 }

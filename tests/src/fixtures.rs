@@ -28,21 +28,35 @@ pub fn moto_endpoint() -> String {
     std::env::var("ACTIVITY_TEST_AWS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".into())
 }
 
+/// The local S3/STS server's TLS port (`ACTIVITY_TEST_AWS_TLS_ENDPOINT`), whose certificate the
+/// local CA signed (see [`crate::tls::ca_file`]).
+pub fn moto_tls_endpoint() -> String {
+    std::env::var("ACTIVITY_TEST_AWS_TLS_ENDPOINT")
+        .unwrap_or_else(|_| "https://localhost:5443".into())
+}
+
+/// The flags that point a service at the S3/STS server at `endpoint`, trusting the local CA
+/// when it is served over TLS.
+pub fn aws_endpoint_flags(endpoint: &str) -> Vec<String> {
+    let mut flags = vec!["--aws-endpoint-url".to_owned(), endpoint.to_owned()];
+    if endpoint.starts_with("https://") {
+        flags.push("--aws-ca-file".to_owned());
+        flags.push(crate::tls::ca_file().to_string_lossy().into_owned());
+    }
+    flags
+}
+
 /// AWS settings pointing at `endpoint`; the identity comes from the SDK's standard chain.
 pub fn aws_args(endpoint: &str) -> AwsArgs {
     assert!(
         std::env::var_os("AWS_ACCESS_KEY_ID").is_some(),
         "give the SDK test credentials (scripts/test.sh exports AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
     );
-    AwsOnly::try_parse_from([
-        "test",
-        "--aws-region",
-        REGION,
-        "--aws-endpoint-url",
-        endpoint,
-    ])
-    .expect("aws arguments")
-    .aws
+    let flags = aws_endpoint_flags(endpoint);
+    let args = ["test", "--aws-region", REGION]
+        .into_iter()
+        .chain(flags.iter().map(String::as_str));
+    AwsOnly::try_parse_from(args).expect("aws arguments").aws
 }
 
 #[derive(clap::Parser)]

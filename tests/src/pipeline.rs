@@ -34,25 +34,26 @@ impl Pipeline {
         .with_retry_tier(Duration::from_secs(1));
         let batcher = setup.spawn(window, close_delay, &[]);
         let brokers = crate::kafka::brokers();
-        let uploader = ServiceProcess::spawn(
-            "uploader",
-            &[
-                "--integrations-topic",
-                &topics.integrations,
-                "--deliveries-topic",
-                &topics.deliveries,
-                "--uploads-name",
-                &setup.topology.queue,
-                "--retry-tiers",
-                &setup.retry_tiers,
-                "--aws-endpoint-url",
-                aws_endpoint,
-                "--aws-region",
-                crate::fixtures::REGION,
-                "--kafka-brokers",
-                &brokers,
-            ],
-        );
+        let aws = crate::fixtures::aws_endpoint_flags(aws_endpoint);
+        let args = [
+            "--integrations-topic",
+            &topics.integrations,
+            "--deliveries-topic",
+            &topics.deliveries,
+            "--uploads-name",
+            &setup.topology.queue,
+            "--retry-tiers",
+            &setup.retry_tiers,
+            "--aws-region",
+            crate::fixtures::REGION,
+            "--kafka-brokers",
+            &brokers,
+        ];
+        let args: Vec<&str> = args
+            .into_iter()
+            .chain(aws.iter().map(String::as_str))
+            .collect();
+        let uploader = ServiceProcess::spawn("uploader", &args);
         batcher.ready().await;
         uploader.ready().await;
         Self {

@@ -148,13 +148,13 @@ pub fn spawn_uploader(
         uploads,
         "--retry-tiers",
         "1s",
-        "--aws-endpoint-url",
-        aws_endpoint,
         "--aws-region",
         "us-east-1",
         "--kafka-brokers",
         &brokers,
     ];
+    let aws = crate::fixtures::aws_endpoint_flags(aws_endpoint);
+    args.extend(aws.iter().map(String::as_str));
     args.extend_from_slice(extra);
     ServiceProcess::spawn("uploader", &args)
 }

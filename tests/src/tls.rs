@@ -1,24 +1,36 @@
-//! A TLS front for a plain TCP server, made of real parts: a private CA and a server certificate
-//! from the `openssl` command, and `socat` terminating TLS in front of the server's port.
+//! TLS for the tests: the private CA and the certificate for localhost that
+//! `scripts/local-services.sh` makes (the S3/STS server's TLS port presents it), and a TLS front
+//! for a plain TCP server, `socat` terminating TLS with that certificate.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Where `scripts/local-services.sh` keeps the CA and the certificate for localhost
+/// (`ACTIVITY_TEST_TLS_DIR`, default `/var/lib/activity-logs/tls`).
+pub fn tls_dir() -> PathBuf {
+    std::env::var_os("ACTIVITY_TEST_TLS_DIR").map_or_else(
+        || PathBuf::from("/var/lib/activity-logs/tls"),
+        PathBuf::from,
+    )
+}
+
+/// The private CA's certificate (PEM) clients trust.
+pub fn ca_file() -> PathBuf {
+    tls_dir().join("ca.pem")
+}
 
 /// `socat` accepting TLS on `port` for `localhost`, forwarding to a plain TCP port.
 pub struct TlsFront {
     pub port: u16,
     /// The private CA's certificate (PEM) that signed the server certificate.
     pub ca_file: PathBuf,
-    dir: PathBuf,
     child: Child,
 }
 
 impl TlsFront {
     pub fn start(backend_port: u16) -> Self {
-        let dir = std::env::temp_dir().join(crate::unique("tls-front"));
-        std::fs::create_dir_all(&dir).expect("certificate directory");
-        make_certificates(&dir);
+        let dir = tls_dir();
         let port = crate::services::free_port();
         let child = Command::new("socat")
             .arg(format!(
@@ -38,8 +50,7 @@ impl TlsFront {
         }
         Self {
             port,
-            ca_file: dir.join("ca.pem"),
-            dir,
+            ca_file: ca_file(),
             child,
         }
     }
@@ -49,70 +60,5 @@ impl Drop for TlsFront {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn make_certificates(dir: &Path) {
-    let run = |args: &[&str]| {
-        let output = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .expect("extensions file");
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=activity test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "server.ext",
-    ]);
 }

@@ -287,13 +287,7 @@ async fn a_role_the_vendor_can_assume_without_the_tenants_external_id_is_refused
     let admin = AdminIngest::spawn(&moto, AdminTopics::unique(), &[]).await;
     let s3 = s3_client(&aws_config(&moto).await);
     let bucket = new_bucket(&s3).await;
-    let (_, setup) = admin
-        .call(
-            Method::GET,
-            &format!("/v1/integrations/s3/setup?tenant=acme&bucket={bucket}&prefix=audit"),
-            None,
-        )
-        .await;
+    let setup = admin.setup_documents("acme", &bucket).await;
     let external_id = setup["external_id"].as_str().expect("external id");
     let iam = Iam::new(&moto);
     let role_name = integration_tests::unique("writer");
@@ -410,14 +404,7 @@ async fn setup_documents_are_policies_naming_the_bucket_the_vendor_role_and_the_
     let admin = AdminIngest::spawn(&moto_endpoint(), AdminTopics::unique(), &[]).await;
     let s3 = s3_client(&aws_config(&moto_endpoint()).await);
     let bucket = new_bucket(&s3).await;
-    let (status, setup) = admin
-        .call(
-            Method::GET,
-            &format!("/v1/integrations/s3/setup?tenant=acme&bucket={bucket}&prefix=audit"),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{setup}");
+    let setup = admin.setup_documents("acme", &bucket).await;
     assert_eq!(setup["vendor_role_arn"], json!(VENDOR_ROLE));
     assert_eq!(setup["vendor_account_id"], json!("111122223333"));
     assert_eq!(
@@ -487,8 +474,9 @@ async fn setup_documents_are_policies_naming_the_bucket_the_vendor_role_and_the_
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     assert_eq!(answer["integration"]["external_id"], json!(external_id));
 
-    // S3 takes the SSL-only bucket policy as written, and enforces it: this test server speaks
-    // plain HTTP, so every request of the connection test is now refused.
+    // S3 takes the SSL-only bucket policy as written, and enforces it: this admin API talks to
+    // the server's plain port, so the connection test's first write is refused (delivery over
+    // TLS into such a bucket: tests/tests/customer_bucket.rs).
     s3.put_bucket_policy()
         .bucket(&bucket)
         .policy(setup["bucket_policy"].to_string())

@@ -1,17 +1,20 @@
-//! Does what a customer's administrator does with the setup documents: reads them from the
-//! admin API and creates the role they describe (its trust policy and inline policy) in the
-//! customer's account, then prints the role's ARN. Used by `scripts/demo.sh`, so the demo
-//! connects tenants the way customers do.
+//! Does what a customer's administrator does with the setup guide and documents: reads the
+//! documents from the admin API, creates the bucket as the guide says (public access blocked,
+//! SSE-S3 with the bucket key, versioning off, the documents' SSL-only bucket policy) and the
+//! role they describe (trust policy and inline policy), then prints the role's ARN. Used by
+//! `scripts/demo.sh`, so the demo connects tenants the way customers do.
 //!
-//!   provision-customer --admin-url http://127.0.0.1:8080 --aws-endpoint http://127.0.0.1:5000 \
-//!     --tenant acme --bucket acme-audit --prefix activity-logs --role-name ActivityLogWriter
+//!   provision-customer --admin-url http://127.0.0.1:8080 --s3-endpoint https://localhost:5443 \
+//!     --iam-endpoint http://127.0.0.1:5000 --tenant acme --bucket acme-audit \
+//!     --prefix activity-logs --role-name ActivityLogWriter
 //!
-//! The admin token is read from `ACTIVITY_ADMIN_TOKEN`.
+//! The admin token is read from `ACTIVITY_ADMIN_TOKEN`. An `https://` S3 endpoint is trusted
+//! through the local CA (see `integration_tests::tls`).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use integration_tests::customer::{Iam, create_role_from_setup};
+use integration_tests::customer::{Iam, create_bucket_from_setup, create_role_from_setup};
 
 #[derive(Parser)]
 struct Args {
@@ -21,9 +24,14 @@ struct Args {
     /// A token of the admin API.
     #[arg(long, env = "ACTIVITY_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: String,
-    /// The IAM endpoint of the customer's account (the local S3/STS server).
+    /// S3 for the customer's account (the local S3/STS server, over TLS: the bucket policy
+    /// refuses anything else).
     #[arg(long)]
-    aws_endpoint: String,
+    s3_endpoint: String,
+    /// IAM for the customer's account (the local S3/STS server's plain port: this tool's HTTP
+    /// client speaks no TLS).
+    #[arg(long)]
+    iam_endpoint: String,
     #[arg(long)]
     tenant: String,
     #[arg(long)]
@@ -76,5 +84,9 @@ async fn provision(args: &Args) -> Result<String, String> {
     }
     let setup: serde_json::Value = serde_json::from_str(&text)
         .map_err(|error| format!("the setup documents are not JSON ({error}): {text}"))?;
-    create_role_from_setup(&Iam::new(&args.aws_endpoint), &setup, &args.role_name).await
+    let s3 = integration_tests::fixtures::s3_client(
+        &integration_tests::fixtures::aws_config(&args.s3_endpoint).await,
+    );
+    create_bucket_from_setup(&s3, &setup, &args.bucket).await?;
+    create_role_from_setup(&Iam::new(&args.iam_endpoint), &setup, &args.role_name).await
 }
