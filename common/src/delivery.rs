@@ -27,9 +27,9 @@ pub mod outcome {
     pub const DISCARDED: &str = "discarded";
 }
 
-/// What happened to one upload job.
+/// What happened to one upload job. Fields it does not know are ignored when read, so records a
+/// newer uploader writes during a rolling upgrade still count in an older ingest's status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DeliveryRecord {
     pub tenant_id: String,
     /// The object key without the customer's prefix.
@@ -43,6 +43,17 @@ pub struct DeliveryRecord {
     pub event_count: u64,
     pub window_start_ms: i64,
     pub window_end_ms: i64,
+    /// The object's SHA-256 (hex), the Kafka partition and the offsets it covers: what a
+    /// tenant's signed digest lists for each stored object. Absent in records written before
+    /// they were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_offset: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_offset: Option<i64>,
     /// One of [`outcome`].
     pub outcome: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,4 +66,51 @@ pub struct DeliveryRecord {
     pub attempt: u32,
     /// When the outcome happened, milliseconds since the epoch.
     pub at_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_a_newer_version_wrote_is_read() {
+        let record = DeliveryRecord {
+            tenant_id: "acme".into(),
+            relative_key: "acme/2026/11/30/14/acme_20261130T1400Z_0-0.jsonl.zst".into(),
+            bucket: Some("acme-logs".into()),
+            key: Some("audit/acme/2026/11/30/14/acme_20261130T1400Z_0-0.jsonl.zst".into()),
+            bytes: 120,
+            event_count: 3,
+            window_start_ms: 1_796_047_200_000,
+            window_end_ms: 1_796_050_800_000,
+            sha256: Some("ab".repeat(32)),
+            partition: Some(0),
+            first_offset: Some(0),
+            last_offset: Some(2),
+            outcome: outcome::STORED.into(),
+            error_class: None,
+            error_code: None,
+            error_message: None,
+            attempt: 1,
+            at_ms: 1_796_050_805_000,
+        };
+        let mut newer = serde_json::to_value(&record).expect("serialize");
+        newer["digest"] = serde_json::json!({"hour": "2026-11-30T14"});
+        let read: DeliveryRecord = serde_json::from_value(newer).expect("a newer record");
+        assert_eq!(read, record);
+    }
+
+    #[test]
+    fn a_record_written_before_checksums_were_recorded_is_read_without_them() {
+        let old = serde_json::json!({
+            "tenant_id": "acme", "relative_key": "acme/x.jsonl.zst", "bytes": 1,
+            "event_count": 1, "window_start_ms": 0, "window_end_ms": 1,
+            "outcome": "stored", "attempt": 1, "at_ms": 2
+        });
+        let read: DeliveryRecord = serde_json::from_value(old).expect("an older record");
+        assert_eq!(
+            (read.sha256, read.partition, read.first_offset),
+            (None, None, None)
+        );
+    }
 }

@@ -12,9 +12,11 @@ use crate::key::Codec;
 /// Longest accepted destination prefix, in bytes.
 pub const MAX_PREFIX_BYTES: usize = 512;
 
-/// Where and how a tenant's activity logs are delivered.
+/// Where and how a tenant's activity logs are delivered. Fields it does not know are ignored
+/// when read: during a rolling upgrade a newer admin API may write one, and an older service
+/// must not take the tenant for disconnected (the admin API's own input is checked strictly,
+/// in `ingest::admin::settings`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Integration {
     #[serde(with = "tenant_id_serde")]
     pub tenant_id: TenantId,
@@ -58,9 +60,9 @@ impl Integration {
 /// Asks the batchers for a newly connected tenant's *first delivery*: the windows from the one
 /// before `connected_at`'s window up to where live batching takes over (DESIGN §1 step 5). The
 /// admin API writes it to the first-deliveries topic before saving the integration; a request
-/// whose `connected_at` no longer matches the tenant's integration is stale and dropped.
+/// whose `connected_at` no longer matches the tenant's integration is stale and dropped. Fields
+/// it does not know are ignored, as for [`Integration`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FirstDeliveryRequest {
     #[serde(with = "tenant_id_serde")]
     pub tenant_id: TenantId,
@@ -278,10 +280,16 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_and_bad_tenants_are_refused_when_reading() {
+    fn records_a_newer_version_wrote_are_read_and_bad_tenants_refused() {
         let mut value = serde_json::to_value(integration()).expect("value");
-        value["surprise"] = serde_json::json!(1);
-        assert!(serde_json::from_value::<Integration>(value).is_err());
+        value["kms_key_arn"] = serde_json::json!("arn:aws:kms:eu-west-1:123456789012:key/1");
+        let read = serde_json::from_value::<Integration>(value).expect("a newer integration");
+        assert_eq!(read, integration());
+        let request = serde_json::json!({
+            "tenant_id": "acme", "connected_at": "2026-11-27T10:00:00Z", "requested_by": "x"
+        });
+        let read = serde_json::from_value::<FirstDeliveryRequest>(request).expect("newer");
+        assert_eq!(read.tenant_id.as_str(), "acme");
         let mut value = serde_json::to_value(integration()).expect("value");
         value["tenant_id"] = serde_json::json!("../x");
         let error = serde_json::from_value::<Integration>(value).expect_err("bad tenant");

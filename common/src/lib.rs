@@ -7,6 +7,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod delivery;
+pub mod digest;
 pub mod event;
 pub mod integration;
 pub mod job;

@@ -217,6 +217,21 @@ async fn good_jobs_are_stored_denied_ones_dead_lettered_and_orphans_discarded() 
     assert_eq!(records[2].key.as_deref(), Some(key.as_str()));
     assert_eq!(records[2].bucket.as_deref(), Some(good_bucket.as_str()));
     assert_eq!(records[2].event_count, 2);
+    // What a signed digest lists for the object.
+    assert_eq!(
+        (
+            records[2].sha256.as_deref(),
+            records[2].partition,
+            records[2].first_offset,
+            records[2].last_offset
+        ),
+        (
+            Some(good.sha256_hex.as_str()),
+            Some(good.partition),
+            Some(good.first_offset),
+            Some(good.last_offset)
+        )
+    );
     finish(supervisor, &channel, &topology).await;
 }
 

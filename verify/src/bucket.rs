@@ -1,0 +1,197 @@
+//! Reading what the customer's bucket holds: the tenant's digests for a range of periods, and
+//! the SHA-256 of the objects they list and of the objects in the tenant's folders for the
+//! range's hours.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_s3::error::DisplayErrorContext;
+use common::digest::check::{Checksums, DigestFile};
+use common::digest::signing::PublicKeys;
+use common::event::TenantId;
+use common::key::full_key;
+use time::macros::format_description;
+use time::{Duration, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
+
+use crate::Args;
+
+/// Longest digest file read (uncompressed): a day's worth of a busy tenant's objects is far less.
+const MAX_DIGEST_BYTES: u64 = 256 << 20;
+
+pub struct Bucket {
+    s3: aws_sdk_s3::Client,
+    name: String,
+    prefix: String,
+}
+
+impl Bucket {
+    pub async fn new(args: &Args) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = &args.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &args.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let config = loader.load().await;
+        let s3 = aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(args.endpoint_url.is_some())
+            .build();
+        Self {
+            s3: aws_sdk_s3::Client::from_conf(s3),
+            name: args.bucket.clone(),
+            prefix: args.prefix.clone(),
+        }
+    }
+
+    /// Every digest file (full key, uncompressed) whose period starts in `[from, to)`.
+    pub async fn digests(
+        &self,
+        tenant: &TenantId,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<DigestFile>, String> {
+        let mut files = Vec::new();
+        let mut day = from.to_offset(UtcOffset::UTC).date();
+        while day <= (to - Duration::NANOSECOND).to_offset(UtcOffset::UTC).date() {
+            let folder = format!(
+                "{tenant}/digests/{}/",
+                day.format(format_description!("[year]/[month]/[day]"))
+                    .unwrap_or_default()
+            );
+            for key in self.list(&full_key(&self.prefix, &folder)).await? {
+                let in_range = period_start(&key).is_some_and(|start| from <= start && start < to);
+                if in_range && let Some(bytes) = self.get(&key).await? {
+                    files.push((key.clone(), gunzip(&key, &bytes)?));
+                }
+            }
+            day = day.next_day().ok_or("the range runs past the calendar")?;
+        }
+        Ok(files)
+    }
+
+    /// The SHA-256 of every object the digests list and of every object in the tenant's folders
+    /// for the hours of `[from, to)`; objects that are not there are left out.
+    pub async fn objects(
+        &self,
+        tenant: &TenantId,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        keys: &PublicKeys,
+        digests: &[DigestFile],
+    ) -> Result<Checksums, String> {
+        let mut wanted: BTreeSet<String> = digests
+            .iter()
+            .filter_map(|(_, file)| keys.open(file).ok())
+            .flat_map(|(digest, _)| digest.objects.into_iter().map(|object| object.key))
+            .collect();
+        let from = from.to_offset(UtcOffset::UTC);
+        let top_of_hour = Time::from_hms(from.hour(), 0, 0).map_err(|error| error.to_string())?;
+        let mut hour = from.replace_time(top_of_hour);
+        while hour < to {
+            let folder = format!(
+                "{tenant}/{}/",
+                hour.format(format_description!("[year]/[month]/[day]/[hour]"))
+                    .unwrap_or_default()
+            );
+            wanted.extend(self.list(&full_key(&self.prefix, &folder)).await?);
+            hour += Duration::HOUR;
+        }
+        let mut found = BTreeMap::new();
+        for key in wanted {
+            if let Some(bytes) = self.get(&key).await? {
+                found.insert(key, common::digest::sha256_hex(&bytes));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn list(&self, folder: &str) -> Result<Vec<String>, String> {
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.name)
+            .prefix(folder)
+            .into_paginator()
+            .send();
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|error| {
+                format!(
+                    "listing s3://{}/{folder}: {}",
+                    self.name,
+                    DisplayErrorContext(error)
+                )
+            })?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|object| object.key().map(str::to_owned)),
+            );
+        }
+        Ok(keys)
+    }
+
+    /// The object's bytes, or `None` when there is no such object.
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let failed = |error: String| format!("reading s3://{}/{key}: {error}", self.name);
+        match self
+            .s3
+            .get_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(object) => {
+                let body = object
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|error| failed(error.to_string()))?;
+                Ok(Some(body.to_vec()))
+            }
+            Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+            Err(error) => Err(failed(DisplayErrorContext(error).to_string())),
+        }
+    }
+}
+
+/// The period start a digest's key names (`..._{YYYYMMDD}T{HHMM}Z_digest.json.gz`).
+fn period_start(key: &str) -> Option<OffsetDateTime> {
+    let name = key.rsplit('/').next()?.strip_suffix("Z_digest.json.gz")?;
+    let stamp = name.rsplit('_').next()?;
+    PrimitiveDateTime::parse(
+        stamp,
+        format_description!("[year][month][day]T[hour][minute]"),
+    )
+    .ok()
+    .map(PrimitiveDateTime::assume_utc)
+}
+
+fn gunzip(key: &str, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .take(MAX_DIGEST_BYTES)
+        .read_to_end(&mut plain)
+        .map_err(|error| format!("digest {key} is not gzip: {error}"))?;
+    Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn a_digest_key_names_its_period_start() {
+        let tenant = TenantId::parse("acme-1").expect("tenant");
+        let key = full_key(
+            "audit",
+            &common::digest::relative_key(&tenant, datetime!(2026-11-30 14:20 UTC)),
+        );
+        assert_eq!(period_start(&key), Some(datetime!(2026-11-30 14:20 UTC)));
+        assert_eq!(period_start("audit/acme/digests/notes.txt"), None);
+    }
+}

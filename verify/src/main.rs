@@ -1,0 +1,120 @@
+//! `activity-logs-verify`: a customer checks the activity logs delivered into their own bucket
+//! against the signed digests delivered beside them, with their own AWS credentials (the SDK's
+//! standard chain) and the vendor's published public keys.
+//!
+//!   activity-logs-verify --bucket B --prefix P --tenant T --from 2026-11-30T00:00:00Z \
+//!     [--to 2026-12-01T00:00:00Z] --public-keys keys.json
+//!
+//! It walks the chain of digests whose periods start in `[from, to)`, checks each signature,
+//! recomputes the SHA-256 of every object they list, and looks for objects in the tenant's
+//! folders for those hours that no digest lists. Each problem is printed on a line of its own;
+//! the exit status is 0 only when everything is intact (1: problems found, 2: could not check).
+
+mod bucket;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use common::digest::check::check;
+use common::digest::signing::{PublicKeys, PublishedKey};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+#[derive(Parser)]
+#[command(name = "activity-logs-verify", about, long_about = None)]
+struct Args {
+    /// The bucket the logs are delivered to.
+    #[arg(long)]
+    bucket: String,
+    /// The destination prefix set for the integration (empty when none).
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// The tenant whose logs to check.
+    #[arg(long)]
+    tenant: String,
+    /// Check digests whose period starts at or after this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    from: OffsetDateTime,
+    /// And before this time (RFC 3339); default now.
+    #[arg(long, value_parser = parse_time)]
+    to: Option<OffsetDateTime>,
+    /// The vendor's public keys: the admin API's `GET /v1/digest-keys` answer, saved as is.
+    #[arg(long)]
+    public_keys: PathBuf,
+    /// The bucket's region; default the SDK's (AWS_REGION, profile).
+    #[arg(long)]
+    region: Option<String>,
+    /// An S3-compatible endpoint instead of AWS's.
+    #[arg(long)]
+    endpoint_url: Option<String>,
+}
+
+fn parse_time(raw: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(raw, &Rfc3339)
+        .map_err(|error| format!("{raw:?} is not an RFC 3339 time ({error})"))
+}
+
+/// The admin API's answer listing the keys.
+#[derive(serde::Deserialize)]
+struct KeysFile {
+    keys: Vec<PublishedKey>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("activity-logs-verify: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Whether everything checked is intact.
+async fn run(args: &Args) -> Result<bool, String> {
+    let keys_text = std::fs::read_to_string(&args.public_keys)
+        .map_err(|error| format!("cannot read {}: {error}", args.public_keys.display()))?;
+    let file: KeysFile = serde_json::from_str(&keys_text).map_err(|error| {
+        format!(
+            "{} is not the list of public keys ({error})",
+            args.public_keys.display()
+        )
+    })?;
+    let keys = PublicKeys::new(file.keys)?;
+    let tenant = common::event::TenantId::parse(&args.tenant)
+        .map_err(|error| format!("--tenant: {error}"))?;
+    let to = args.to.unwrap_or_else(OffsetDateTime::now_utc);
+    if to <= args.from {
+        return Err("--to must be after --from".into());
+    }
+    let bucket = bucket::Bucket::new(args).await;
+    let digests = bucket.digests(&tenant, args.from, to).await?;
+    let objects = bucket
+        .objects(&tenant, args.from, to, &keys, &digests)
+        .await?;
+    let report = check(&keys, &digests, &objects, |start| {
+        common::key::full_key(&args.prefix, &common::digest::relative_key(&tenant, start))
+    });
+    for finding in &report.findings {
+        println!("{finding}");
+    }
+    let verdict = if report.intact() {
+        "intact"
+    } else {
+        "NOT intact"
+    };
+    println!(
+        "{} digests and {} objects checked for tenant {} from {} to {}: {verdict} ({} problems)",
+        report.digests,
+        report.objects,
+        tenant,
+        common::digest::timestamp(args.from),
+        common::digest::timestamp(to),
+        report.findings.len()
+    );
+    Ok(report.intact())
+}
