@@ -173,8 +173,30 @@ pub struct AdminArgs {
     )]
     pub deliveries_topic: String,
 
+    /// The public keys digests are signed with, with their validity periods: a JSON file
+    /// `{"keys": [{"key_id", "public_key_pem", "valid_from", "valid_until"}]}`, served as is by
+    /// `GET /v1/digest-keys` for customers' verifiers. Each key is checked when ingest starts.
+    #[arg(long, env = "ACTIVITY_DIGEST_PUBLIC_KEYS_FILE", value_parser = read_public_keys)]
+    pub digest_public_keys: Option<PublishedKeys>,
+
     #[command(flatten)]
     pub aws: AwsArgs,
+}
+
+/// The digest public keys as published, each checked.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PublishedKeys {
+    pub keys: Vec<common::digest::signing::PublishedKey>,
+}
+
+fn read_public_keys(path: &str) -> Result<PublishedKeys, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|error| format!("cannot read {path}: {error}"))?;
+    let published: PublishedKeys = serde_json::from_str(&text)
+        .map_err(|error| format!("{path} is not a list of public keys: {error}"))?;
+    common::digest::signing::PublicKeys::new(published.keys.clone())
+        .map_err(|error| format!("{path}: {error}"))?;
+    Ok(published)
 }
 
 impl AdminArgs {
@@ -279,6 +301,28 @@ mod tests {
         let mut args = vec!["ingest", "--token", "0123456789abcdef0123"];
         args.extend_from_slice(extra);
         IngestConfig::try_parse_from(args)
+    }
+
+    #[test]
+    fn a_digest_key_file_with_a_wrong_key_is_refused_at_start() {
+        let path = std::env::temp_dir().join(format!("digest-keys-{}.json", std::process::id()));
+        let key = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+        let file = serde_json::json!({"keys": [{
+            "key_id": "0123456789abcdef", "public_key_pem": key,
+            "valid_from": "2026-01-01T00:00:00Z"
+        }]});
+        std::fs::write(&path, file.to_string()).expect("write");
+        let path_text = path.to_string_lossy().into_owned();
+        let error = parse(&["--digest-public-keys", &path_text])
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("key 0123456789abcdef has the id"), "{error}");
+        std::fs::write(&path, "[]").expect("write");
+        let error = parse(&["--digest-public-keys", &path_text])
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("is not a list of public keys"), "{error}");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -82,6 +82,10 @@ async fn start_admin(
         connection_test_timeout: admin.connection_test_timeout,
         connection_tests: admin::test_limits::ConnectionTestLimits::default(),
         write_timeout: config.produce_timeout,
+        digest_keys: admin
+            .digest_public_keys
+            .clone()
+            .unwrap_or(config::PublishedKeys { keys: Vec::new() }),
     }))
 }
 

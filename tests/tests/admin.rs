@@ -351,6 +351,51 @@ async fn a_role_the_vendor_can_assume_without_the_tenants_external_id_is_refused
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_digest_public_keys_are_served_as_the_verifier_reads_them() {
+    let dir = std::env::temp_dir().join(integration_tests::unique("digest-keys"));
+    std::fs::create_dir_all(&dir).expect("directory");
+    // Two keys valid at once during a rotation: the retiring one with its end.
+    let keys: Vec<Value> = ["current", "retiring"]
+        .iter()
+        .map(|name| {
+            let path = dir.join(format!("{name}.pem"));
+            let made = std::process::Command::new("openssl")
+                .args(["genpkey", "-algorithm", "ed25519", "-out"])
+                .arg(&path)
+                .status()
+                .expect("openssl");
+            assert!(made.success());
+            let key =
+                common::digest::signing::SigningKey::from_pem(&std::fs::read(&path).expect("key"))
+                    .expect("an Ed25519 key");
+            json!({
+                "key_id": key.key_id(),
+                "public_key_pem": key.public_key_pem(),
+                "valid_from": "2026-01-01T00:00:00Z",
+                "valid_until": (*name == "retiring").then_some("2026-12-31T00:00:00Z"),
+            })
+        })
+        .collect();
+    let file = dir.join("keys.json");
+    std::fs::write(&file, json!({ "keys": keys }).to_string()).expect("keys file");
+    let path = file.to_string_lossy().into_owned();
+    let admin = AdminIngest::spawn(
+        &moto_endpoint(),
+        AdminTopics::unique(),
+        &["--digest-public-keys", &path],
+    )
+    .await;
+    let (status, answer) = admin.call(Method::GET, "/v1/digest-keys", None).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let served: Vec<common::digest::signing::PublishedKey> =
+        serde_json::from_value(answer["keys"].clone()).expect("the keys as published");
+    assert_eq!(served.len(), 2);
+    assert_eq!(json!(served), json!(keys));
+    common::digest::signing::PublicKeys::new(served).expect("keys a verifier accepts");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_the_admin_token_is_refused_before_its_body_is_read() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let admin = AdminIngest::spawn(&moto_endpoint(), AdminTopics::unique(), &[]).await;

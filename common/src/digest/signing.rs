@@ -112,8 +112,8 @@ impl PublicKeys {
                 let id = key_id(&raw);
                 if id != key.key_id {
                     return Err(format!(
-                        "key {} is named {}, but its id is {id}",
-                        key.key_id, key.key_id
+                        "key {} has the id {id}, not the one it is listed under",
+                        key.key_id
                     ));
                 }
                 Ok((key, raw))
@@ -283,6 +283,6 @@ MC4CAQAwBQYDK2VwBCIEIBfmidfOSUo8pI4koDuf43PfAGh9segQ7g5nCrHFiBuo
         let mut key = published(&test_key());
         key.key_id = "0123456789abcdef".into();
         let error = PublicKeys::new(vec![key]).expect_err("wrong id");
-        assert!(error.contains("its id is"), "{error}");
+        assert!(error.contains("has the id"), "{error}");
     }
 }

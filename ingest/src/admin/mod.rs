@@ -5,7 +5,8 @@
 //!   documents to create;
 //! - `PUT /v1/tenants/{tenant}/integrations/s3`: validate, test the connection, save;
 //! - `GET` the integration with its delivery status; `DELETE` it (disconnect);
-//! - `POST /v1/tenants/{tenant}/integrations/s3/test`: the connection test alone.
+//! - `POST /v1/tenants/{tenant}/integrations/s3/test`: the connection test alone;
+//! - `GET /v1/digest-keys`: the public keys signed digests are checked with.
 //!
 //! Saved integrations go to the compacted integrations topic that every service follows; a
 //! write answers only once this instance's registry has read it back, so a `GET` right after a
@@ -63,12 +64,15 @@ pub struct AdminApi {
     pub connection_tests: ConnectionTestLimits,
     /// How long a write waits for Kafka, and then for the registry to read it back.
     pub write_timeout: Duration,
+    /// The digest public keys to publish (none when not configured).
+    pub digest_keys: crate::config::PublishedKeys,
 }
 
 /// The admin routes.
 pub fn router(api: Arc<AdminApi>) -> Router {
     Router::new()
         .route("/v1/integrations/s3/setup", get(get_setup))
+        .route("/v1/digest-keys", get(get_digest_keys))
         .route(
             "/v1/tenants/{tenant}/integrations/s3",
             get(get_integration)
@@ -346,6 +350,14 @@ pub struct SetupQuery {
 }
 
 /// `GET /v1/integrations/s3/setup`.
+/// `GET /v1/digest-keys`: what customers save and give the verifier (`--public-keys`).
+async fn get_digest_keys(State(api): State<Arc<AdminApi>>) -> Response {
+    finish(
+        "digest_keys",
+        Ok(axum::Json(&api.digest_keys).into_response()),
+    )
+}
+
 async fn get_setup(
     State(api): State<Arc<AdminApi>>,
     headers: HeaderMap,
