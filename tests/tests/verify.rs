@@ -124,7 +124,12 @@ fn verify(bucket: &str, keys_file: &Path) -> (i32, String) {
         .args(["--to", &timestamp(DAY + Duration::HOUR * HOURS)])
         .arg("--public-keys")
         .arg(keys_file)
-        .args(["--endpoint-url", &moto_endpoint(), "--region", "us-east-1"])
+        .args([
+            "--aws-endpoint-url",
+            &moto_endpoint(),
+            "--aws-region",
+            "us-east-1",
+        ])
         .output()
         .expect("run the verifier");
     let text = String::from_utf8_lossy(&output.stdout).into_owned()

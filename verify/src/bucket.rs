@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
-use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::DisplayErrorContext;
 use common::digest::check::{Checksums, DigestFile};
 use common::digest::signing::PublicKeys;
@@ -27,16 +26,10 @@ pub struct Bucket {
 
 impl Bucket {
     pub async fn new(args: &Args) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(region) = &args.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &args.endpoint_url {
-            loader = loader.endpoint_url(endpoint);
-        }
-        let config = loader.load().await;
+        let config = args.aws.sdk_config().await;
+        // S3-compatible servers reached through an endpoint override want path-style keys.
         let s3 = aws_sdk_s3::config::Builder::from(&config)
-            .force_path_style(args.endpoint_url.is_some())
+            .force_path_style(config.endpoint_url().is_some())
             .build();
         Self {
             s3: aws_sdk_s3::Client::from_conf(s3),

@@ -42,12 +42,10 @@ struct Args {
     /// The vendor's public keys: the admin API's `GET /v1/digest-keys` answer, saved as is.
     #[arg(long)]
     public_keys: PathBuf,
-    /// The bucket's region; default the SDK's (AWS_REGION, profile).
-    #[arg(long)]
-    region: Option<String>,
-    /// An S3-compatible endpoint instead of AWS's.
-    #[arg(long)]
-    endpoint_url: Option<String>,
+    /// The bucket's region, an S3-compatible endpoint, a CA to trust: the services' own AWS
+    /// settings, read from the same flags and `ACTIVITY_AWS_*` variables.
+    #[command(flatten)]
+    aws: common::aws::AwsArgs,
 }
 
 fn parse_time(raw: &str) -> Result<OffsetDateTime, String> {

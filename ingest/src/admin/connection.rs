@@ -1,8 +1,9 @@
 //! The connection test (DESIGN §1 step 4): assume the customer's role with the tenant's external
-//! id, check that the role refuses the vendor without it (the confused deputy), put a small object under the destination with the headers every delivered object
-//! carries, read back the SHA-256 S3 stored for it (what delivery checks when a key is already
-//! taken), and delete it. The first step that fails is reported with AWS's code and message and
-//! a hint of what to fix on the customer's side.
+//! id, check that the role refuses the vendor without it (the confused deputy), put a small
+//! object under the destination with the headers every delivered object carries, read back the
+//! SHA-256 S3 stored for it (what delivery checks when a key is already taken), and delete it.
+//! The first step that fails is reported with AWS's code and message and a hint of what to fix
+//! on the customer's side.
 
 use std::time::Duration;
 
