@@ -21,6 +21,9 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
+# A failing test's message and what it printed matter more than a backtrace, which would push
+# them out of the tail of a long log (set RUST_BACKTRACE=1 to have them anyway).
+export RUST_BACKTRACE=${RUST_BACKTRACE_TESTS:-0}
 # Some tests run the service binaries as separate processes.
 cargo build --workspace --bins --locked
 prune_test_topics() {

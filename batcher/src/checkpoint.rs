@@ -228,41 +228,55 @@ impl CheckpointStore {
     }
 
     fn read_stored(&self, timeout: Duration) -> Result<HashMap<i32, Stored>, CheckpointError> {
-        let mut latest = HashMap::new();
-        read_to_end(
-            &self.kafka,
-            "activity-batcher-checkpoint-reader",
-            &self.topic,
-            timeout,
-            |message| {
-                let Some(partition) = message
-                    .key()
-                    .and_then(|key| key.strip_prefix(self.key_prefix.as_bytes()))
-                    .and_then(|rest| std::str::from_utf8(rest).ok())
-                    .and_then(|rest| rest.parse::<i32>().ok())
-                else {
-                    return;
-                };
-                match message.payload().map(serde_json::from_slice::<Stored>) {
-                    Some(Ok(stored)) => {
-                        latest.insert(partition, stored);
-                    }
-                    None => {
-                        latest.remove(&partition);
-                    }
-                    Some(Err(error)) => {
-                        tracing::error!(partition, offset = message.offset(), %error, "unreadable checkpoint; the partition will be rebuilt from its committed offset");
-                        latest.remove(&partition);
-                    }
-                }
-            },
-        )
-        .map_err(|source| CheckpointError::Read {
-            topic: self.topic.clone(),
-            source,
-        })?;
-        Ok(latest)
+        latest_by_partition(&self.kafka, &self.topic, &self.key_prefix, timeout).map_err(|source| {
+            CheckpointError::Read {
+                topic: self.topic.clone(),
+                source,
+            }
+        })
     }
+}
+
+/// The latest value of each `{key_prefix}{partition}` key of a compacted checkpoint topic, read
+/// from its start to its end. Blocking. An unreadable value is logged and counts as none, as a
+/// tombstone does: the partition is then rebuilt from further back, which repeats work but
+/// loses nothing.
+pub fn latest_by_partition<T: serde::de::DeserializeOwned>(
+    kafka: &KafkaArgs,
+    topic: &str,
+    key_prefix: &str,
+    timeout: Duration,
+) -> Result<HashMap<i32, T>, ReadError> {
+    let mut latest = HashMap::new();
+    read_to_end(
+        kafka,
+        "activity-batcher-checkpoint-reader",
+        topic,
+        timeout,
+        |message| {
+            let Some(partition) = message
+                .key()
+                .and_then(|key| key.strip_prefix(key_prefix.as_bytes()))
+                .and_then(|rest| std::str::from_utf8(rest).ok())
+                .and_then(|rest| rest.parse::<i32>().ok())
+            else {
+                return;
+            };
+            match message.payload().map(serde_json::from_slice::<T>) {
+                Some(Ok(value)) => {
+                    latest.insert(partition, value);
+                }
+                None => {
+                    latest.remove(&partition);
+                }
+                Some(Err(error)) => {
+                    tracing::error!(key_prefix, partition, offset = message.offset(), %error, "unreadable checkpoint; the partition will be rebuilt from further back");
+                    latest.remove(&partition);
+                }
+            }
+        },
+    )?;
+    Ok(latest)
 }
 
 #[cfg(test)]

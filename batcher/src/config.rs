@@ -2,17 +2,20 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use common::amqp::AmqpArgs;
 use common::config::{ShutdownArgs, parse_duration, parse_positive_duration};
+use common::digest::signing::SigningKey;
 use common::event::TenantId;
 use common::kafka::KafkaArgs;
 use common::telemetry::LogArgs;
 use common::topology::UploadQueueArgs;
 
 use crate::core::{PartSettings, WindowSettings};
+use crate::digests::fold::Periods;
 
 /// Closes per-tenant windows of activity events into objects and queues them for upload.
 ///
@@ -81,6 +84,9 @@ pub struct BatcherConfig {
     pub topics: TopicArgs,
 
     #[command(flatten)]
+    pub digests: DigestArgs,
+
+    #[command(flatten)]
     pub kafka: KafkaArgs,
 
     #[command(flatten)]
@@ -94,6 +100,76 @@ pub struct BatcherConfig {
 
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
+}
+
+/// Signed digests (README "Verifying delivered logs"): built from the deliveries topic by the
+/// batchers when a signing key is given.
+#[derive(Debug, Clone, Args)]
+pub struct DigestArgs {
+    /// File holding the Ed25519 private key that signs digests (PKCS#8 PEM, as `openssl genpkey
+    /// -algorithm ed25519` writes it). Without it, or `ACTIVITY_DIGEST_SIGNING_KEY`, no digests
+    /// are made.
+    #[arg(long, env = "ACTIVITY_DIGEST_SIGNING_KEY_FILE", value_parser = read_signing_key_file, conflicts_with = "digest_signing_key")]
+    pub digest_signing_key_file: Option<Arc<SigningKey>>,
+
+    /// The signing key itself (the PEM text), for a secret store that hands it over as a setting.
+    #[arg(long, env = "ACTIVITY_DIGEST_SIGNING_KEY", hide_env_values = true, value_parser = parse_signing_key)]
+    pub digest_signing_key: Option<Arc<SigningKey>>,
+
+    /// Length of a digest's period, aligned to the UTC epoch.
+    #[arg(long, env = "ACTIVITY_DIGEST_PERIOD", default_value = "1h", value_parser = parse_positive_duration)]
+    pub digest_period: Duration,
+
+    /// How long after a period's end a delivery in it may still be recorded; the period's
+    /// digests are made once that much time has passed.
+    #[arg(long, env = "ACTIVITY_DIGEST_GRACE", default_value = "5m", value_parser = parse_duration)]
+    pub digest_grace: Duration,
+
+    /// Consumer group of the digest builders; the batchers' group followed by `-digests` when
+    /// unset. A group new to the deliveries topic rebuilds every digest from the topic's start:
+    /// the same bytes, which the uploads then find already stored.
+    #[arg(long, env = "ACTIVITY_DIGEST_GROUP")]
+    pub digest_group: Option<String>,
+
+    /// Topic of the delivery records, which digests are built from.
+    #[arg(
+        long,
+        env = "ACTIVITY_KAFKA_DELIVERIES_TOPIC",
+        default_value = "activity.deliveries"
+    )]
+    pub deliveries_topic: String,
+}
+
+/// A duration in whole milliseconds, as windows and periods are counted.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl DigestArgs {
+    pub fn periods(&self) -> Periods {
+        Periods {
+            length_ms: millis(self.digest_period).max(1),
+            grace_ms: millis(self.digest_grace),
+        }
+    }
+
+    /// The key that signs digests, if digests are made.
+    pub fn signing_key(&self) -> Option<Arc<SigningKey>> {
+        self.digest_signing_key_file
+            .clone()
+            .or_else(|| self.digest_signing_key.clone())
+    }
+}
+
+fn read_signing_key_file(path: &str) -> Result<Arc<SigningKey>, String> {
+    let pem = std::fs::read(path).map_err(|error| format!("cannot read {path}: {error}"))?;
+    SigningKey::from_pem(&pem)
+        .map(Arc::new)
+        .map_err(|error| format!("{path}: {error}"))
+}
+
+fn parse_signing_key(pem: &str) -> Result<Arc<SigningKey>, String> {
+    SigningKey::from_pem(pem.as_bytes()).map(Arc::new)
 }
 
 /// The topics both the service and `replay` read.
@@ -184,7 +260,6 @@ pub struct BatchingArgs {
 
 impl BatchingArgs {
     pub fn window_settings(&self) -> WindowSettings {
-        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let close_delay_ms = millis(self.close_delay);
         WindowSettings {
             length_ms: millis(self.window).max(1),

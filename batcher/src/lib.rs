@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod consume;
 pub mod core;
+pub mod digests;
 pub mod fetch_watch;
 pub mod first_delivery;
 pub mod metrics;
@@ -54,10 +55,14 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
                     &config.topics.first_deliveries_topic,
                     config.kafka.replication,
                 ),
+                common::delivery::topic_spec(
+                    &config.digests.deliveries_topic,
+                    config.kafka.replication,
+                ),
             ])
             .await
             .context(
-                "cannot make sure the checkpoints, integrations and first-deliveries topics exist",
+                "cannot make sure the checkpoints, integrations, first-deliveries and deliveries topics exist",
             )?;
     }
     let spill_dir = prepare_spill_dir(&config.spill_dir)?;
@@ -163,6 +168,35 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
             }
             first_delivery::run(config, registry, token).await
         });
+    }
+
+    match config.digests.signing_key() {
+        Some(key) => {
+            let settings = digests::Settings {
+                key,
+                periods: config.digests.periods(),
+                deliveries_topic: config.digests.deliveries_topic.clone(),
+                checkpoints_topic: config.checkpoints_topic.clone(),
+                group: config
+                    .digests
+                    .digest_group
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-digests", config.group)),
+                max_body_bytes: config.batching.window_settings().max_body_bytes,
+            };
+            let (kafka, amqp, topology, token) = (
+                config.kafka.clone(),
+                config.amqp.clone(),
+                config.uploads.topology(),
+                supervisor.token(),
+            );
+            supervisor.spawn("digests", async move {
+                digests::run(settings, kafka, amqp, topology, token).await
+            });
+        }
+        None => tracing::info!(
+            "no digest signing key (ACTIVITY_DIGEST_SIGNING_KEY_FILE): signed digests are not made"
+        ),
     }
 
     let token = supervisor.token();

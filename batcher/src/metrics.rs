@@ -57,6 +57,13 @@ pub const COMMITS: &str = "activity_batcher_commits_total";
 pub const FIRST_DELIVERIES: &str = "activity_batcher_first_deliveries_total";
 /// First-delivery requests waiting for their windows to close.
 pub const FIRST_DELIVERIES_PENDING: &str = "activity_batcher_first_deliveries_pending";
+/// Signed digests queued for upload (RabbitMQ confirmed them).
+pub const DIGESTS: &str = "activity_batcher_digests_total";
+/// Digests that could not be signed; the builder stops and rebuilds from its last checkpoint.
+pub const DIGEST_SIGNING_FAILURES: &str = "activity_batcher_digest_signing_failures_total";
+/// Records of the deliveries topic the digest builder could not read (logged with partition
+/// and offset); what they said is missing from digests.
+pub const DIGEST_UNREADABLE_RECORDS: &str = "activity_batcher_digest_unreadable_records_total";
 
 pub fn describe() {
     common::metrics::register_counters(&[
@@ -86,6 +93,21 @@ pub fn describe() {
         "First-delivery requests waiting for their windows to close."
     );
     describe_counter!(RECORDS, Unit::Count, "Records read from the events topic.");
+    describe_counter!(
+        DIGESTS,
+        Unit::Count,
+        "Signed digests queued for upload (RabbitMQ confirmed them)."
+    );
+    describe_counter!(
+        DIGEST_SIGNING_FAILURES,
+        Unit::Count,
+        "Digests that could not be signed; the builder rebuilds from its last checkpoint."
+    );
+    describe_counter!(
+        DIGEST_UNREADABLE_RECORDS,
+        Unit::Count,
+        "Records of the deliveries topic the digest builder could not read."
+    );
     describe_counter!(
         SKIPPED_OFFSETS,
         Unit::Count,

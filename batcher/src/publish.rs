@@ -83,6 +83,16 @@ impl ConfirmSink for std::sync::mpsc::Sender<Result<Confirmed, Refused>> {
     }
 }
 
+impl ConfirmSink for tokio::sync::mpsc::UnboundedSender<Result<Confirmed, Refused>> {
+    fn confirmed(&self, confirmed: Confirmed) {
+        let _ = self.send(Ok(confirmed));
+    }
+
+    fn refused(&self, refused: Refused) {
+        let _ = self.send(Err(refused));
+    }
+}
+
 /// The message size RabbitMQ says it takes at most, from its refusal of a larger one
 /// (`PRECONDITION_FAILED - message size 20971520 is larger than configured max size 16777216`).
 pub fn broker_max_message_size(error: &str) -> Option<u64> {

@@ -1,9 +1,52 @@
 //! Delivery records: one per handled upload job on `activity.deliveries` (DESIGN §2), keyed by
-//! tenant. They are the audit trail and feed each integration's status.
+//! tenant. They are the audit trail and feed each integration's status and the signed digests.
+//!
+//! Two other kinds of record share the topic: the admin API's [`IntegrationChange`]s, marked by
+//! the [`RECORD_KIND_HEADER`] and keyed by tenant, so they sit in order with the tenant's
+//! deliveries; and the digest builder's clock records (no value, time passing on an idle
+//! partition). Digests are built from this topic alone, so a rebuild sees the same tenants,
+//! objects and period ends as the first build.
 
 use serde::{Deserialize, Serialize};
 
+use crate::job::JobKind;
 use crate::kafka::TopicSpec;
+
+/// The header naming a record that is not a [`DeliveryRecord`]; its value is one of
+/// [`record_kind`]. Readers skip kinds they do not handle.
+pub const RECORD_KIND_HEADER: &str = "activity-record";
+
+/// Values of the [`RECORD_KIND_HEADER`].
+pub mod record_kind {
+    pub const INTEGRATION: &str = "integration";
+}
+
+/// Whether a record carrying `headers` is a delivery record.
+pub fn is_delivery_record(headers: Option<&rdkafka::message::BorrowedHeaders>) -> bool {
+    use rdkafka::message::Headers;
+    headers.is_none_or(|headers| {
+        headers
+            .iter()
+            .all(|header| header.key != RECORD_KIND_HEADER)
+    })
+}
+
+/// A tenant's integration was saved or deleted: whether delivery is on for the tenant from
+/// here on in the log, and why. Written by the admin API once the change is saved; a write that
+/// fails fails the request, whose retry writes it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntegrationChange {
+    pub tenant_id: String,
+    /// Connected and enabled.
+    pub active: bool,
+    /// One of [`crate::digest::reason`].
+    pub reason: String,
+    /// The destination prefix in force, where the tenant's digests are stored; absent when
+    /// the integration was deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    pub at_ms: i64,
+}
 
 /// The deliveries topic as services create it, keyed by tenant.
 pub fn topic_spec(name: &str, replication: i32) -> TopicSpec<'_> {
@@ -31,6 +74,9 @@ pub mod outcome {
 /// newer uploader writes during a rolling upgrade still count in an older ingest's status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryRecord {
+    /// A log object or a digest; absent (a log object) in records written before digests.
+    #[serde(default, skip_serializing_if = "JobKind::is_log")]
+    pub kind: JobKind,
     pub tenant_id: String,
     /// The object key without the customer's prefix.
     pub relative_key: String,
@@ -75,6 +121,7 @@ mod tests {
     #[test]
     fn a_record_a_newer_version_wrote_is_read() {
         let record = DeliveryRecord {
+            kind: JobKind::Log,
             tenant_id: "acme".into(),
             relative_key: "acme/2026/11/30/14/acme_20261130T1400Z_0-0.jsonl.zst".into(),
             bucket: Some("acme-logs".into()),

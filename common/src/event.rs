@@ -41,6 +41,20 @@ pub enum TenantIdError {
     BadCharacter { found: char, position: usize },
 }
 
+/// Written as its string; read only when the string is a valid tenant id.
+impl serde::Serialize for TenantId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TenantId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Self::parse(&raw).map_err(|e| serde::de::Error::custom(format!("tenant_id {e}")))
+    }
+}
+
 impl TenantId {
     /// Checks `raw` against the tenant id pattern.
     pub fn parse(raw: &str) -> Result<Self, TenantIdError> {

@@ -18,7 +18,6 @@ pub const MAX_PREFIX_BYTES: usize = 512;
 /// in `ingest::admin::settings`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Integration {
-    #[serde(with = "tenant_id_serde")]
     pub tenant_id: TenantId,
     pub enabled: bool,
     pub aws_account_id: String,
@@ -64,7 +63,6 @@ impl Integration {
 /// it does not know are ignored, as for [`Integration`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirstDeliveryRequest {
-    #[serde(with = "tenant_id_serde")]
     pub tenant_id: TenantId,
     #[serde(with = "time::serde::rfc3339")]
     pub connected_at: OffsetDateTime,
@@ -78,21 +76,6 @@ pub fn first_deliveries_topic_spec(name: &str, replication: i32) -> crate::kafka
         partitions: 1,
         replication,
         config: vec![("retention.ms", "604800000")],
-    }
-}
-
-mod tenant_id_serde {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    use crate::event::TenantId;
-
-    pub fn serialize<S: Serializer>(tenant: &TenantId, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(tenant.as_str())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<TenantId, D::Error> {
-        let raw = String::deserialize(deserializer)?;
-        TenantId::parse(&raw).map_err(|e| serde::de::Error::custom(format!("tenant_id {e}")))
     }
 }
 

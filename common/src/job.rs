@@ -27,11 +27,42 @@ pub mod header {
     pub const SHA256: &str = "sha256";
     pub const CREATED_AT: &str = "created-at-ms";
     pub const ATTEMPT: &str = "attempt";
+    /// What the object is ([`JobKind`]); absent on a log object's job.
+    pub const KIND: &str = "kind";
+}
+
+/// What an upload job carries: a window's log object, or a tenant's signed digest of a period
+/// (whose "window" is the period, whose event count is the number of objects it lists, and
+/// whose partition and offsets are 0). Delivery records name it too. A kind this version does
+/// not know reads as [`JobKind::Unknown`], so records of a newer version are still read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    #[default]
+    Log,
+    Digest,
+    #[serde(other)]
+    Unknown,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Log => "log",
+            Self::Digest => "digest",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    pub fn is_log(&self) -> bool {
+        *self == Self::Log
+    }
 }
 
 /// One object to upload, as described by its message headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadJob {
+    pub kind: JobKind,
     pub tenant_id: TenantId,
     /// The object key without the customer's prefix; also the message id.
     pub relative_key: String,
@@ -73,12 +104,9 @@ pub enum JobHeaderError {
 impl UploadJob {
     /// The key the headers imply; `relative_key` must equal it.
     pub fn object_key(&self) -> Result<ObjectKey, JobHeaderError> {
-        let window_start =
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.window_start_ms) * 1_000_000)
-                .map_err(|e| invalid(header::WINDOW_START, format!("is out of range: {e}")))?;
         Ok(ObjectKey {
             tenant_id: self.tenant_id.clone(),
-            window_start,
+            window_start: self.window_start()?,
             partition: self.partition,
             first_offset: self.first_offset,
             codec: self.codec,
@@ -86,6 +114,11 @@ impl UploadJob {
     }
 
     /// The message headers carrying this job.
+    fn window_start(&self) -> Result<OffsetDateTime, JobHeaderError> {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.window_start_ms) * 1_000_000)
+            .map_err(|e| invalid(header::WINDOW_START, format!("is out of range: {e}")))
+    }
+
     pub fn to_headers(&self) -> FieldTable {
         let text = |value: &str| AMQPValue::LongString(LongString::from(value));
         let int = AMQPValue::LongLongInt;
@@ -106,6 +139,7 @@ impl UploadJob {
             (header::ATTEMPT, int(i64::from(self.attempt))),
         ]
         .into_iter()
+        .chain((!self.kind.is_log()).then(|| (header::KIND, text(self.kind.as_str()))))
         .map(|(name, value)| (ShortString::from(name), value))
         .collect();
         FieldTable::from(entries)
@@ -131,7 +165,21 @@ impl UploadJob {
                 "is not 64 lowercase hex digits".into(),
             ));
         }
+        let kind = match table.get(header::KIND) {
+            None => JobKind::Log,
+            Some(_) => match string(table, header::KIND)?.as_str() {
+                "log" => JobKind::Log,
+                "digest" => JobKind::Digest,
+                other => {
+                    return Err(invalid(
+                        header::KIND,
+                        format!("is {other:?}, not \"log\" or \"digest\""),
+                    ));
+                }
+            },
+        };
         let job = Self {
+            kind,
             tenant_id,
             relative_key: string(table, header::RELATIVE_KEY)?,
             codec,
@@ -160,6 +208,9 @@ impl UploadJob {
     }
 
     fn check_consistency(&self) -> Result<(), JobHeaderError> {
+        if self.kind == JobKind::Digest {
+            return self.check_digest_consistency();
+        }
         if self.event_count == 0 {
             return Err(invalid(header::EVENT_COUNT, "must be at least 1".into()));
         }
@@ -184,6 +235,36 @@ impl UploadJob {
                 header::RELATIVE_KEY,
                 format!(
                     "is {:?}, but the other headers make it {expected:?}",
+                    self.relative_key
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl UploadJob {
+    /// A digest's job: its key is the tenant's digest key of the period, and it names no Kafka
+    /// records of its own.
+    fn check_digest_consistency(&self) -> Result<(), JobHeaderError> {
+        if self.window_end_ms <= self.window_start_ms {
+            return Err(invalid(
+                header::WINDOW_END,
+                "must be after the period start".into(),
+            ));
+        }
+        if self.codec != Codec::Gzip {
+            return Err(invalid(
+                header::CODEC,
+                format!("is {}, but digests are gzip", self.codec),
+            ));
+        }
+        let expected = crate::digest::relative_key(&self.tenant_id, self.window_start()?);
+        if self.relative_key != expected {
+            return Err(invalid(
+                header::RELATIVE_KEY,
+                format!(
+                    "is {:?}, but a digest of that tenant and period is {expected:?}",
                     self.relative_key
                 ),
             ));
@@ -260,6 +341,7 @@ mod tests {
 
     fn job() -> UploadJob {
         let mut job = UploadJob {
+            kind: JobKind::Log,
             tenant_id: TenantId::parse("acme").expect("tenant"),
             relative_key: String::new(),
             codec: Codec::Zstd,
@@ -287,6 +369,54 @@ mod tests {
     #[test]
     fn headers_round_trip() {
         assert_eq!(UploadJob::from_headers(&job().to_headers()), Ok(job()));
+    }
+
+    fn digest_job() -> UploadJob {
+        let mut job = UploadJob {
+            kind: JobKind::Digest,
+            codec: Codec::Gzip,
+            event_count: 0,
+            partition: 0,
+            first_offset: 0,
+            last_offset: 0,
+            ..job()
+        };
+        let start = job.window_start().expect("start");
+        job.relative_key = crate::digest::relative_key(&job.tenant_id, start);
+        job
+    }
+
+    #[test]
+    fn a_digest_job_round_trips_and_lists_no_events_of_its_own() {
+        let headers = digest_job().to_headers();
+        assert!(headers.inner().contains_key(header::KIND));
+        assert_eq!(UploadJob::from_headers(&headers), Ok(digest_job()));
+        assert!(!job().to_headers().inner().contains_key(header::KIND));
+    }
+
+    #[test]
+    fn a_digest_job_may_only_name_its_tenants_digest_of_the_period() {
+        let mut headers = digest_job().to_headers();
+        headers.insert(
+            header::RELATIVE_KEY.into(),
+            AMQPValue::LongString("acme/2026/11/27/10/other.json.gz".into()),
+        );
+        let problem = UploadJob::from_headers(&headers)
+            .expect_err("a foreign key")
+            .to_string();
+        assert!(
+            problem.contains("but a digest of that tenant and period is \"acme/digests/"),
+            "{problem}"
+        );
+        let mut headers = digest_job().to_headers();
+        headers.insert(
+            header::KIND.into(),
+            AMQPValue::LongString("manifest".into()),
+        );
+        assert_eq!(
+            UploadJob::from_headers(&headers).map_err(|e| e.to_string()),
+            Err("header `kind` is \"manifest\", not \"log\" or \"digest\"".into())
+        );
     }
 
     #[test]

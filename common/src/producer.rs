@@ -15,6 +15,7 @@ use std::time::Duration;
 use metrics::counter;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
@@ -72,10 +73,26 @@ impl HealingProducer {
         payload: Option<&[u8]>,
         queue_timeout: Duration,
     ) -> Result<Position, KafkaError> {
+        self.send_with_headers(topic, key, payload, None, queue_timeout)
+            .await
+    }
+
+    /// [`Self::send`] with record headers.
+    pub async fn send_with_headers(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+        queue_timeout: Duration,
+    ) -> Result<Position, KafkaError> {
         let producer = self.current();
         let mut record = FutureRecord::<str, [u8]>::to(topic).key(key);
         if let Some(payload) = payload {
             record = record.payload(payload);
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers);
         }
         let result = producer
             .send(record, queue_timeout)

@@ -79,6 +79,7 @@ async fn start_admin(
         producer,
         integrations_topic: admin.integrations_topic.clone(),
         first_deliveries_topic: admin.first_deliveries_topic.clone(),
+        deliveries_topic: admin.deliveries_topic.clone(),
         connection_test_timeout: admin.connection_test_timeout,
         connection_tests: admin::test_limits::ConnectionTestLimits::default(),
         write_timeout: config.produce_timeout,

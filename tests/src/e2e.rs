@@ -238,11 +238,15 @@ impl Plan {
     }
 
     pub fn spawn_batcher(&self) -> ServiceProcess {
-        let extra: Vec<&str> = self
-            .shape
-            .batcher_flags
-            .iter()
-            .map(String::as_str)
+        self.spawn_batcher_with(&[])
+    }
+
+    /// A batcher with `flags` after the shape's own.
+    pub fn spawn_batcher_with(&self, flags: &[&str]) -> ServiceProcess {
+        let extra: Vec<&str> = ["--deliveries-topic", &self.topics.deliveries]
+            .into_iter()
+            .chain(self.shape.batcher_flags.iter().map(String::as_str))
+            .chain(flags.iter().copied())
             .collect();
         self.setup.spawn(
             &flag_ms(self.shape.window),
@@ -503,7 +507,12 @@ impl Deployment {
         let window_ms = self.plan.shape.window_ms();
         for (tenant, bucket) in &self.tenants {
             let mut copies: BTreeMap<String, usize> = BTreeMap::new();
-            for key in list_keys(s3, bucket).await {
+            // Digests (under `{tenant}/digests/`) are the verifier's to check.
+            for key in list_keys(s3, bucket)
+                .await
+                .into_iter()
+                .filter(|key| !key.contains("/digests/"))
+            {
                 verdict.objects += 1;
                 match read_object(s3, bucket, &key, tenant, window_ms).await {
                     Ok(events) => {

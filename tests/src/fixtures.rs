@@ -7,7 +7,7 @@ use common::amqp::AmqpArgs;
 use common::amqp::publish_confirmed;
 use common::aws::AwsArgs;
 use common::clock::now_unix_ms;
-use common::job::UploadJob;
+use common::job::{JobKind, UploadJob};
 use common::kafka::KafkaArgs;
 use common::key::{Codec, ObjectKey};
 use common::registry::topic_spec;
@@ -152,6 +152,7 @@ pub fn upload_job(tenant: &str, first_offset: i64, body: &[u8]) -> UploadJob {
         codec: Codec::None,
     };
     UploadJob {
+        kind: JobKind::Log,
         tenant_id: key.tenant_id.clone(),
         relative_key: key.relative(),
         codec: Codec::None,

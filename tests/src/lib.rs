@@ -6,6 +6,7 @@ pub mod admin;
 pub mod batching;
 pub mod bench;
 pub mod customer;
+pub mod digests;
 pub mod e2e;
 pub mod fault_proxy;
 pub mod fixtures;

@@ -4,13 +4,13 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 
 use aws_sdk_s3::primitives::ByteStream;
-use common::digest::signing::{PublishedKey, SigningKey};
+use common::digest::signing::SigningKey;
 use common::digest::{Chain, Digest, DigestedObject, Link, reason, relative_key, timestamp};
 use common::event::TenantId;
 use common::key::full_key;
+use integration_tests::digests::{keys_file, new_key};
 use integration_tests::fixtures::{aws_config, moto_endpoint, new_bucket, s3_client};
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
@@ -18,18 +18,6 @@ use time::{Duration, OffsetDateTime};
 const PREFIX: &str = "audit";
 const HOURS: i32 = 6;
 const DAY: OffsetDateTime = datetime!(2026-11-29 0:00 UTC);
-
-/// A new Ed25519 key from `openssl genpkey`, as an operator makes one.
-fn new_key(dir: &Path, name: &str) -> SigningKey {
-    let path = dir.join(format!("{name}.pem"));
-    let status = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519", "-out"])
-        .arg(&path)
-        .status()
-        .expect("run openssl");
-    assert!(status.success(), "openssl genpkey");
-    SigningKey::from_pem(&std::fs::read(&path).expect("key file")).expect("an Ed25519 key")
-}
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -62,7 +50,7 @@ struct Delivered {
 }
 
 fn delivered(key: &SigningKey) -> Delivered {
-    let mut chain = Chain::start(key, "acme", reason::CONNECTED);
+    let mut chain = Chain::start("acme", reason::CONNECTED);
     let mut objects = Vec::new();
     let mut digests = Vec::new();
     let mut digest_content = Vec::new();
@@ -85,7 +73,13 @@ fn delivered(key: &SigningKey) -> Delivered {
             objects.push((object_key(hour, n), body));
         }
         let (digest, file) = chain
-            .sign_next(&digest_key(hour), period, period + Duration::HOUR, listed)
+            .sign_next(
+                key,
+                &digest_key(hour),
+                (period, period + Duration::HOUR),
+                listed,
+                None,
+            )
             .expect("sign");
         digests.push((digest_key(hour), gzip(&file)));
         digest_content.push(digest);
@@ -116,44 +110,23 @@ async fn delete(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) {
         .expect("delete");
 }
 
-/// Runs the verifier over the day's six hours; returns its exit code and output.
+/// Runs the verifier over the day's six hours.
 fn verify(bucket: &str, keys_file: &Path) -> (i32, String) {
-    let output = Command::new(integration_tests::process::binary("activity-logs-verify"))
-        .args(["--bucket", bucket, "--prefix", PREFIX, "--tenant", "acme"])
-        .args(["--from", &timestamp(DAY)])
-        .args(["--to", &timestamp(DAY + Duration::HOUR * HOURS)])
-        .arg("--public-keys")
-        .arg(keys_file)
-        .args([
-            "--aws-endpoint-url",
-            &moto_endpoint(),
-            "--aws-region",
-            "us-east-1",
-        ])
-        .output()
-        .expect("run the verifier");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.code().unwrap_or(-1), text)
+    integration_tests::digests::verify(
+        bucket,
+        PREFIX,
+        "acme",
+        (DAY, DAY + Duration::HOUR * HOURS),
+        keys_file,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_verifier_finds_a_delivered_day_intact_and_names_each_tampering() {
     let dir = std::env::temp_dir().join(integration_tests::unique("verify"));
     std::fs::create_dir_all(&dir).expect("directory");
-    let key = new_key(&dir, "vendor");
-    let published = PublishedKey {
-        key_id: key.key_id().into(),
-        public_key_pem: key.public_key_pem(),
-        valid_from: datetime!(2026-01-01 0:00 UTC),
-        valid_until: None,
-    };
-    let keys_file = dir.join("keys.json");
-    std::fs::write(
-        &keys_file,
-        serde_json::json!({ "keys": [published] }).to_string(),
-    )
-    .expect("keys file");
+    let (key, _) = new_key(&dir, "vendor");
+    let keys_file = keys_file(&dir, &key);
 
     let s3 = s3_client(&aws_config(&moto_endpoint()).await);
     let bucket = new_bucket(&s3).await;
@@ -252,7 +225,7 @@ async fn the_verifier_finds_a_delivered_day_intact_and_names_each_tampering() {
     );
     put(&s3, &bucket, &digest_key(4), &day.digests[4].1).await;
 
-    let stranger = new_key(&dir, "stranger");
+    let (stranger, _) = new_key(&dir, "stranger");
     let mut foreign = day.digest_content[5].clone();
     foreign.key_id = stranger.key_id().into();
     put(

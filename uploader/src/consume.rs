@@ -12,7 +12,7 @@ use common::amqp::{AmqpArgs, Backoff, PublishError, confirm_channel, publish_con
 use common::clock::now_unix_ms;
 use common::delivery::{DeliveryRecord, outcome};
 use common::integration::Integration;
-use common::job::{UploadJob, header};
+use common::job::{JobKind, UploadJob, header};
 use common::key::full_key;
 use common::producer::HealingProducer;
 use common::registry::IntegrationRegistry;
@@ -34,8 +34,8 @@ use crate::destination::{S3Writer, Stored, resolve, verify_body};
 use crate::error::{ErrorClass, UploadError};
 use crate::fairness::{TenantSlot, TenantSlots};
 use crate::metrics::{
-    DEFERRED, DELIVERY_LAG, DELIVERY_RECORDS_FAILED, DIVERGED_OBJECTS, DLQ_DEPTH, IN_FLIGHT,
-    OBJECT_SIZE, RECONNECTS, RETRIES, UPLOAD_LATENCY, UPLOADS,
+    DEFERRED, DELIVERY_LAG, DELIVERY_RECORDS_FAILED, DIGEST_LAG, DIVERGED_OBJECTS, DLQ_DEPTH,
+    IN_FLIGHT, OBJECT_SIZE, RECONNECTS, RETRIES, UPLOAD_LATENCY, UPLOADS,
 };
 use crate::retry::{NextStep, RetryPolicy};
 
@@ -150,7 +150,11 @@ impl Uploader {
             Ok((stored, _)) => {
                 if stored != Stored::AlreadyThere {
                     let lag_ms = now_unix_ms().saturating_sub(job.window_end_ms).max(0);
-                    histogram!(DELIVERY_LAG).record(lag_ms as f64 / 1000.0);
+                    let lag = match job.kind {
+                        JobKind::Digest => DIGEST_LAG,
+                        JobKind::Log | JobKind::Unknown => DELIVERY_LAG,
+                    };
+                    histogram!(lag).record(lag_ms as f64 / 1000.0);
                 }
                 if let Stored::Diverged { key } = &stored {
                     counter!(DIVERGED_OBJECTS).increment(1);
@@ -515,6 +519,7 @@ fn delivery_record(
 ) -> DeliveryRecord {
     let (bucket, key) = destination.unzip();
     DeliveryRecord {
+        kind: job.kind,
         tenant_id: job.tenant_id.to_string(),
         relative_key: job.relative_key.clone(),
         bucket,

@@ -5,7 +5,7 @@
 
 use common::codec::decompress;
 use common::integration::Integration;
-use common::job::UploadJob;
+use common::job::{JobKind, UploadJob};
 use common::registry::IntegrationRegistry;
 use sha2::{Digest, Sha256};
 
@@ -61,12 +61,9 @@ pub fn resolve(
 
 /// Checks that the body is the object the headers describe, and that every event in it belongs
 /// to the job's tenant (DESIGN §3: job headers are checked against the payload's tenant before
-/// upload). Returns the body's SHA-256 for S3 to verify on arrival. CPU-bound: run it off the
-/// I/O threads.
+/// upload), or for a digest, that it is the tenant's digest of the job's period. Returns the
+/// body's SHA-256 for S3 to verify on arrival. CPU-bound: run it off the I/O threads.
 pub fn verify_body(job: &UploadJob, body: &[u8]) -> Result<[u8; 32], UploadError> {
-    let invalid = |code: &'static str, message: String| {
-        UploadError::new(ErrorClass::InvalidJob, "verify-body", code, message)
-    };
     let digest: [u8; 32] = Sha256::digest(body).into();
     let hex = hex::encode(digest);
     if hex != job.sha256_hex {
@@ -90,6 +87,22 @@ pub fn verify_body(job: &UploadJob, body: &[u8]) -> Result<[u8; 32], UploadError
             ),
         ));
     }
+    match job.kind {
+        JobKind::Log => verify_events(job, &raw)?,
+        JobKind::Digest => verify_digest(job, &raw)?,
+        JobKind::Unknown => {
+            return Err(invalid("UnknownKind", "the job's kind is unknown".into()));
+        }
+    }
+    Ok(digest)
+}
+
+fn invalid(code: &'static str, message: String) -> UploadError {
+    UploadError::new(ErrorClass::InvalidJob, "verify-body", code, message)
+}
+
+/// Every line is an event of the job's tenant, and there are as many as the job says.
+fn verify_events(job: &UploadJob, raw: &[u8]) -> Result<(), UploadError> {
     let mut events = 0_u64;
     for (index, line) in raw.split_inclusive(|b| *b == b'\n').enumerate() {
         let line_number = index + 1;
@@ -125,7 +138,51 @@ pub fn verify_body(job: &UploadJob, body: &[u8]) -> Result<[u8; 32], UploadError
             ),
         ));
     }
-    Ok(digest)
+    Ok(())
+}
+
+/// The body is a digest of the job's tenant and period listing as many objects as the job says,
+/// followed by its signature line (the signature itself is the customer's to check).
+fn verify_digest(job: &UploadJob, raw: &[u8]) -> Result<(), UploadError> {
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| invalid("NotADigest", "the digest is not UTF-8".into()))?;
+    let mut lines = text.split_terminator('\n');
+    let (Some(signed), Some(signature), None) = (lines.next(), lines.next(), lines.next()) else {
+        return Err(invalid(
+            "NotADigest",
+            "a digest is two lines: the digest and its signature".into(),
+        ));
+    };
+    let content: common::digest::Digest = serde_json::from_str(signed)
+        .map_err(|error| invalid("NotADigest", format!("line 1 is not a digest: {error}")))?;
+    serde_json::from_str::<common::digest::SignatureLine>(signature).map_err(|error| {
+        invalid(
+            "NotADigest",
+            format!("line 2 is not a signature line: {error}"),
+        )
+    })?;
+    if content.tenant_id != job.tenant_id.as_str() {
+        return Err(invalid(
+            "TenantMismatch",
+            format!(
+                "the digest belongs to tenant {}, the job to tenant {}",
+                content.tenant_id, job.tenant_id
+            ),
+        ));
+    }
+    let period_start = common::digest::timestamp_ms(job.window_start_ms);
+    if content.period_start != period_start || content.objects.len() as u64 != job.event_count {
+        return Err(invalid(
+            "DigestMismatch",
+            format!(
+                "the digest covers the period from {} and lists {} objects, the job says {period_start} and {}",
+                content.period_start,
+                content.objects.len(),
+                job.event_count
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The one field of an event the uploader reads.
@@ -133,4 +190,78 @@ pub fn verify_body(job: &UploadJob, body: &[u8]) -> Result<[u8; 32], UploadError
 struct EventTenant<'a> {
     #[serde(borrow)]
     tenant_id: std::borrow::Cow<'a, str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use common::digest::signing::SigningKey;
+    use common::digest::{Chain, reason, relative_key};
+    use common::event::TenantId;
+    use common::job::{JobKind, UploadJob};
+    use common::key::Codec;
+    use time::macros::datetime;
+
+    use super::*;
+
+    /// A digest job for `tenant`'s empty period at 13:00 and its body, signed for `signer`.
+    fn digest_job(tenant: &str, signer: &str) -> (UploadJob, Vec<u8>) {
+        let key = SigningKey::generate().expect("a key");
+        let start = datetime!(2026-11-30 13:00 UTC);
+        let (_, file) = Chain::start(signer, reason::CONNECTED)
+            .sign_next(
+                &key,
+                "k",
+                (start, start + time::Duration::HOUR),
+                Vec::new(),
+                None,
+            )
+            .expect("sign");
+        let body = common::codec::compress(Codec::Gzip, &file, 6).expect("gzip");
+        let tenant_id = TenantId::parse(tenant).expect("tenant");
+        let job = UploadJob {
+            kind: JobKind::Digest,
+            relative_key: relative_key(&tenant_id, start),
+            tenant_id,
+            codec: Codec::Gzip,
+            event_count: 0,
+            window_start_ms: common::clock::unix_ms(start),
+            window_end_ms: common::clock::unix_ms(start + time::Duration::HOUR),
+            partition: 0,
+            first_offset: 0,
+            last_offset: 0,
+            uncompressed_bytes: file.len() as u64,
+            sha256_hex: hex::encode(Sha256::digest(&body)),
+            created_at_ms: 0,
+            attempt: 0,
+        };
+        (job, body)
+    }
+
+    #[test]
+    fn a_digest_of_the_jobs_tenant_and_period_passes() {
+        let (job, body) = digest_job("acme", "acme");
+        assert!(verify_body(&job, &body).is_ok());
+    }
+
+    #[test]
+    fn a_digest_of_another_tenant_is_refused() {
+        let (job, body) = digest_job("acme", "globex");
+        let error = verify_body(&job, &body).expect_err("another tenant's digest");
+        assert_eq!(error.code, "TenantMismatch");
+        assert!(
+            error
+                .message
+                .contains("belongs to tenant globex, the job to tenant acme"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn a_digest_listing_other_than_the_job_says_is_refused() {
+        let (mut job, body) = digest_job("acme", "acme");
+        job.event_count = 3;
+        let error = verify_body(&job, &body).expect_err("a count mismatch");
+        assert_eq!(error.code, "DigestMismatch");
+    }
 }

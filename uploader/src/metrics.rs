@@ -9,6 +9,9 @@ pub const UPLOAD_LATENCY: &str = "activity_uploader_upload_latency_seconds";
 /// Time from a window's end until its object was stored: the end-to-end delivery lag, the
 /// system's key SLO (objects that were already there are not counted).
 pub const DELIVERY_LAG: &str = "activity_uploader_delivery_lag_seconds";
+/// Time from a digest period's end until its digest was stored: how long a customer waits to
+/// verify an hour (digests already there are not counted).
+pub const DIGEST_LAG: &str = "activity_uploader_digest_lag_seconds";
 /// Objects stored under an alternate key because a different object already held their key.
 pub const DIVERGED_OBJECTS: &str = "activity_uploader_diverged_objects_total";
 /// Sizes of stored objects.
@@ -49,6 +52,11 @@ pub fn describe() {
         DELIVERY_LAG,
         Unit::Seconds,
         "Time from a window's end until its object was stored (objects already there are not counted)."
+    );
+    describe_histogram!(
+        DIGEST_LAG,
+        Unit::Seconds,
+        "Time from a digest period's end until its digest was stored (digests already there are not counted)."
     );
     describe_counter!(
         RETRIES,

@@ -11,7 +11,7 @@ use common::digest::signing::PublicKeys;
 use common::event::TenantId;
 use common::key::full_key;
 use time::macros::format_description;
-use time::{Duration, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
+use time::{Duration, OffsetDateTime, Time, UtcOffset};
 
 use crate::Args;
 
@@ -54,7 +54,8 @@ impl Bucket {
                     .unwrap_or_default()
             );
             for key in self.list(&full_key(&self.prefix, &folder)).await? {
-                let in_range = period_start(&key).is_some_and(|start| from <= start && start < to);
+                let in_range = common::digest::period_start_of_key(&key)
+                    .is_some_and(|start| from <= start && start < to);
                 if in_range && let Some(bytes) = self.get(&key).await? {
                     files.push((key.clone(), gunzip(&key, &bytes)?));
                 }
@@ -152,17 +153,6 @@ impl Bucket {
 }
 
 /// The period start a digest's key names (`..._{YYYYMMDD}T{HHMM}Z_digest.json.gz`).
-fn period_start(key: &str) -> Option<OffsetDateTime> {
-    let name = key.rsplit('/').next()?.strip_suffix("Z_digest.json.gz")?;
-    let stamp = name.rsplit('_').next()?;
-    PrimitiveDateTime::parse(
-        stamp,
-        format_description!("[year][month][day]T[hour][minute]"),
-    )
-    .ok()
-    .map(PrimitiveDateTime::assume_utc)
-}
-
 fn gunzip(key: &str, bytes: &[u8]) -> Result<Vec<u8>, String> {
     let mut plain = Vec::new();
     flate2::read::GzDecoder::new(bytes)
@@ -170,21 +160,4 @@ fn gunzip(key: &str, bytes: &[u8]) -> Result<Vec<u8>, String> {
         .read_to_end(&mut plain)
         .map_err(|error| format!("digest {key} is not gzip: {error}"))?;
     Ok(plain)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use time::macros::datetime;
-
-    #[test]
-    fn a_digest_key_names_its_period_start() {
-        let tenant = TenantId::parse("acme-1").expect("tenant");
-        let key = full_key(
-            "audit",
-            &common::digest::relative_key(&tenant, datetime!(2026-11-30 14:20 UTC)),
-        );
-        assert_eq!(period_start(&key), Some(datetime!(2026-11-30 14:20 UTC)));
-        assert_eq!(period_start("audit/acme/digests/notes.txt"), None);
-    }
 }

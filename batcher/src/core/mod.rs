@@ -9,7 +9,7 @@ pub mod window;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use common::job::UploadJob;
+use common::job::{JobKind, UploadJob};
 use common::key::ObjectKey;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -203,6 +203,7 @@ impl ClosedPart {
     pub fn job(&self, now_ms: i64) -> UploadJob {
         let sha256_hex = hex::encode(Sha256::digest(&self.content.body));
         UploadJob {
+            kind: JobKind::Log,
             tenant_id: self.tenant.clone(),
             relative_key: self.key().relative(),
             codec: self.codec,

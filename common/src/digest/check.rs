@@ -252,7 +252,7 @@ mod tests {
     /// `hours` hourly digests of one chain, each listing two objects, and the bucket's objects.
     fn day(key: &SigningKey, hours: i32) -> (Vec<DigestFile>, Checksums) {
         let start = datetime!(2026-11-30 0:00 UTC);
-        let mut chain = Chain::start(key, "acme", reason::CONNECTED);
+        let mut chain = Chain::start("acme", reason::CONNECTED);
         let mut files = Vec::new();
         let mut objects = BTreeMap::new();
         for hour in 0..hours {
@@ -275,7 +275,13 @@ mod tests {
                 })
                 .collect();
             let (_, file) = chain
-                .sign_next(&digest_key(period), period, period + HOUR, listed)
+                .sign_next(
+                    key,
+                    &digest_key(period),
+                    (period, period + HOUR),
+                    listed,
+                    None,
+                )
                 .expect("sign");
             files.push((digest_key(period), file));
         }

@@ -91,34 +91,36 @@ pub struct SignatureLine {
 }
 
 /// One tenant's chain of digests as it is signed, period after period: each digest links to
-/// the one before, the first says why the chain starts.
-#[derive(Debug)]
-pub struct Chain<'k> {
-    key: &'k signing::SigningKey,
+/// the one before, the first says why the chain starts, the last may say why it ends. It is
+/// the state a digest builder keeps between periods (and checkpoints).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
     tenant_id: String,
     previous: Option<Link>,
-    start_reason: &'static str,
+    start_reason: String,
 }
 
-impl<'k> Chain<'k> {
+impl Chain {
     /// A chain for `tenant_id` starting for `reason` (see [`reason`]).
-    pub fn start(key: &'k signing::SigningKey, tenant_id: &str, reason: &'static str) -> Self {
+    pub fn start(tenant_id: &str, reason: &str) -> Self {
         Self {
-            key,
             tenant_id: tenant_id.to_owned(),
             previous: None,
-            start_reason: reason,
+            start_reason: reason.to_owned(),
         }
     }
 
-    /// Signs the digest of `[start, end)` listing `objects` (in key order), to be stored at
-    /// `digest_key` (full key); returns it and its file (uncompressed).
+    /// Signs with `key` the digest of `[start, end)` listing `objects` (put in key order), to be
+    /// stored at `digest_key` (full key); `ends` names why the chain ends with it, if it does.
+    /// Returns the digest and its file (uncompressed). Ed25519 signatures are deterministic, so
+    /// the same chain and objects always make the same bytes.
     pub fn sign_next(
         &mut self,
+        key: &signing::SigningKey,
         digest_key: &str,
-        start: OffsetDateTime,
-        end: OffsetDateTime,
+        (start, end): (OffsetDateTime, OffsetDateTime),
         mut objects: Vec<DigestedObject>,
+        ends: Option<&str>,
     ) -> Result<(Digest, Vec<u8>), String> {
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         let digest = Digest {
@@ -127,15 +129,12 @@ impl<'k> Chain<'k> {
             period_start: timestamp(start),
             period_end: timestamp(end),
             objects,
-            chain_start: self
-                .previous
-                .is_none()
-                .then(|| self.start_reason.to_owned()),
+            chain_start: self.previous.is_none().then(|| self.start_reason.clone()),
             previous: self.previous.clone(),
-            chain_end: None,
-            key_id: self.key.key_id().to_owned(),
+            chain_end: ends.map(str::to_owned),
+            key_id: key.key_id().to_owned(),
         };
-        let (file, signature) = self.key.sign(&digest)?;
+        let (file, signature) = key.sign(&digest)?;
         self.previous = Some(Link {
             key: digest_key.to_owned(),
             signature,
@@ -144,8 +143,14 @@ impl<'k> Chain<'k> {
     }
 }
 
+/// How a digest's name writes its period's start.
+const KEY_STAMP: &[time::format_description::BorrowedFormatItem<'static>] =
+    format_description!("[year][month][day]T[hour][minute][second]");
+/// How a digest's name ends.
+const KEY_SUFFIX: &str = "Z_digest.json.gz";
+
 /// The digest's key below the customer's prefix:
-/// `{tenant}/digests/{YYYY}/{MM}/{DD}/{tenant}_{YYYYMMDD}T{HHMM}Z_digest.json.gz`, beside the
+/// `{tenant}/digests/{YYYY}/{MM}/{DD}/{tenant}_{YYYYMMDD}T{HHMMSS}Z_digest.json.gz`, beside the
 /// tenant's log objects but in a folder of its own, named by the period's start.
 pub fn relative_key(tenant: &TenantId, period_start: OffsetDateTime) -> String {
     let start = period_start.to_offset(time::UtcOffset::UTC);
@@ -153,10 +158,17 @@ pub fn relative_key(tenant: &TenantId, period_start: OffsetDateTime) -> String {
     let directory = start
         .format(format_description!("[year]/[month]/[day]"))
         .unwrap_or_default();
-    let stamp = start
-        .format(format_description!("[year][month][day]T[hour][minute]"))
-        .unwrap_or_default();
-    format!("{tenant}/digests/{directory}/{tenant}_{stamp}Z_digest.json.gz")
+    let stamp = start.format(KEY_STAMP).unwrap_or_default();
+    format!("{tenant}/digests/{directory}/{tenant}_{stamp}{KEY_SUFFIX}")
+}
+
+/// The period start a digest's key (full or relative) names, if it is a digest's key.
+pub fn period_start_of_key(key: &str) -> Option<OffsetDateTime> {
+    let name = key.rsplit('/').next()?.strip_suffix(KEY_SUFFIX)?;
+    let stamp = name.rsplit('_').next()?;
+    time::PrimitiveDateTime::parse(stamp, KEY_STAMP)
+        .ok()
+        .map(time::PrimitiveDateTime::assume_utc)
 }
 
 /// SHA-256 of `bytes` in lowercase hex, as digests list objects.
@@ -173,6 +185,13 @@ pub fn timestamp(at: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
+/// [`timestamp`] of milliseconds since the epoch.
+pub fn timestamp_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(timestamp)
+        .unwrap_or_else(|_| ms.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,7 +202,26 @@ mod tests {
         let tenant = TenantId::parse("acme").expect("tenant");
         assert_eq!(
             relative_key(&tenant, datetime!(2026-11-30 14:00 +01:00)),
-            "acme/digests/2026/11/30/acme_20261130T1300Z_digest.json.gz"
+            "acme/digests/2026/11/30/acme_20261130T130000Z_digest.json.gz"
+        );
+        assert_eq!(
+            period_start_of_key(
+                "audit/acme/digests/2026/11/30/acme_20261130T130000Z_digest.json.gz"
+            ),
+            Some(datetime!(2026-11-30 13:00 UTC))
+        );
+        assert_eq!(
+            period_start_of_key("audit/acme/2026/11/30/13/acme_20261130T1300Z_0-0.jsonl.zst"),
+            None
+        );
+        let odd_start = datetime!(2026-11-30 14:20:05 UTC);
+        assert_eq!(
+            period_start_of_key(&crate::key::full_key(
+                "audit",
+                &relative_key(&tenant, odd_start)
+            )),
+            Some(odd_start),
+            "the name keeps the period's start to the second"
         );
         assert_eq!(
             timestamp(datetime!(2026-11-30 14:05:09.5 UTC)),

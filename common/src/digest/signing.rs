@@ -49,6 +49,16 @@ impl SigningKey {
         })
     }
 
+    /// A new random key (for tests and tools; operators make theirs with `openssl genpkey`).
+    pub fn generate() -> Result<Self, String> {
+        let pair = Ed25519KeyPair::generate()
+            .map_err(|error| format!("cannot generate an Ed25519 key: {error}"))?;
+        Ok(Self {
+            key_id: key_id(pair.public_key().as_ref()),
+            pair,
+        })
+    }
+
     pub fn key_id(&self) -> &str {
         &self.key_id
     }
@@ -228,7 +238,7 @@ MC4CAQAwBQYDK2VwBCIEIBfmidfOSUo8pI4koDuf43PfAGh9segQ7g5nCrHFiBuo
                 })
                 .collect(),
             previous: Some(Link {
-                key: "audit/acme/digests/2026/11/30/acme_20261130T1300Z_digest.json.gz".into(),
+                key: "audit/acme/digests/2026/11/30/acme_20261130T130000Z_digest.json.gz".into(),
                 signature: "c2lnbmF0dXJl".into(),
             }),
             chain_start: None,

@@ -19,13 +19,15 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::integration::Integration;
-use crate::job::UploadJob;
+use crate::job::{JobKind, UploadJob};
 use crate::key::full_key;
 
 pub use error::{ErrorClass, UploadError};
 
-/// Content type of every object.
+/// Content type of every log object.
 pub const CONTENT_TYPE: &str = "application/x-ndjson";
+/// Content type of digests (gzip-compressed JSON lines, named `.json.gz`).
+pub const DIGEST_CONTENT_TYPE: &str = "application/json";
 
 /// Regions whose S3 client is kept for reuse. AWS has about 35; region names are only checked
 /// for their shape, so connection tests naming made-up regions must not grow the cache without
@@ -117,10 +119,12 @@ enum PutAttempt {
 /// One object to put, with what its metadata says about it.
 #[derive(Debug, Clone)]
 pub struct ObjectToPut {
+    pub kind: JobKind,
     /// The key below the integration's prefix.
     pub relative_key: String,
     pub body: Vec<u8>,
     pub sha256: [u8; 32],
+    /// Events in a log object; objects listed in a digest.
     pub event_count: u64,
     pub window_start_ms: i64,
     pub window_end_ms: i64,
@@ -178,6 +182,7 @@ impl S3Writer {
         sha256: [u8; 32],
     ) -> Result<Stored, UploadError> {
         let object = ObjectToPut {
+            kind: job.kind,
             relative_key: job.relative_key.clone(),
             body,
             sha256,
@@ -245,18 +250,22 @@ impl S3Writer {
         object: &ObjectToPut,
         body: Bytes,
     ) -> Result<PutAttempt, UploadError> {
+        let (content_type, count_name) = match object.kind {
+            JobKind::Digest => (DIGEST_CONTENT_TYPE, "object-count"),
+            JobKind::Log | JobKind::Unknown => (CONTENT_TYPE, "event-count"),
+        };
         let result = self
             .client(&integration.region)
             .put_object()
             .bucket(&integration.bucket)
             .expected_bucket_owner(&integration.aws_account_id)
             .key(key)
-            .content_type(CONTENT_TYPE)
+            .content_type(content_type)
             .server_side_encryption(ServerSideEncryption::Aes256)
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(object.sha256))
             .if_none_match("*")
-            .metadata("event-count", object.event_count.to_string())
+            .metadata(count_name, object.event_count.to_string())
             .metadata("window-start", rfc3339_ms(object.window_start_ms))
             .metadata("window-end", rfc3339_ms(object.window_end_ms))
             .body(ByteStream::from(body))

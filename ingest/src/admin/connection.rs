@@ -175,6 +175,7 @@ fn test_object(integration: &Integration) -> Result<ObjectToPut, UploadError> {
     })?;
     let sha256: [u8; 32] = Sha256::digest(&body).into();
     Ok(ObjectToPut {
+        kind: common::job::JobKind::Log,
         relative_key: format!(
             "{}/{}{id}.{}",
             integration.tenant_id,

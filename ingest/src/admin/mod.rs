@@ -28,12 +28,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use common::clock::now_unix_ms;
+use common::delivery::{IntegrationChange, RECORD_KIND_HEADER, record_kind};
+use common::digest::reason;
 use common::event::TenantId;
 use common::integration::{FirstDeliveryRequest, Integration};
 use common::producer::HealingProducer;
 use common::registry::IntegrationRegistry;
 use common::s3::S3Writer;
 use metrics::counter;
+use rdkafka::message::{Header, OwnedHeaders};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
@@ -60,6 +63,8 @@ pub struct AdminApi {
     pub producer: HealingProducer,
     pub integrations_topic: String,
     pub first_deliveries_topic: String,
+    /// Where integration changes are recorded for the digests, beside the delivery records.
+    pub deliveries_topic: String,
     pub connection_test_timeout: Duration,
     pub connection_tests: ConnectionTestLimits,
     /// How long a write waits for Kafka, and then for the registry to read it back.
@@ -332,8 +337,60 @@ impl AdminApi {
                 Some(value),
             )
             .await?;
+        let why = match (new_connection, integration.enabled) {
+            (true, true) => reason::CONNECTED,
+            (false, true) => reason::ENABLED,
+            (_, false) => reason::DISABLED,
+        };
+        self.record_change(
+            &integration.tenant_id,
+            integration.enabled,
+            why,
+            Some(integration.prefix.clone()),
+        )
+        .await?;
         self.read_back(position).await;
         Ok(())
+    }
+
+    /// Records on the deliveries topic that delivery for `tenant` is now on or off, and why,
+    /// so each period's digests cover exactly the tenants whose delivery was on in it.
+    async fn record_change(
+        &self,
+        tenant: &TenantId,
+        active: bool,
+        why: &str,
+        prefix: Option<String>,
+    ) -> Result<(), AdminError> {
+        let change = IntegrationChange {
+            tenant_id: tenant.to_string(),
+            active,
+            reason: why.to_owned(),
+            prefix,
+            at_ms: now_unix_ms(),
+        };
+        let value =
+            serde_json::to_vec(&change).map_err(|e| AdminError::Unavailable(e.to_string()))?;
+        let headers = OwnedHeaders::new().insert(Header {
+            key: RECORD_KIND_HEADER,
+            value: Some(record_kind::INTEGRATION),
+        });
+        self.producer
+            .send_with_headers(
+                &self.deliveries_topic,
+                tenant.as_str(),
+                Some(&value),
+                Some(headers),
+                self.write_timeout,
+            )
+            .await
+            .map(drop)
+            .map_err(|error| {
+                AdminError::Unavailable(format!(
+                    "Kafka did not take the write to {}: {error}",
+                    self.deliveries_topic
+                ))
+            })
     }
 }
 
@@ -497,6 +554,8 @@ async fn disconnect(api: &AdminApi, headers: &HeaderMap, tenant: &str) -> AdminR
         return Err(AdminError::NotFound(tenant));
     }
     let position = api.write(&api.integrations_topic, &tenant, None).await?;
+    api.record_change(&tenant, false, reason::DISCONNECTED, None)
+        .await?;
     api.read_back(position).await;
     api.statuses.forget(tenant.as_str());
     tracing::info!(tenant = %tenant, "integration deleted");

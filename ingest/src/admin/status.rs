@@ -198,6 +198,8 @@ impl DeliveryStatuses {
                 tokio::select! {
                     () = token.cancelled() => return Ok(()),
                     message = consumer.recv() => match message {
+                        // Integration changes share the topic; clock records have no value.
+                        Ok(message) if !common::delivery::is_delivery_record(message.headers()) => {}
                         Ok(message) => match message.payload().map(serde_json::from_slice::<DeliveryRecord>) {
                             Some(Ok(record)) => statuses.apply(&record),
                             Some(Err(error)) => tracing::warn!(partition = message.partition(), offset = message.offset(), %error, "skipped an unreadable delivery record"),
@@ -218,6 +220,7 @@ mod tests {
 
     fn record(outcome: &str, at_ms: i64, events: u64) -> DeliveryRecord {
         DeliveryRecord {
+            kind: common::job::JobKind::Log,
             tenant_id: "acme".into(),
             relative_key: format!("acme/{at_ms}.jsonl.zst"),
             bucket: Some("acme-logs".into()),

@@ -1,0 +1,223 @@
+//! Signed digests made by the pipeline itself, on a compressed time scale (2 s windows, 3 s
+//! digest periods, 1 s grace): the real binaries on Kafka, RabbitMQ and the local S3/STS, two
+//! tenants, events posted all along, the batcher (which builds the digests) SIGKILLed just after
+//! periods close. The customer's verifier then finds every tenant's chain intact: every period
+//! has its digest, every object is listed with its checksum, and a digest rebuilt after a kill
+//! is byte for byte the one already stored (a different one would have gone under an alternate
+//! `.diverged-` key, and the chain would not link).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use common::delivery::{DeliveryRecord, outcome};
+use common::digest::Digest;
+use common::digest::signing::PublicKeys;
+use common::job::JobKind;
+use integration_tests::digests::{keys_file, new_key, published, verify};
+use integration_tests::e2e::{Deployment, Shape, rng, seed};
+use integration_tests::fixtures::{aws_config, moto_endpoint, s3_client};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+const PERIOD_MS: i64 = 3_000;
+const GRACE_MS: i64 = 1_000;
+const PREFIX: &str = "audit";
+
+/// Every digest in `bucket` for `tenant`, opened with `keys`, by key.
+async fn digests(
+    s3: &Client,
+    bucket: &str,
+    tenant: &str,
+    keys: &PublicKeys,
+) -> Vec<(String, Digest)> {
+    let listed = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(format!("{PREFIX}/{tenant}/digests/"))
+        .send()
+        .await
+        .expect("list digests");
+    let mut found = Vec::new();
+    for object in listed.contents() {
+        let key = object.key().expect("a key").to_owned();
+        let body = s3
+            .get_object()
+            .bucket(bucket)
+            .key(&key)
+            .send()
+            .await
+            .expect("get a digest")
+            .body
+            .collect()
+            .await
+            .expect("read a digest")
+            .into_bytes();
+        let mut file = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut file)
+            .expect("a gzip digest");
+        let (digest, _) = keys
+            .open(&file)
+            .expect("a digest signed by the vendor's key");
+        found.push((key, digest));
+    }
+    found
+}
+
+/// The outcomes the deliveries topic records for each digest, by full key.
+async fn digest_outcomes(deployment: &Deployment) -> BTreeMap<String, BTreeSet<&'static str>> {
+    let records = integration_tests::kafka::read_all(
+        &deployment.plan.shape.brokers,
+        &deployment.plan.topics.deliveries,
+        Duration::from_secs(60),
+    )
+    .await;
+    let mut outcomes: BTreeMap<String, BTreeSet<&'static str>> = BTreeMap::new();
+    for record in records {
+        let Ok(delivery) = serde_json::from_str::<DeliveryRecord>(&record.value) else {
+            continue;
+        };
+        let seen = [outcome::STORED, outcome::ALREADY_THERE, outcome::DIVERGED]
+            .into_iter()
+            .find(|known| *known == delivery.outcome);
+        if let (JobKind::Digest, Some(seen)) = (delivery.kind, seen) {
+            // Keyed by the digest's own key, also for one stored under an alternate key.
+            let key = common::key::full_key(PREFIX, &delivery.relative_key);
+            outcomes.entry(key).or_default().insert(seen);
+        }
+    }
+    outcomes
+}
+
+fn at(raw: &str) -> OffsetDateTime {
+    OffsetDateTime::parse(raw, &Rfc3339).expect("an RFC 3339 time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digests_made_through_batcher_kills_verify_intact_for_every_tenant() {
+    let dir = std::env::temp_dir().join(integration_tests::unique("digests"));
+    std::fs::create_dir_all(&dir).expect("directory");
+    let (key, key_path) = new_key(&dir, "vendor");
+    let keys_path = keys_file(&dir, &key);
+    let keys = PublicKeys::new(vec![published(&key)]).expect("keys");
+
+    let s3 = s3_client(&aws_config(&moto_endpoint()).await);
+    let mut shape = Shape::new(1, 1);
+    shape.batcher_flags.extend([
+        "--digest-signing-key-file".to_owned(),
+        key_path.to_string_lossy().into_owned(),
+        "--digest-period".to_owned(),
+        format!("{PERIOD_MS}ms"),
+        "--digest-grace".to_owned(),
+        format!("{GRACE_MS}ms"),
+    ]);
+    let mut deployment = Deployment::start(&s3, &moto_endpoint(), 2, shape).await;
+    let seed = seed();
+    let mut rng = rng(seed);
+    let producer = deployment.produce(seed);
+
+    // Kill the builder twice just after a period closed: the digests it had queued are made
+    // again from the last checkpoint.
+    for _ in 0..2 {
+        let now = common::clock::now_unix_ms();
+        let closes = (now / PERIOD_MS + 2) * PERIOD_MS + GRACE_MS;
+        let jitter = rand::Rng::random_range(&mut rng, 0..400);
+        tokio::time::sleep(Duration::from_millis(
+            (closes - now + jitter).unsigned_abs(),
+        ))
+        .await;
+        deployment.batchers[0] = deployment.plan.spawn_batcher();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let acknowledged = producer.finish().await;
+
+    let verdict = integration_tests::wait_for(
+        "every event delivered",
+        Duration::from_secs(120),
+        || async {
+            let verdict = deployment.check(&s3, &acknowledged).await;
+            verdict.lost.is_empty().then_some(verdict)
+        },
+    )
+    .await;
+    assert!(
+        verdict.acknowledged > 0 && verdict.foreign.is_empty() && verdict.bad_objects.is_empty(),
+        "{verdict:?}"
+    );
+
+    // Every object is stored, and its delivery record written within seconds: the digests of
+    // the periods from a little later on close a chain that lists them all.
+    let recorded_by = common::clock::now_unix_ms() + 5_000;
+    let mut stored = Vec::new();
+    for (tenant, bucket) in &deployment.tenants {
+        let (found, first, last) = integration_tests::wait_for(
+            &format!("{tenant}'s digests up to after the last delivery"),
+            Duration::from_secs(120),
+            || async {
+                let found = digests(&s3, bucket, tenant, &keys).await;
+                let first = found.iter().map(|(_, d)| at(&d.period_start)).min()?;
+                let last = found.iter().map(|(_, d)| at(&d.period_end)).max()?;
+                let periods = (last - first).whole_milliseconds() / i128::from(PERIOD_MS);
+                // Digests are uploaded concurrently: wait until no period in between lacks one.
+                let covered: std::collections::BTreeSet<&str> =
+                    found.iter().map(|(_, d)| d.period_start.as_str()).collect();
+                let complete = covered.len() as i128 == periods;
+                (complete
+                    && (last.unix_timestamp_nanos() / 1_000_000) as i64 > recorded_by + PERIOD_MS)
+                    .then_some((found, first, last))
+            },
+        )
+        .await;
+        assert!(
+            found.iter().all(|(key, _)| !key.contains(".diverged-")),
+            "a rebuilt digest differed from the stored one: {:?}",
+            found.iter().map(|(key, _)| key).collect::<Vec<_>>()
+        );
+        let listed: usize = found.iter().map(|(_, d)| d.objects.len()).sum();
+        assert!(listed > 0, "the digests list the tenant's objects");
+
+        let (code, output) = verify(bucket, PREFIX, tenant, (first, last), &keys_path);
+        assert_eq!(code, 0, "{tenant}: {output}");
+        assert!(output.contains(": intact"), "{output}");
+        println!(
+            "{tenant}: {} digests, {listed} objects listed: {}",
+            found.len(),
+            output.trim()
+        );
+        stored.extend(found.into_iter().map(|(key, _)| key));
+    }
+
+    let rebuild_group = integration_tests::unique("digests-rebuild");
+    let rebuilder = deployment
+        .plan
+        .spawn_batcher_with(&["--digest-group", &rebuild_group]);
+    deployment.batchers.push(rebuilder);
+    let outcomes = integration_tests::wait_for(
+        "every stored digest made again and found already stored",
+        Duration::from_secs(120),
+        || async {
+            let outcomes = digest_outcomes(&deployment).await;
+            stored
+                .iter()
+                .all(|key| {
+                    outcomes
+                        .get(key)
+                        .is_some_and(|seen| seen.contains(outcome::ALREADY_THERE))
+                })
+                .then_some(outcomes)
+        },
+    )
+    .await;
+    let diverged: Vec<&String> = outcomes
+        .iter()
+        .filter(|(_, seen)| seen.contains(outcome::DIVERGED))
+        .map(|(key, _)| key)
+        .collect();
+    assert!(diverged.is_empty(), "rebuilt digests differ: {diverged:?}");
+    println!(
+        "{} digests rebuilt by a new group, each already stored byte for byte",
+        stored.len()
+    );
+    deployment.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
