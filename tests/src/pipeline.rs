@@ -24,6 +24,16 @@ impl Pipeline {
     /// Starts the services with windows of `window` closing after `close_delay`, talking to AWS
     /// at `aws_endpoint`, with one retry tier of a second.
     pub async fn start(aws_endpoint: &str, window: &str, close_delay: &str) -> Self {
+        Self::start_with(aws_endpoint, window, close_delay, &[]).await
+    }
+
+    /// [`Self::start`] with `batcher_flags` added to the batcher's command line.
+    pub async fn start_with(
+        aws_endpoint: &str,
+        window: &str,
+        close_delay: &str,
+        batcher_flags: &[&str],
+    ) -> Self {
         let topics = AdminTopics::unique();
         let admin = AdminIngest::spawn(aws_endpoint, topics.clone(), &[]).await;
         let setup = BatcherSetup::for_topics(
@@ -32,7 +42,11 @@ impl Pipeline {
             &topics.first_deliveries,
         )
         .with_retry_tier(Duration::from_secs(1));
-        let batcher = setup.spawn(window, close_delay, &[]);
+        let batcher_flags: Vec<&str> = ["--deliveries-topic", &topics.deliveries]
+            .into_iter()
+            .chain(batcher_flags.iter().copied())
+            .collect();
+        let batcher = setup.spawn(window, close_delay, &batcher_flags);
         let brokers = crate::kafka::brokers();
         let aws = crate::fixtures::aws_endpoint_flags(aws_endpoint);
         let args = [

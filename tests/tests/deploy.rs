@@ -242,7 +242,25 @@ fn the_compose_stack_is_complete_and_its_files_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_and_alerts_name_is_exposed_by_a_running_pipeline() {
     let moto = moto_endpoint();
-    let pipeline = Pipeline::start(&moto, "2s", "500ms").await;
+    // Digests on, with periods as short as the windows, so their series exist too.
+    let dir = std::env::temp_dir().join(integration_tests::unique("deploy-digests"));
+    std::fs::create_dir_all(&dir).expect("directory");
+    let (_, key_file) = integration_tests::digests::new_key(&dir, "vendor");
+    let key_file = key_file.to_string_lossy().into_owned();
+    let pipeline = Pipeline::start_with(
+        &moto,
+        "2s",
+        "500ms",
+        &[
+            "--digest-signing-key-file",
+            &key_file,
+            "--digest-period",
+            "2s",
+            "--digest-grace",
+            "500ms",
+        ],
+    )
+    .await;
     let s3 = s3_client(&aws_config(&moto).await);
     let bucket = new_bucket(&s3).await;
     let (status, answer) = pipeline.connect("acme", &bucket).await;
@@ -279,7 +297,9 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exposed_by_a_running_pipe
                 let hits =
                     metric_value(&uploader, "activity_uploader_assume_role_cache_hits_total")?;
                 let live_parts = exposed(&batcher).contains(batcher::metrics::PARTS_CLOSED);
-                (first >= 1.0 && hits >= 1.0 && live_parts).then_some(())
+                let digest_stored = exposed(&uploader)
+                    .contains(&format!("{}_count", uploader::metrics::DIGEST_LAG));
+                (first >= 1.0 && hits >= 1.0 && live_parts && digest_stored).then_some(())
             }
         },
     )
@@ -315,4 +335,5 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exposed_by_a_running_pipe
         "not exposed by any service: {missing:#?}"
     );
     pipeline.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

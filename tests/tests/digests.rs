@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use aws_sdk_s3::Client;
 use common::delivery::{DeliveryRecord, outcome};
-use common::digest::Digest;
 use common::digest::signing::PublicKeys;
+use common::digest::{Digest, reason};
 use common::job::JobKind;
 use integration_tests::digests::{keys_file, new_key, published, verify};
 use integration_tests::e2e::{Deployment, Shape, rng, seed};
-use integration_tests::fixtures::{aws_config, moto_endpoint, s3_client};
+use integration_tests::fixtures::{aws_config, moto_endpoint, new_bucket, s3_client};
+use integration_tests::pipeline::{Pipeline, in_zstd};
+use reqwest::StatusCode;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -219,5 +221,120 @@ async fn digests_made_through_batcher_kills_verify_intact_for_every_tenant() {
         stored.len()
     );
     deployment.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Delivery turned off for a while: the digest of the period it went off in ends the chain
+/// (`chain_end: disabled`), no digest covers the periods it stayed off, and the first period it
+/// is on again starts a new chain (`chain_start: enabled`); the verifier finds the whole range
+/// intact across the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_ends_the_chain_and_enabling_starts_a_new_one() {
+    let dir = std::env::temp_dir().join(integration_tests::unique("digests"));
+    std::fs::create_dir_all(&dir).expect("directory");
+    let (key, key_path) = new_key(&dir, "vendor");
+    let keys_path = keys_file(&dir, &key);
+    let keys = PublicKeys::new(vec![published(&key)]).expect("keys");
+    let key_path = key_path.to_string_lossy().into_owned();
+    let (period, grace) = (format!("{PERIOD_MS}ms"), format!("{GRACE_MS}ms"));
+    let moto = moto_endpoint();
+    let pipeline = Pipeline::start_with(
+        &moto,
+        "2s",
+        "500ms",
+        &[
+            "--digest-signing-key-file",
+            &key_path,
+            "--digest-period",
+            &period,
+            "--digest-grace",
+            &grace,
+        ],
+    )
+    .await;
+    let s3 = s3_client(&aws_config(&moto).await);
+    let bucket = new_bucket(&s3).await;
+    let mut settings = in_zstd(pipeline.admin.provisioned_settings("acme", &bucket).await);
+    let (status, answer) = pipeline.admin.put("acme", &settings).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    pipeline.post("acme", "before", 3).await;
+    let chain_of = |found: &[(String, Digest)]| -> Vec<(String, Option<String>, Option<String>)> {
+        let mut chain: Vec<_> = found
+            .iter()
+            .map(|(_, d)| {
+                (
+                    d.period_start.clone(),
+                    d.chain_start.clone(),
+                    d.chain_end.clone(),
+                )
+            })
+            .collect();
+        chain.sort();
+        chain
+    };
+    integration_tests::wait_for("a first digest", Duration::from_secs(60), || async {
+        (!digests(&s3, &bucket, "acme", &keys).await.is_empty()).then_some(())
+    })
+    .await;
+
+    settings["enabled"] = serde_json::json!(false);
+    let (status, answer) = pipeline.admin.put("acme", &settings).await;
+    assert_eq!(status, StatusCode::OK, "disable: {answer}");
+    // Off for more than two whole periods.
+    tokio::time::sleep(Duration::from_millis((3 * PERIOD_MS).unsigned_abs())).await;
+    settings["enabled"] = serde_json::json!(true);
+    let (status, answer) = pipeline.admin.put("acme", &settings).await;
+    assert_eq!(status, StatusCode::OK, "enable: {answer}");
+    pipeline.post("acme", "after", 3).await;
+
+    let found = integration_tests::wait_for(
+        "the new chain's second digest",
+        Duration::from_secs(90),
+        || async {
+            let found = digests(&s3, &bucket, "acme", &keys).await;
+            let chain = chain_of(&found);
+            let restart = chain
+                .iter()
+                .position(|(_, start, _)| start.as_deref() == Some(reason::ENABLED))?;
+            (chain.len() > restart + 1).then_some(found)
+        },
+    )
+    .await;
+    let chain = chain_of(&found);
+    let ended = chain
+        .iter()
+        .position(|(_, _, end)| end.as_deref() == Some(reason::DISABLED))
+        .unwrap_or_else(|| panic!("no digest ends the chain when delivery is disabled: {chain:?}"));
+    let (restart_start, restart_reason, _) = &chain[ended + 1];
+    assert_eq!(
+        restart_reason.as_deref(),
+        Some(reason::ENABLED),
+        "{chain:?}"
+    );
+    let gap = at(restart_start) - at(&chain[ended].0);
+    assert!(
+        gap.whole_milliseconds() >= i128::from(2 * PERIOD_MS),
+        "no digest covers the periods delivery was off: {chain:?}"
+    );
+    assert_eq!(
+        chain[..ended]
+            .iter()
+            .chain(&chain[ended + 1..])
+            .filter(|(_, start, _)| start.is_some())
+            .count(),
+        2,
+        "two chains, each started once: {chain:?}"
+    );
+
+    let first = at(&chain[0].0);
+    let last = found
+        .iter()
+        .map(|(_, d)| at(&d.period_end))
+        .max()
+        .expect("digests");
+    let (code, output) = verify(&bucket, PREFIX, "acme", (first, last), &keys_path);
+    assert_eq!(code, 0, "{output}");
+    println!("{chain:?}\n{}", output.trim());
+    pipeline.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -92,6 +92,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let group = settings.group.clone();
+    // Series from the start, so alerts on them see zeros rather than nothing.
+    for name in [DIGESTS, DIGEST_SIGNING_FAILURES, DIGEST_UNREADABLE_RECORDS] {
+        counter!(name).increment(0);
+    }
     let consumer: StreamConsumer = kafka
         .client_config(&[
             ("group.id", &group),
