@@ -25,10 +25,13 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().expect("gzip")
 }
 
+fn tenant() -> TenantId {
+    TenantId::parse("acme").expect("tenant")
+}
+
 fn object_key(hour: i32, n: i32) -> String {
-    let tenant = TenantId::parse("acme").expect("tenant");
     let key = common::key::ObjectKey {
-        tenant_id: tenant,
+        tenant_id: tenant(),
         window_start: DAY + Duration::HOUR * hour,
         partition: 0,
         first_offset: i64::from(hour * 10 + n),
@@ -38,8 +41,10 @@ fn object_key(hour: i32, n: i32) -> String {
 }
 
 fn digest_key(hour: i32) -> String {
-    let tenant = TenantId::parse("acme").expect("tenant");
-    full_key(PREFIX, &relative_key(&tenant, DAY + Duration::HOUR * hour))
+    full_key(
+        PREFIX,
+        &relative_key(&tenant(), DAY + Duration::HOUR * hour),
+    )
 }
 
 /// The objects of `HOURS` hours and their digests, as the pipeline would leave them.
@@ -166,8 +171,38 @@ async fn the_verifier_finds_a_delivered_day_intact_and_names_each_tampering() {
     );
     put(&s3, &bucket, object, body).await;
 
+    // An object slipped into an hour of the day now: the day's digests do not list it, and
+    // until the digests of the hours it was stored in exist, it may yet be a late delivery.
     let extra = object_key(4, 7);
     put(&s3, &bucket, &extra, b"{}\n").await;
+    let (code, output) = verify(&bucket, &keys_file);
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains(&format!(
+            "object {extra} was stored after the latest digest: run again"
+        )),
+        "{output}"
+    );
+    // The pipeline's digests of this hour and the next, which do not list it either.
+    let this_hour = OffsetDateTime::now_utc()
+        .replace_minute(0)
+        .and_then(|t| t.replace_second(0))
+        .and_then(|t| t.replace_nanosecond(0))
+        .expect("the top of the hour");
+    let mut now_chain = Chain::start("acme", reason::CONNECTED);
+    for start in [this_hour, this_hour + Duration::HOUR] {
+        let key_of_period = full_key(PREFIX, &relative_key(&tenant(), start));
+        let (_, file) = now_chain
+            .sign_next(
+                &key,
+                &key_of_period,
+                (start, start + Duration::HOUR),
+                Vec::new(),
+                None,
+            )
+            .expect("sign");
+        put(&s3, &bucket, &key_of_period, &gzip(&file)).await;
+    }
     let (code, output) = verify(&bucket, &keys_file);
     assert_eq!(code, 1, "{output}");
     assert!(

@@ -66,24 +66,25 @@ pub struct DeliveryLog {
 const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl DeliveryLog {
-    /// Writes a record; a failure is logged and counted but does not fail the job, whose object
-    /// is already stored or whose move is already confirmed.
-    async fn write(&self, record: &DeliveryRecord) {
+    /// Writes a record; returns whether Kafka took it. A failure is logged and counted; the
+    /// caller sends a stored object's job round again, so its record is written later.
+    async fn write(&self, record: &DeliveryRecord) -> bool {
         let value = match serde_json::to_vec(record) {
             Ok(value) => value,
             Err(error) => {
                 tracing::error!(%error, "cannot encode a delivery record");
-                return;
+                return false;
             }
         };
         let sent = self
             .producer
             .send(&self.topic, &record.tenant_id, Some(&value), RECORD_TIMEOUT)
             .await;
-        if let Err(error) = sent {
+        if let Err(error) = &sent {
             counter!(DELIVERY_RECORDS_FAILED).increment(1);
             tracing::error!(%error, key = %record.relative_key, "cannot write a delivery record");
         }
+        sent.is_ok()
     }
 }
 
@@ -163,35 +164,8 @@ impl Uploader {
                 Outcome::Stored(stored)
             }
             Err(error) => {
-                let attempts = job.attempt.saturating_add(1);
-                match self.policy.next_step(error.class, attempts, age(&job)) {
-                    NextStep::Retry { tier } => {
-                        let tier_queue = &self.topology.retry_queues[tier];
-                        let headers = with_failure(headers, &error, attempts);
-                        publish_moved(
-                            publisher,
-                            &self.topology.retry_exchange,
-                            &tier_queue.routing_key,
-                            headers,
-                            properties,
-                            body,
-                        )
-                        .await?;
-                        counter!(RETRIES, "tier" => (tier + 1).to_string()).increment(1);
-                        tracing::info!(key = %job, tenant = %job.tenant_id, attempts, tier = tier + 1, %error, "upload failed; retrying later");
-                        Outcome::Retried { tier, error }
-                    }
-                    NextStep::DeadLetter => {
-                        self.dead_letter(publisher, headers, properties, body, &error, attempts)
-                            .await?;
-                        tracing::warn!(key = %job, tenant = %job.tenant_id, attempts, %error, "upload dead-lettered");
-                        Outcome::DeadLettered(error)
-                    }
-                    NextStep::Discard => {
-                        tracing::warn!(key = %job, tenant = %job.tenant_id, %error, "job discarded: nobody can receive it");
-                        Outcome::Discarded(error)
-                    }
-                }
+                self.after_failure(publisher, headers.clone(), properties, body, &job, error)
+                    .await?
             }
         };
         let (label, error) = match &outcome {
@@ -205,8 +179,65 @@ impl Uploader {
         let class = error.map_or("none", |e| e.class.as_str());
         counter!(UPLOADS, "outcome" => label, "class" => class).increment(1);
         let record = delivery_record(&job, body.len(), label, error, destination);
-        self.deliveries.write(&record).await;
+        let recorded = self.deliveries.write(&record).await;
+        if !recorded && matches!(outcome, Outcome::Stored(_)) {
+            // A stored object without its record would be missing from the tenant's signed
+            // digest: the job goes round again, finds its object already there, and records it.
+            let error = UploadError::new(
+                ErrorClass::Retryable,
+                "record-delivery",
+                "DeliveryRecordNotWritten",
+                "the object is stored but Kafka did not take its delivery record",
+            );
+            return self
+                .after_failure(publisher, headers, properties, body, &job, error)
+                .await;
+        }
         Ok(outcome)
+    }
+
+    /// Moves a job that failed with `error` where the retry policy says: a retry tier, the
+    /// dead-letter queue, or nowhere (discarded). Returns once RabbitMQ confirmed the move.
+    async fn after_failure(
+        &self,
+        publisher: &Channel,
+        headers: FieldTable,
+        properties: &BasicProperties,
+        body: &[u8],
+        job: &UploadJob,
+        error: UploadError,
+    ) -> Result<Outcome, PublishError> {
+        let attempts = job.attempt.saturating_add(1);
+        Ok(
+            match self.policy.next_step(error.class, attempts, age(job)) {
+                NextStep::Retry { tier } => {
+                    let tier_queue = &self.topology.retry_queues[tier];
+                    let headers = with_failure(headers, &error, attempts);
+                    publish_moved(
+                        publisher,
+                        &self.topology.retry_exchange,
+                        &tier_queue.routing_key,
+                        headers,
+                        properties,
+                        body,
+                    )
+                    .await?;
+                    counter!(RETRIES, "tier" => (tier + 1).to_string()).increment(1);
+                    tracing::info!(key = %job, tenant = %job.tenant_id, attempts, tier = tier + 1, %error, "upload failed; retrying later");
+                    Outcome::Retried { tier, error }
+                }
+                NextStep::DeadLetter => {
+                    self.dead_letter(publisher, headers, properties, body, &error, attempts)
+                        .await?;
+                    tracing::warn!(key = %job, tenant = %job.tenant_id, attempts, %error, "upload dead-lettered");
+                    Outcome::DeadLettered(error)
+                }
+                NextStep::Discard => {
+                    tracing::warn!(key = %job, tenant = %job.tenant_id, %error, "job discarded: nobody can receive it");
+                    Outcome::Discarded(error)
+                }
+            },
+        )
     }
 
     async fn upload(

@@ -18,6 +18,22 @@ use crate::Args;
 /// Longest digest file read (uncompressed): a day's worth of a busy tenant's objects is far less.
 const MAX_DIGEST_BYTES: u64 = 256 << 20;
 
+/// What the tenant's folders hold for a range.
+pub struct Found {
+    pub checksums: Checksums,
+    /// When each object found in the range's folders was stored (S3's `LastModified`).
+    pub stored_at: BTreeMap<String, OffsetDateTime>,
+}
+
+/// Whether a digest after the range lists an object.
+pub enum Later {
+    Listed,
+    /// The digests that would list it exist and do not.
+    NotListed,
+    /// Stored too recently: the digests that would list it are not made yet.
+    Pending,
+}
+
 pub struct Bucket {
     s3: aws_sdk_s3::Client,
     name: String,
@@ -53,7 +69,7 @@ impl Bucket {
                 day.format(format_description!("[year]/[month]/[day]"))
                     .unwrap_or_default()
             );
-            for key in self.list(&full_key(&self.prefix, &folder)).await? {
+            for (key, _) in self.list(&full_key(&self.prefix, &folder)).await? {
                 let in_range = common::digest::period_start_of_key(&key)
                     .is_some_and(|start| from <= start && start < to);
                 if in_range && let Some(bytes) = self.get(&key).await? {
@@ -66,20 +82,21 @@ impl Bucket {
     }
 
     /// The SHA-256 of every object the digests list and of every object in the tenant's folders
-    /// for the hours of `[from, to)`; objects that are not there are left out.
+    /// for the hours of `[from, to)` (objects that are not there are left out), and when each
+    /// object found in those folders was stored.
     pub async fn objects(
         &self,
         tenant: &TenantId,
-        from: OffsetDateTime,
-        to: OffsetDateTime,
+        (from, to): (OffsetDateTime, OffsetDateTime),
         keys: &PublicKeys,
         digests: &[DigestFile],
-    ) -> Result<Checksums, String> {
+    ) -> Result<Found, String> {
         let mut wanted: BTreeSet<String> = digests
             .iter()
             .filter_map(|(_, file)| keys.open(file).ok())
             .flat_map(|(digest, _)| digest.objects.into_iter().map(|object| object.key))
             .collect();
+        let mut stored_at = BTreeMap::new();
         let from = from.to_offset(UtcOffset::UTC);
         let top_of_hour = Time::from_hms(from.hour(), 0, 0).map_err(|error| error.to_string())?;
         let mut hour = from.replace_time(top_of_hour);
@@ -89,19 +106,67 @@ impl Bucket {
                 hour.format(format_description!("[year]/[month]/[day]/[hour]"))
                     .unwrap_or_default()
             );
-            wanted.extend(self.list(&full_key(&self.prefix, &folder)).await?);
+            for (key, at) in self.list(&full_key(&self.prefix, &folder)).await? {
+                if let Some(at) = at {
+                    stored_at.insert(key.clone(), at);
+                }
+                wanted.insert(key);
+            }
             hour += Duration::HOUR;
         }
-        let mut found = BTreeMap::new();
+        let mut checksums = BTreeMap::new();
         for key in wanted {
             if let Some(bytes) = self.get(&key).await? {
-                found.insert(key, common::digest::sha256_hex(&bytes));
+                checksums.insert(key, common::digest::sha256_hex(&bytes));
             }
         }
-        Ok(found)
+        Ok(Found {
+            checksums,
+            stored_at,
+        })
     }
 
-    async fn list(&self, folder: &str) -> Result<Vec<String>, String> {
+    /// Where an object stored at `stored_at` that no digest of the range lists is listed: a
+    /// digest of the period it was stored in or the next (its delivery record may come a little
+    /// late), when that digest exists.
+    pub async fn listed_later(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        stored_at: OffsetDateTime,
+        period: Duration,
+        keys: &PublicKeys,
+    ) -> Result<Later, String> {
+        let files = self
+            .digests(tenant, stored_at - period, stored_at + period * 2)
+            .await?;
+        // Periods are aligned to the epoch: the period after the one it was stored in.
+        let period_ns = period.whole_nanoseconds().max(1);
+        let stored_ns = stored_at.unix_timestamp_nanos();
+        let next_period = OffsetDateTime::from_unix_timestamp_nanos(
+            stored_ns - stored_ns.rem_euclid(period_ns) + period_ns,
+        )
+        .map_err(|error| error.to_string())?;
+        let mut made_after = false;
+        for (digest_key, file) in files {
+            let Ok((digest, _)) = keys.open(&file) else {
+                continue;
+            };
+            if digest.objects.iter().any(|object| object.key == key) {
+                return Ok(Later::Listed);
+            }
+            made_after |= common::digest::period_start_of_key(&digest_key)
+                .is_some_and(|start| start >= next_period);
+        }
+        Ok(if made_after {
+            Later::NotListed
+        } else {
+            Later::Pending
+        })
+    }
+
+    /// The keys under `folder`, each with when it was stored.
+    async fn list(&self, folder: &str) -> Result<Vec<(String, Option<OffsetDateTime>)>, String> {
         let mut pages = self
             .s3
             .list_objects_v2()
@@ -118,11 +183,12 @@ impl Bucket {
                     DisplayErrorContext(error)
                 )
             })?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|object| object.key().map(str::to_owned)),
-            );
+            keys.extend(page.contents().iter().filter_map(|object| {
+                let stored_at = object
+                    .last_modified()
+                    .and_then(|at| OffsetDateTime::from_unix_timestamp_nanos(at.as_nanos()).ok());
+                object.key().map(|key| (key.to_owned(), stored_at))
+            }));
         }
         Ok(keys)
     }

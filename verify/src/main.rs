@@ -15,8 +15,9 @@ mod bucket;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use bucket::Later;
 use clap::Parser;
-use common::digest::check::check;
+use common::digest::check::{DigestFile, Finding, check};
 use common::digest::signing::{PublicKeys, PublishedKey};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -72,6 +73,19 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The length of the digests' periods (an hour when there is no digest to tell).
+fn period_length(keys: &PublicKeys, digests: &[DigestFile]) -> time::Duration {
+    digests
+        .iter()
+        .filter_map(|(_, file)| keys.open(file).ok())
+        .find_map(|(digest, _)| {
+            let start = OffsetDateTime::parse(&digest.period_start, &Rfc3339).ok()?;
+            let end = OffsetDateTime::parse(&digest.period_end, &Rfc3339).ok()?;
+            (end > start).then_some(end - start)
+        })
+        .unwrap_or(time::Duration::HOUR)
+}
+
 /// Whether everything checked is intact.
 async fn run(args: &Args) -> Result<bool, String> {
     let keys_text = std::fs::read_to_string(&args.public_keys)
@@ -91,14 +105,43 @@ async fn run(args: &Args) -> Result<bool, String> {
     }
     let bucket = bucket::Bucket::new(args).await;
     let digests = bucket.digests(&tenant, args.from, to).await?;
-    let objects = bucket
-        .objects(&tenant, args.from, to, &keys, &digests)
+    let found = bucket
+        .objects(&tenant, (args.from, to), &keys, &digests)
         .await?;
-    let report = check(&keys, &digests, &objects, |start| {
+    let mut report = check(&keys, &digests, &found.checksums, |start| {
         common::key::full_key(&args.prefix, &common::digest::relative_key(&tenant, start))
     });
+    // An object of the range's hours that the range's digests do not list may have been stored
+    // later (a late or replayed window): the digests of when it was stored decide.
+    let period = period_length(&keys, &digests);
+    let mut pending = Vec::new();
+    let mut findings = Vec::new();
+    for finding in std::mem::take(&mut report.findings) {
+        let Finding::ObjectNotListed { key } = &finding else {
+            findings.push(finding);
+            continue;
+        };
+        let Some(stored_at) = found.stored_at.get(key) else {
+            findings.push(finding);
+            continue;
+        };
+        match bucket
+            .listed_later(&tenant, key, *stored_at, period, &keys)
+            .await?
+        {
+            Later::Listed => {}
+            Later::NotListed => findings.push(finding),
+            Later::Pending => pending.push(key.clone()),
+        }
+    }
+    report.findings = findings;
     for finding in &report.findings {
         println!("{finding}");
+    }
+    for key in &pending {
+        println!(
+            "object {key} was stored after the latest digest: run again once its period's digest is delivered"
+        );
     }
     let verdict = if report.intact() {
         "intact"
