@@ -11,9 +11,11 @@
 # come as the first delivery, then one object per tenant per window. Ctrl-C stops what the demo
 # started; the local services keep running (scripts/local-services.sh stop ends them).
 #
-# ACTIVITY_DEMO_OBJECTS=N stops by itself once each bucket holds N objects (CI runs it so);
-# ACTIVITY_DEMO_TIMEOUT bounds that wait. Every run uses its own topics, queues and buckets, so
-# running it twice is safe.
+# The batcher signs an hourly digest per tenant (here one per window, ACTIVITY_DEMO_WINDOW) with
+# a key the demo makes; ACTIVITY_DEMO_OBJECTS=N stops by itself once each bucket holds N objects
+# and two digests, then shows the public key the admin API serves and runs the customer's
+# verifier on acme's bucket (CI runs it so); ACTIVITY_DEMO_TIMEOUT bounds that wait. Every run
+# uses its own topics, queues, buckets and key, so running it twice is safe.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +34,8 @@ ca_file=${ACTIVITY_SERVICES_STATE:-/var/lib/activity-logs}/tls/ca.pem
 scripts/local-services.sh start
 echo "== building the services"
 cargo build --locked --quiet -p ingest -p batcher -p uploader -p integration-tests \
-  --bin ingest --bin batcher --bin uploader --bin show-deliveries --bin provision-customer
+  -p verify --bin ingest --bin batcher --bin uploader --bin show-deliveries --bin provision-customer \
+  --bin activity-logs-verify
 bin=${CARGO_TARGET_DIR:-$PWD/target}/debug
 
 run="demo-$(date +%Y%m%d%H%M%S)-$RANDOM"
@@ -51,6 +54,19 @@ export ACTIVITY_KAFKA_CHECKPOINTS_TOPIC=$run.checkpoints
 export ACTIVITY_UPLOADS_NAME=$run.uploads ACTIVITY_RETRY_TIERS=5s,30s
 export ACTIVITY_BATCHER_GROUP=$run.batcher ACTIVITY_BATCHER_SPILL_DIR=$logs/spill
 export ACTIVITY_BATCHER_WINDOW=$window ACTIVITY_BATCHER_CLOSE_DELAY=$close_delay
+
+# The vendor's digest signing key, made as an operator makes one, and its public half in the form
+# the admin API serves (GET /v1/digest-keys) and the verifier reads. The key id is the first 8
+# bytes of the SHA-256 of the raw 32-byte public key.
+openssl genpkey -algorithm ed25519 -out "$logs/digest-signing-key.pem"
+key_id=$(openssl pkey -in "$logs/digest-signing-key.pem" -pubout -outform DER | tail -c 32 |
+  sha256sum | cut -c1-16)
+public_pem=$(openssl pkey -in "$logs/digest-signing-key.pem" -pubout | awk '{printf "%s\\n", $0}')
+printf '{"keys":[{"key_id":"%s","public_key_pem":"%s","valid_from":"%s","valid_until":null}]}\n' \
+  "$key_id" "$public_pem" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$logs/digest-keys.json"
+export ACTIVITY_DIGEST_PERIOD=$window ACTIVITY_DIGEST_GRACE=${ACTIVITY_DEMO_DIGEST_GRACE:-10s}
+# The verifier checks the digests of periods from this hour on (the tenants connect below).
+verify_from=$(date -u +%Y-%m-%dT%H:00:00Z)
 
 events_token="events-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 admin_token="admin-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
@@ -92,9 +108,11 @@ ACTIVITY_INGEST_LISTEN=127.0.0.1:$base_port ACTIVITY_INGEST_TOKENS=$events_token
   ACTIVITY_ADMIN_TOKENS=$admin_token \
   ACTIVITY_VENDOR_ROLE_ARN=arn:aws:iam::111122223333:role/ActivityLogDelivery \
   ACTIVITY_EXTERNAL_ID_SECRET="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')" \
+  ACTIVITY_DIGEST_PUBLIC_KEYS_FILE=$logs/digest-keys.json \
   start ingest "$bin/ingest"
 wait_ready ingest "$base_port"
-ACTIVITY_BATCHER_LISTEN=127.0.0.1:$((base_port + 1)) start batcher "$bin/batcher"
+ACTIVITY_BATCHER_LISTEN=127.0.0.1:$((base_port + 1)) \
+  ACTIVITY_DIGEST_SIGNING_KEY_FILE=$logs/digest-signing-key.pem start batcher "$bin/batcher"
 ACTIVITY_UPLOADER_LISTEN=127.0.0.1:$((base_port + 2)) start uploader "$bin/uploader"
 wait_ready batcher $((base_port + 1))
 wait_ready uploader $((base_port + 2))
@@ -158,12 +176,19 @@ echo "== streaming 10 events a second (two tenants) into POST /v1/events"
 stream_events &
 events_pid=$!
 
-echo "== objects as they land (first delivery after the connection window closes, then one per window)"
+echo "== objects as they land (first delivery after the connection window closes, then one per window),"
+echo "   and each tenant's signed digest of every period once its grace ($ACTIVITY_DIGEST_GRACE) has passed"
 if [ "$until_objects" -gt 0 ]; then
   "$bin/show-deliveries" --endpoint "$aws_endpoint" --bucket "${buckets[0]}" --bucket "${buckets[1]}" \
-    --until-objects "$until_objects" --timeout "$timeout"
+    --until-objects "$until_objects" --until-digests 2 --timeout "$timeout"
   echo "== acme's integration and delivery status (GET /v1/tenants/acme/integrations/s3)"
   admin GET /v1/tenants/acme/integrations/s3
+  echo "== the digests' public keys, as customers fetch them (GET /v1/digest-keys)"
+  admin GET /v1/digest-keys
+  echo "== acme's administrator checks the bucket with the verifier (their own credentials)"
+  curl -sS -H "Authorization: Bearer $admin_token" "$ingest_url/v1/digest-keys" >"$logs/keys-as-served.json"
+  "$bin/activity-logs-verify" --bucket "${buckets[0]}" \
+    --prefix activity-logs --tenant acme --from "$verify_from" --public-keys "$logs/keys-as-served.json"
 else
   echo "   (Ctrl-C to stop)"
   "$bin/show-deliveries" --endpoint "$aws_endpoint" --bucket "${buckets[0]}" --bucket "${buckets[1]}"

@@ -84,6 +84,10 @@ pub struct DeliveryStatuses {
 impl DeliveryStatuses {
     /// Applies one delivery record.
     pub fn apply(&self, record: &DeliveryRecord) {
+        // The status is about the tenant's logs; digests have alerts of their own.
+        if record.kind != common::job::JobKind::Log {
+            return;
+        }
         let mut tenants = self
             .tenants
             .write()
@@ -240,6 +244,18 @@ mod tests {
             attempt: 1,
             at_ms,
         }
+    }
+
+    #[test]
+    fn a_digests_delivery_is_not_a_log_delivery() {
+        let statuses = DeliveryStatuses::default();
+        let now = 100 * HOUR_MS;
+        let mut digest = record(outcome::STORED, now - 1000, 12);
+        digest.kind = common::job::JobKind::Digest;
+        statuses.apply(&digest);
+        let status = statuses.status("acme", now);
+        assert_eq!(status.last_24h, Counts::default());
+        assert!(status.last_delivery.is_none());
     }
 
     #[test]
