@@ -117,6 +117,32 @@ ACTIVITY_UPLOADER_LISTEN=127.0.0.1:$((base_port + 2)) start uploader "$bin/uploa
 wait_ready batcher $((base_port + 1))
 wait_ready uploader $((base_port + 2))
 
+# Prometheus with the shipped scrape configuration and alert rules, pointed at this demo's three
+# services, scraping and evaluating every 5 s so the demo's short windows show.
+prometheus_port=$((base_port + 10))
+prometheus_bin=$(scripts/local-services.sh prometheus-bin)
+cp deploy/prometheus/alerts.yml "$logs/alerts.yml"
+sed -e "s/\"ingest:8080\"/\"127.0.0.1:$base_port\"/" \
+  -e "s/\"batcher:8081\"/\"127.0.0.1:$((base_port + 1))\"/" \
+  -e "s/\"uploader:8082\"/\"127.0.0.1:$((base_port + 2))\"/" \
+  -e 's/_interval: 15s/_interval: 5s/' deploy/prometheus/prometheus.yml >"$logs/prometheus.yml"
+start prometheus "$prometheus_bin" --config.file="$logs/prometheus.yml" \
+  --storage.tsdb.path="$logs/prometheus-data" --web.listen-address=127.0.0.1:$prometheus_port
+for _ in $(seq 150); do
+  curl -fsS "http://127.0.0.1:$prometheus_port/-/ready" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -fsS "http://127.0.0.1:$prometheus_port/-/ready" >/dev/null ||
+  { tail -20 "$logs/prometheus.log" >&2; exit 1; }
+prometheus_url=http://127.0.0.1:$prometheus_port
+echo "== Prometheus: $prometheus_url (targets: $prometheus_url/targets, alerts: $prometheus_url/alerts)"
+prometheus_query() { # PromQL; prints each series' labels and value
+  curl -fsS "$prometheus_url/api/v1/query" --data-urlencode "query=$1" |
+    python3 -c 'import json,sys
+for r in json.load(sys.stdin)["data"]["result"]:
+    print("  ", r["metric"], r["value"][1])'
+}
+
 admin() { # method, path, [body]
   curl -sS -X "$1" -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
     ${3:+--data-binary "$3"} -w '\n   -> HTTP %{http_code}\n' "$ingest_url$2"
@@ -185,6 +211,11 @@ if [ "$until_objects" -gt 0 ]; then
   admin GET /v1/tenants/acme/integrations/s3
   echo "== the digests' public keys, as customers fetch them (GET /v1/digest-keys)"
   admin GET /v1/digest-keys
+  echo "== what Prometheus sees ($prometheus_url): the services' targets (up), the p99 delivery lag"
+  echo "   in seconds, firing alerts (none expected)"
+  prometheus_query 'up{job=~"activity-.*"}'
+  prometheus_query 'histogram_quantile(0.99, sum by (le) (rate(activity_uploader_delivery_lag_seconds_bucket[5m])))'
+  prometheus_query 'ALERTS{alertstate="firing"}'
   echo "== acme's administrator checks the bucket with the verifier (their own credentials)"
   curl -sS -H "Authorization: Bearer $admin_token" "$ingest_url/v1/digest-keys" >"$logs/keys-as-served.json"
   "$bin/activity-logs-verify" --bucket "${buckets[0]}" \

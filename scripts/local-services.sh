@@ -6,6 +6,7 @@
 #
 #   scripts/local-services.sh [start|stop|status]
 #   scripts/local-services.sh kafka-home     # prints where Kafka's jars are, installing them once
+#   scripts/local-services.sh prometheus-bin # prints the Prometheus server's path (the demo runs it)
 #
 # Versions are pinned below. Kafka's jars come from Maven Central through Maven (which checks
 # their checksums), moto from PyPI into its own virtualenv, the rest from Debian's signed archive.
@@ -34,8 +35,9 @@ BUILD_PACKAGES=(cmake g++ make libcurl4-openssl-dev libsasl2-dev libssl-dev zlib
   pkg-config python3-venv python3-yaml ca-certificates curl openssl socat openjdk-17-jre-headless maven)
 # promtool, for the test that checks the Prometheus configuration and alert rules: unpacked from
 # Debian's prometheus package, without installing (and starting) the server.
-PROMTOOL_DIR="$PREFIX/promtool"
-PROMTOOL_BIN="$PROMTOOL_DIR/usr/bin/promtool"
+PROMETHEUS_DIR="$PREFIX/prometheus"
+PROMTOOL_BIN="$PROMETHEUS_DIR/usr/bin/promtool"
+PROMETHEUS_BIN="$PROMETHEUS_DIR/usr/bin/prometheus"
 
 log() { printf '[local-services] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -79,9 +81,11 @@ ensure_build_deps() {
     die "cargo is not installed: install Rust 1.90 or later (https://rustup.rs), then run this again"
 }
 
-install_promtool() {
-  [[ -x $PROMTOOL_BIN ]] && return 0
-  log "unpacking promtool from Debian's prometheus package into $PROMTOOL_DIR"
+# Debian's prometheus package, unpacked (not installed: no service is started by it): the
+# server the demo runs and the promtool the tests check the rules with.
+install_prometheus() {
+  [[ -x $PROMTOOL_BIN && -x $PROMETHEUS_BIN ]] && return 0
+  log "unpacking Debian's prometheus package (server and promtool) into $PROMETHEUS_DIR"
   local download
   download=$(mktemp -d)
   if [[ -z $apt_updated ]]; then
@@ -89,9 +93,10 @@ install_promtool() {
     apt_updated=1
   fi
   (cd "$download" && apt-get download -qq prometheus >/dev/null) || die "cannot download Debian's prometheus package"
-  dpkg-deb -x "$download"/prometheus_*.deb "$PROMTOOL_DIR"
+  dpkg-deb -x "$download"/prometheus_*.deb "$PROMETHEUS_DIR"
   rm -rf "$download"
-  [[ -x $PROMTOOL_BIN ]] || die "the prometheus package holds no usr/bin/promtool"
+  [[ -x $PROMTOOL_BIN && -x $PROMETHEUS_BIN ]] ||
+    die "the prometheus package holds no usr/bin/promtool and usr/bin/prometheus"
 }
 
 # Fetches the kafka_2.13 artifact and its runtime dependencies into $KAFKA_HOME/libs, once.
@@ -295,7 +300,7 @@ mkdir -p "$STATE" "$PREFIX"
 case ${1:-start} in
   start)
     ensure_build_deps
-    install_promtool
+    install_prometheus
     start_kafka
     start_rabbitmq
     start_moto
@@ -315,5 +320,9 @@ case ${1:-start} in
     install_kafka
     echo "$KAFKA_HOME"
     ;;
-  *) die "usage: $0 [start|stop|status|kafka-home]" ;;
+  prometheus-bin)
+    install_prometheus
+    echo "$PROMETHEUS_BIN"
+    ;;
+  *) die "usage: $0 [start|stop|status|kafka-home|prometheus-bin]" ;;
 esac

@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod kafka_cluster;
 pub mod pipeline;
 pub mod process;
+pub mod prometheus;
 pub mod services;
 pub mod tls;
 

@@ -38,7 +38,7 @@ fn yaml(path: &str) -> Value {
 
 fn promtool() -> PathBuf {
     std::env::var_os("ACTIVITY_TEST_PROMTOOL").map_or_else(
-        || PathBuf::from("/opt/activity-logs/promtool/usr/bin/promtool"),
+        || PathBuf::from("/opt/activity-logs/prometheus/usr/bin/promtool"),
         PathBuf::from,
     )
 }
@@ -237,6 +237,49 @@ fn the_compose_stack_is_complete_and_its_files_load() {
     .expect("write the rules");
     promtool_check(&["check", "rules", file.to_str().expect("path")]);
     drop(std::fs::remove_file(file));
+}
+
+/// `promtool test rules` on `alerts.test.yml`, which must hold for every alert a case that fires
+/// it (past its `for`) and a near miss that must not.
+#[test]
+fn every_alert_fires_on_its_fault_and_stays_quiet_on_a_near_miss() {
+    let tests = root().join("deploy/prometheus/alerts.test.yml");
+    promtool_check(&["test", "rules", tests.to_str().expect("path")]);
+    let cases: Vec<(String, bool)> = yaml("deploy/prometheus/alerts.test.yml")["tests"]
+        .as_array()
+        .expect("tests")
+        .iter()
+        .flat_map(|test| {
+            test["alert_rule_test"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|case| {
+            let fires = !case["exp_alerts"].as_array().is_none_or(Vec::is_empty);
+            (
+                case["alertname"].as_str().expect("alertname").to_owned(),
+                fires,
+            )
+        })
+        .collect();
+    let alerts = yaml("deploy/prometheus/alerts.yml")["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
+        .map(|rule| rule["alert"].as_str().expect("alert").to_owned())
+        .collect::<Vec<_>>();
+    let untested: Vec<String> = alerts
+        .iter()
+        .flat_map(|alert| {
+            [(true, "firing case"), (false, "near miss")]
+                .into_iter()
+                .filter(|(fires, _)| !cases.contains(&(alert.clone(), *fires)))
+                .map(move |(_, what)| format!("{alert}: no {what}"))
+        })
+        .collect();
+    assert!(untested.is_empty(), "{untested:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,6 +46,17 @@ async fn start_uploader(
     topology: &UploadTopology,
     supervisor: &Supervisor,
 ) -> String {
+    start_uploader_with(aws, registry, topology, supervisor, vec![]).await
+}
+
+/// [`start_uploader`] with a deliveries topic of `deliveries_config`.
+async fn start_uploader_with(
+    aws: AwsArgs,
+    registry: IntegrationRegistry,
+    topology: &UploadTopology,
+    supervisor: &Supervisor,
+    deliveries_config: Vec<(&str, &str)>,
+) -> String {
     let config = aws.sdk_config().await;
     let kafka = KafkaArgs::new(integration_tests::kafka::brokers());
     let deliveries_topic = unique("activity.deliveries");
@@ -54,7 +65,7 @@ async fn start_uploader(
             name: &deliveries_topic,
             partitions: 1,
             replication: 1,
-            config: vec![],
+            config: deliveries_config,
         }])
         .await
         .expect("deliveries topic");
@@ -461,6 +472,59 @@ async fn read_records(topic: &str, count: usize) -> Vec<common::delivery::Delive
         .iter()
         .map(|r| serde_json::from_str(&r.value).expect("a delivery record"))
         .collect()
+}
+
+/// A stored object whose delivery record Kafka refuses would be missing from the tenant's
+/// signed digest: its job goes round the retry tier, finds the object already there, and records
+/// it once Kafka takes records again.
+#[tokio::test]
+async fn a_stored_object_whose_record_kafka_refuses_is_recorded_on_the_jobs_next_round() {
+    let config = aws_config(&moto_endpoint()).await;
+    let s3 = s3_client(&config);
+    let bucket = new_bucket(&s3).await;
+    let supervisor = Supervisor::new();
+    let registry = registry(&[("acme", &bucket)], &supervisor).await;
+    let (_connection, channel) = confirm_channel("uploader-test").await;
+    let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(3)]);
+    topology.declare(&channel).await.expect("declare");
+    // Records of a few hundred bytes are too large for this topic.
+    let deliveries = start_uploader_with(
+        aws_args(&moto_endpoint()),
+        registry,
+        &topology,
+        &supervisor,
+        vec![("max.message.bytes", "64")],
+    )
+    .await;
+    let job = upload_job("acme", 41, &payload("acme"));
+    enqueue_job(&channel, &topology, &job, &payload(job.tenant_id.as_str())).await;
+    let key = format!("audit/{}", job.relative_key);
+    wait_for_object(&s3, &bucket, &key, Duration::from_secs(30)).await;
+
+    // Kafka takes records again before the job's retry comes round.
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        KafkaArgs::new(integration_tests::kafka::brokers())
+            .client_config(&[])
+            .create()
+            .expect("admin client");
+    let topic = rdkafka::admin::ResourceSpecifier::Topic(&deliveries);
+    let altered = admin
+        .alter_configs(
+            &[rdkafka::admin::AlterConfig::new(topic).set("max.message.bytes", "1048588")],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .expect("alter the topic");
+    assert!(altered.iter().all(Result::is_ok), "{altered:?}");
+
+    let records = read_records(&deliveries, 1).await;
+    let summary: Vec<_> = records
+        .iter()
+        .map(|r| (r.outcome.as_str(), r.key.as_deref(), r.attempt))
+        .collect();
+    assert_eq!(summary, [("already_there", Some(key.as_str()), 2)]);
+    assert_eq!(object_count(&s3, &bucket).await, Some(1), "stored once");
+    finish(supervisor, &channel, &topology).await;
 }
 
 #[tokio::test]

@@ -96,6 +96,11 @@ pub struct PartitionDigests {
 struct TenantDigests {
     /// Delivery is on, after the records applied so far.
     on: bool,
+    /// Why an integration change turned delivery off, if one did (and none turned it on since):
+    /// objects stored now (jobs that were in flight) are listed, but do not turn it on again.
+    /// Kept, unlike a tenant never heard of, whose first object turns delivery on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    turned_off: Option<String>,
     /// Where the tenant's digests go (the destination prefix last seen).
     prefix: String,
     /// The open chain: delivery was on at the end of the last closed period.
@@ -139,27 +144,18 @@ impl PartitionDigests {
                 reason,
                 prefix,
                 ..
-            } => {
-                let tenant = self.tenants.entry(tenant).or_default();
-                if let Some(prefix) = prefix {
-                    tenant.prefix = prefix;
-                }
-                tenant.turn(active, reason, period);
-            }
+            } => self.tenant(tenant, prefix).turn(active, reason, period),
             Entry::Stored {
                 tenant,
                 prefix,
                 object,
                 ..
             } => {
-                let tenant = self.tenants.entry(tenant).or_default();
-                if let Some(prefix) = prefix {
-                    tenant.prefix = prefix;
-                }
-                // An object of a tenant whose delivery is off here (connected before digests
-                // existed, or a change record that never came) starts its chain: every stored
-                // object is listed somewhere.
-                if !tenant.on {
+                let tenant = self.tenant(tenant, prefix);
+                // An object of a tenant never heard of (connected before digests existed, or a
+                // change record that never came) starts its chain. One of a tenant turned off is
+                // listed in its period's digest only: every stored object is listed somewhere.
+                if !tenant.on && tenant.turned_off.is_none() {
                     tenant.turn(true, reason::CONNECTED.to_owned(), period);
                 }
                 tenant
@@ -180,11 +176,25 @@ impl PartitionDigests {
                 signed.extend(tenant.close(tenant_id, (start, end), key)?);
             }
             self.tenants.retain(|_, tenant| {
-                tenant.on || tenant.chain.is_some() || !tenant.periods.is_empty()
+                tenant.on
+                    || tenant.turned_off.is_some()
+                    || tenant.chain.is_some()
+                    || !tenant.periods.is_empty()
             });
             self.open_from_ms = Some(end);
         }
         Ok(signed)
+    }
+}
+
+impl PartitionDigests {
+    /// `tenant`'s state, with the destination prefix a record names, if it names one.
+    fn tenant(&mut self, tenant: TenantId, prefix: Option<String>) -> &mut TenantDigests {
+        let state = self.tenants.entry(tenant).or_default();
+        if let Some(prefix) = prefix {
+            state.prefix = prefix;
+        }
+        state
     }
 }
 
@@ -194,6 +204,7 @@ impl TenantDigests {
             return;
         }
         self.on = on;
+        self.turned_off = (!on).then(|| why.clone());
         let activity = self.periods.entry(period).or_default();
         if on {
             activity.came_on.get_or_insert(why);
@@ -211,13 +222,26 @@ impl TenantDigests {
         key: &SigningKey,
     ) -> Result<Option<SignedDigest>, String> {
         let activity = self.periods.remove(&start).unwrap_or_default();
+        let chained = self.chain.is_some();
         let mut chain = match (self.chain.take(), &activity.came_on) {
             (Some(chain), _) => chain,
             (None, Some(why)) => Chain::start(tenant_id.as_str(), why),
+            // Objects stored while delivery was off: a digest of their own, starting and
+            // ending a chain.
+            (None, None) if !activity.objects.is_empty() => {
+                Chain::start(tenant_id.as_str(), reason::DELIVERED_WHILE_OFF)
+            }
             (None, None) => return Ok(None),
         };
-        let on_at_end = activity.on_at_end.unwrap_or(true);
-        let ends = (!on_at_end).then(|| activity.went_off.as_deref().unwrap_or(reason::DISABLED));
+        // Without a change in the period, delivery stayed as it was at its start.
+        let on_at_end = activity.on_at_end.unwrap_or(chained);
+        let ends = (!on_at_end).then(|| {
+            activity
+                .went_off
+                .as_deref()
+                .or(self.turned_off.as_deref())
+                .unwrap_or(reason::DISABLED)
+        });
         let relative = relative_key(tenant_id, time_of(start)?);
         let digest_key = full_key(&self.prefix, &relative);
         let objects = activity.objects.len() as u64;
@@ -438,8 +462,52 @@ mod tests {
             ]
         );
         assert!(
-            state.tenants.is_empty(),
-            "a disconnected tenant is forgotten"
+            state
+                .tenants
+                .values()
+                .all(|tenant| !tenant.on && tenant.chain.is_none()),
+            "a disconnected tenant has no chain"
+        );
+    }
+
+    #[test]
+    fn an_object_stored_after_delivery_went_off_is_listed_without_turning_it_on_again() {
+        let key = new_key();
+        let mut state = PartitionDigests::default();
+        let made = fold(
+            &mut state,
+            vec![
+                change(true, reason::CONNECTED, DAY + MINUTE),
+                change(false, reason::DISCONNECTED, DAY + 10 * MINUTE),
+                // An upload that was under way when the tenant disconnected.
+                stored("in-flight", DAY + 2 * HOUR + MINUTE),
+                Entry::Clock {
+                    at_ms: DAY + 6 * HOUR,
+                },
+            ],
+            &key,
+        );
+        let summary: Vec<(String, Option<String>, Option<String>, usize)> = made
+            .iter()
+            .map(content)
+            .map(|d| (d.period_start, d.chain_start, d.chain_end, d.objects.len()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "2026-11-30T00:00:00Z".into(),
+                    Some(reason::CONNECTED.into()),
+                    Some(reason::DISCONNECTED.into()),
+                    0
+                ),
+                (
+                    "2026-11-30T02:00:00Z".into(),
+                    Some(reason::DELIVERED_WHILE_OFF.into()),
+                    Some(reason::DISCONNECTED.into()),
+                    1
+                ),
+            ]
         );
     }
 

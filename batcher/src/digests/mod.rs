@@ -52,8 +52,10 @@ const GZIP_LEVEL: i32 = 6;
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long writing a checkpoint may take before it is tried again.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Pause before trying a failed checkpoint write again.
+/// Pause before trying a failed checkpoint read or write again.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How long moving a partition's read position may take.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the builder needs besides Kafka and RabbitMQ.
 pub struct Settings {
@@ -202,7 +204,27 @@ impl Builder {
     ) -> anyhow::Result<()> {
         if !self.slots.contains_key(&partition) || self.past_expected(partition, offset) {
             // A partition new to this builder, or one another builder moved on with since.
-            self.load(partition, offset).await?;
+            if let Err(error) = self.load(partition, offset).await {
+                // The checkpoint cannot be read now: read this record again after a pause.
+                tracing::warn!(
+                    partition,
+                    offset,
+                    error = format!("{error:#}"),
+                    "cannot take up a deliveries partition from its checkpoint; trying again"
+                );
+                tokio::time::sleep(RETRY_PAUSE).await;
+                self.consumer
+                    .seek(
+                        &self.settings.deliveries_topic,
+                        partition,
+                        Offset::Offset(offset),
+                        SEEK_TIMEOUT,
+                    )
+                    .with_context(|| {
+                        format!("cannot read partition {partition} of the deliveries topic again")
+                    })?;
+                return Ok(());
+            }
         }
         let Some(slot) = self.slots.get_mut(&partition) else {
             return Ok(());
@@ -310,7 +332,7 @@ impl Builder {
                     &self.settings.deliveries_topic,
                     partition,
                     Offset::Offset(saved.next_offset),
-                    Duration::from_secs(10),
+                    SEEK_TIMEOUT,
                 )
                 .with_context(|| format!("cannot seek partition {partition} of the deliveries topic back to its checkpoint"))?;
         }

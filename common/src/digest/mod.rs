@@ -35,6 +35,9 @@ pub mod reason {
     pub const DISABLED: &str = "disabled";
     /// The tenant disconnected.
     pub const DISCONNECTED: &str = "disconnected";
+    /// Objects were stored while delivery was off (uploads that were under way when it was
+    /// turned off): a digest lists them, starting and ending a chain of its own.
+    pub const DELIVERED_WHILE_OFF: &str = "delivered while off";
 }
 
 /// The signed content of one digest.
