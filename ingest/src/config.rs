@@ -179,6 +179,12 @@ pub struct AdminArgs {
     #[arg(long, env = "ACTIVITY_DIGEST_PUBLIC_KEYS_FILE", value_parser = read_public_keys)]
     pub digest_public_keys: Option<PublishedKeys>,
 
+    /// A connected, enabled tenant whose uploads have failed this long, with no object stored
+    /// since, is not getting its logs: `GET /v1/stale-tenants` lists it and
+    /// `activity_ingest_stale_tenants` counts it. Two windows is a good value.
+    #[arg(long, env = "ACTIVITY_ADMIN_STALE_AFTER", default_value = "2h", value_parser = parse_positive_duration)]
+    pub stale_after: Duration,
+
     #[command(flatten)]
     pub aws: AwsArgs,
 }

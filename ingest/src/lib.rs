@@ -87,7 +87,30 @@ async fn start_admin(
             .digest_public_keys
             .clone()
             .unwrap_or(config::PublishedKeys { keys: Vec::new() }),
+        stale_after: admin.stale_after,
     }))
+}
+
+/// How often the stale-tenants gauge is counted again.
+#[cfg(feature = "admin")]
+const STALE_TENANTS_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Keeps `activity_ingest_stale_tenants` current until shutdown.
+#[cfg(feature = "admin")]
+fn count_stale_tenants(api: Arc<admin::AdminApi>, supervisor: &Supervisor) {
+    let token = supervisor.token();
+    supervisor.spawn("stale-tenants", async move {
+        let mut every = tokio::time::interval(STALE_TENANTS_INTERVAL);
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                _ = every.tick() => {
+                    let stale = api.stale_tenants(common::clock::now_unix_ms()).len();
+                    ::metrics::gauge!(metrics::STALE_TENANTS).set(stale as f64);
+                }
+            }
+        }
+    });
 }
 
 /// How long one broker check answers `/readyz`, so polling clients cost one round trip at most
@@ -162,7 +185,9 @@ pub async fn start(config: IngestConfig, supervisor: &Supervisor) -> anyhow::Res
     // The admin API is ready once it has read the integrations; ingest says ready only then.
     #[cfg(feature = "admin")]
     let admin_api = if config.admin.enabled() {
-        Some(start_admin(&config, supervisor).await?)
+        let api = start_admin(&config, supervisor).await?;
+        count_stale_tenants(api.clone(), supervisor);
+        Some(api)
     } else {
         None
     };

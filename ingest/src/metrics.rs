@@ -17,9 +17,17 @@ pub const INFLIGHT_BYTES: &str = "activity_ingest_inflight_bytes";
 
 /// Admin API requests answered, by route and HTTP status code.
 pub const ADMIN_REQUESTS: &str = "activity_ingest_admin_requests_total";
+/// Connected, enabled tenants not getting their logs (`GET /v1/stale-tenants`); no tenant
+/// label, so the series count does not grow with tenants.
+pub const STALE_TENANTS: &str = "activity_ingest_stale_tenants";
 
 pub fn describe() {
     common::metrics::register_counters(&[EVENTS_ACCEPTED]);
+    describe_gauge!(
+        STALE_TENANTS,
+        Unit::Count,
+        "Connected, enabled tenants whose uploads have failed longer than ACTIVITY_ADMIN_STALE_AFTER with none stored since."
+    );
     describe_counter!(
         ADMIN_REQUESTS,
         Unit::Count,

@@ -13,6 +13,13 @@ use crate::admin::{AdminIngest, AdminTopics};
 use crate::batching::BatcherSetup;
 use crate::process::ServiceProcess;
 
+/// Flags added to the services' command lines.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flags<'a> {
+    pub ingest: &'a [&'a str],
+    pub batcher: &'a [&'a str],
+}
+
 pub struct Pipeline {
     pub admin: AdminIngest,
     pub batcher: ServiceProcess,
@@ -24,18 +31,19 @@ impl Pipeline {
     /// Starts the services with windows of `window` closing after `close_delay`, talking to AWS
     /// at `aws_endpoint`, with one retry tier of a second.
     pub async fn start(aws_endpoint: &str, window: &str, close_delay: &str) -> Self {
-        Self::start_with(aws_endpoint, window, close_delay, &[]).await
+        Self::start_with(aws_endpoint, window, close_delay, Flags::default()).await
     }
 
-    /// [`Self::start`] with `batcher_flags` added to the batcher's command line.
+    /// [`Self::start`] with `flags` added to the services' command lines.
     pub async fn start_with(
         aws_endpoint: &str,
         window: &str,
         close_delay: &str,
-        batcher_flags: &[&str],
+        flags: Flags<'_>,
     ) -> Self {
         let topics = AdminTopics::unique();
-        let admin = AdminIngest::spawn(aws_endpoint, topics.clone(), &[]).await;
+        let admin = AdminIngest::spawn(aws_endpoint, topics.clone(), flags.ingest).await;
+        let batcher_flags = flags.batcher;
         let setup = BatcherSetup::for_topics(
             &admin.ingest.topic,
             &topics.integrations,

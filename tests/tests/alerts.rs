@@ -1,7 +1,8 @@
 //! The shipped alerts seen to fire on their faults, and to clear once the fault is lifted,
 //! against the running pipeline (ingest, a batcher and an uploader on the real servers) scraped
 //! by a real Prometheus evaluating the shipped rules on a compressed time scale (minutes read as
-//! seconds): a bucket policy that denies writes fills the dead-letter queue; a stopped uploader
+//! seconds): a bucket policy that denies writes fills the dead-letter queue and makes the tenant
+//! stale (named, with its error, by `GET /v1/stale-tenants`); a stopped uploader
 //! (SIGSTOP: it holds its jobs and answers nothing) is a service down and stalls deliveries. The
 //! check reads Prometheus's own alerts API.
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use integration_tests::fixtures::{
     aws_config, deny_on_objects, moto_endpoint, new_bucket, s3_client,
 };
-use integration_tests::pipeline::Pipeline;
+use integration_tests::pipeline::{Flags, Pipeline};
 use integration_tests::process::signal;
 use integration_tests::prometheus::Prometheus;
 use reqwest::StatusCode;
@@ -52,7 +53,16 @@ fn keep_posting(pipeline: &Pipeline, tenant: &'static str, stop: CancellationTok
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_fire_on_their_faults_and_clear_once_lifted() {
     let moto = moto_endpoint();
-    let pipeline = Pipeline::start(&moto, "2s", "500ms").await;
+    let pipeline = Pipeline::start_with(
+        &moto,
+        "2s",
+        "500ms",
+        Flags {
+            ingest: &["--stale-after", "5s"],
+            ..Flags::default()
+        },
+    )
+    .await;
     let address = |url: String| {
         url.trim_start_matches("http://")
             .trim_end_matches('/')
@@ -93,6 +103,20 @@ async fn alerts_fire_on_their_faults_and_clear_once_lifted() {
     prometheus
         .until_firing("ActivityDeadLetterQueueGrowing", FIRES_WITHIN)
         .await;
+    // The tenant is not getting its logs: the alert leads to its name and its error.
+    prometheus
+        .until_firing("ActivityTenantsStale", FIRES_WITHIN)
+        .await;
+    let (status, stale) = pipeline
+        .admin
+        .call(reqwest::Method::GET, "/v1/stale-tenants", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{stale}");
+    assert_eq!(stale["tenants"][0]["tenant_id"], "acme", "{stale}");
+    assert_eq!(
+        stale["tenants"][0]["last_error"]["code"], "AccessDenied",
+        "{stale}"
+    );
     s3.delete_bucket_policy()
         .bucket(&bucket)
         .send()
@@ -105,6 +129,9 @@ async fn alerts_fire_on_their_faults_and_clear_once_lifted() {
         .expect("redrive");
     prometheus
         .until_cleared("ActivityDeadLetterQueueGrowing", FIRES_WITHIN)
+        .await;
+    prometheus
+        .until_cleared("ActivityTenantsStale", FIRES_WITHIN)
         .await;
 
     // The uploader stopped: Prometheus cannot scrape it, and nothing is uploaded while the

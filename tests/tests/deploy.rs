@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::fixtures::{aws_config, moto_endpoint, new_bucket, s3_client};
-use integration_tests::pipeline::Pipeline;
+use integration_tests::pipeline::{Flags, Pipeline};
 use integration_tests::process::{labelled_metric_value, metric_value};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -294,14 +294,17 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exposed_by_a_running_pipe
         &moto,
         "2s",
         "500ms",
-        &[
-            "--digest-signing-key-file",
-            &key_file,
-            "--digest-period",
-            "2s",
-            "--digest-grace",
-            "500ms",
-        ],
+        Flags {
+            batcher: &[
+                "--digest-signing-key-file",
+                &key_file,
+                "--digest-period",
+                "2s",
+                "--digest-grace",
+                "500ms",
+            ],
+            ..Flags::default()
+        },
     )
     .await;
     let s3 = s3_client(&aws_config(&moto).await);

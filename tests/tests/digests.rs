@@ -17,7 +17,7 @@ use common::job::JobKind;
 use integration_tests::digests::{keys_file, new_key, published, verify};
 use integration_tests::e2e::{Deployment, Shape, rng, seed};
 use integration_tests::fixtures::{aws_config, moto_endpoint, new_bucket, s3_client};
-use integration_tests::pipeline::{Pipeline, in_zstd};
+use integration_tests::pipeline::{Flags, Pipeline, in_zstd};
 use reqwest::StatusCode;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -242,14 +242,17 @@ async fn disabling_ends_the_chain_and_enabling_starts_a_new_one() {
         &moto,
         "2s",
         "500ms",
-        &[
-            "--digest-signing-key-file",
-            &key_path,
-            "--digest-period",
-            &period,
-            "--digest-grace",
-            &grace,
-        ],
+        Flags {
+            batcher: &[
+                "--digest-signing-key-file",
+                &key_path,
+                "--digest-period",
+                &period,
+                "--digest-grace",
+                &grace,
+            ],
+            ..Flags::default()
+        },
     )
     .await;
     let s3 = s3_client(&aws_config(&moto).await);

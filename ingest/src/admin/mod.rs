@@ -71,6 +71,8 @@ pub struct AdminApi {
     pub write_timeout: Duration,
     /// The digest public keys to publish (none when not configured).
     pub digest_keys: crate::config::PublishedKeys,
+    /// How long a tenant's uploads may fail, with none stored, before it is listed as stale.
+    pub stale_after: Duration,
 }
 
 /// The admin routes.
@@ -78,6 +80,7 @@ pub fn router(api: Arc<AdminApi>) -> Router {
     Router::new()
         .route("/v1/integrations/s3/setup", get(get_setup))
         .route("/v1/digest-keys", get(get_digest_keys))
+        .route("/v1/stale-tenants", get(get_stale_tenants))
         .route(
             "/v1/tenants/{tenant}/integrations/s3",
             get(get_integration)
@@ -247,6 +250,17 @@ impl AdminApi {
         }
     }
 
+    /// The connected, enabled tenants not getting their logs, as of `now_ms`.
+    pub fn stale_tenants(&self, now_ms: i64) -> Vec<status::StaleTenant> {
+        let after_ms = i64::try_from(self.stale_after.as_millis()).unwrap_or(i64::MAX);
+        self.statuses.stale(now_ms, after_ms, |tenant| {
+            TenantId::parse(tenant)
+                .ok()
+                .and_then(|tenant| self.registry.get(&tenant))
+                .is_some_and(|integration| integration.enabled)
+        })
+    }
+
     fn external_id(&self, tenant: &TenantId) -> String {
         self.registry
             .inspect(tenant, |current| current.map(|i| i.external_id.clone()))
@@ -413,6 +427,19 @@ async fn get_digest_keys(State(api): State<Arc<AdminApi>>) -> Response {
         "digest_keys",
         Ok(axum::Json(&api.digest_keys).into_response()),
     )
+}
+
+/// `GET /v1/stale-tenants`: where `ActivityTenantsStale` leads, each tenant with when its uploads
+/// started failing, its last delivery and its last error.
+async fn get_stale_tenants(State(api): State<Arc<AdminApi>>) -> Response {
+    let answer = api.ready().map(|()| {
+        axum::Json(json!({
+            "stale_after_seconds": api.stale_after.as_secs(),
+            "tenants": api.stale_tenants(now_unix_ms()),
+        }))
+        .into_response()
+    });
+    finish("stale_tenants", answer)
 }
 
 async fn get_setup(

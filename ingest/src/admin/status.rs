@@ -1,6 +1,7 @@
 //! Each integration's delivery status, materialised from the `activity.deliveries` topic
 //! (DESIGN §2): the last object stored, the last error, and what was delivered and what failed
-//! over the last 24 hours, counted in hourly buckets.
+//! over the last 24 hours, counted in hourly buckets; and which tenants are not getting their
+//! logs (their uploads have failed, with none stored since, for longer than a setting).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -67,10 +68,22 @@ impl Counts {
     }
 }
 
+/// A tenant not getting its logs, as `GET /v1/stale-tenants` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StaleTenant {
+    pub tenant_id: String,
+    /// The first failed upload since the last object stored.
+    pub failing_since: String,
+    pub last_delivery: Option<LastDelivery>,
+    pub last_error: Option<LastError>,
+}
+
 #[derive(Debug, Default)]
 struct TenantHistory {
     last_delivery: Option<(i64, LastDelivery)>,
     last_error: Option<(i64, LastError)>,
+    /// When uploads started failing with no object stored since (ms since the epoch).
+    failing_since: Option<i64>,
     /// Counts by hour (ms since the epoch / one hour).
     hours: BTreeMap<i64, Counts>,
 }
@@ -100,6 +113,12 @@ impl DeliveryStatuses {
                 counts.objects_delivered += 1;
                 counts.events_delivered += record.event_count;
                 if history
+                    .failing_since
+                    .is_some_and(|since| since <= record.at_ms)
+                {
+                    history.failing_since = None;
+                }
+                if history
                     .last_delivery
                     .as_ref()
                     .is_none_or(|(at, _)| *at <= record.at_ms)
@@ -117,6 +136,13 @@ impl DeliveryStatuses {
                 }
             }
             outcome::RETRIED | outcome::DEAD_LETTERED => {
+                let stored_after = history
+                    .last_delivery
+                    .as_ref()
+                    .is_some_and(|(at, _)| *at >= record.at_ms);
+                if history.failing_since.is_none() && !stored_after {
+                    history.failing_since = Some(record.at_ms);
+                }
                 if record.outcome == outcome::RETRIED {
                     counts.retries += 1;
                 } else {
@@ -145,6 +171,35 @@ impl DeliveryStatuses {
             _ => {}
         }
         history.hours.retain(|h, _| *h > hour - HOURS);
+    }
+
+    /// The tenants `is_delivering` says are connected and enabled whose uploads have been
+    /// failing, with no object stored since, for longer than `after_ms`, as of `now_ms`; in
+    /// tenant order.
+    pub fn stale(
+        &self,
+        now_ms: i64,
+        after_ms: i64,
+        is_delivering: impl Fn(&str) -> bool,
+    ) -> Vec<StaleTenant> {
+        let tenants = self
+            .tenants
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut stale: Vec<StaleTenant> = tenants
+            .iter()
+            .filter_map(|(tenant, history)| {
+                let since = history.failing_since?;
+                (now_ms - since > after_ms && is_delivering(tenant)).then(|| StaleTenant {
+                    tenant_id: tenant.clone(),
+                    failing_since: common::s3::rfc3339_ms(since),
+                    last_delivery: history.last_delivery.as_ref().map(|(_, d)| d.clone()),
+                    last_error: history.last_error.as_ref().map(|(_, e)| e.clone()),
+                })
+            })
+            .collect();
+        stale.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+        stale
     }
 
     /// The tenant's status as of `now_ms`.
@@ -244,6 +299,43 @@ mod tests {
             attempt: 1,
             at_ms,
         }
+    }
+
+    #[test]
+    fn a_tenant_is_stale_once_its_uploads_fail_longer_than_the_setting_with_none_stored() {
+        let statuses = DeliveryStatuses::default();
+        let (now, after) = (100 * HOUR_MS, 2 * HOUR_MS);
+        statuses.apply(&record(outcome::STORED, now - 5 * HOUR_MS, 3));
+        statuses.apply(&record(outcome::RETRIED, now - 3 * HOUR_MS, 3));
+        statuses.apply(&record(outcome::DEAD_LETTERED, now - HOUR_MS, 3));
+        let stale = statuses.stale(now, after, |_| true);
+        assert_eq!(
+            stale
+                .iter()
+                .map(|t| (t.tenant_id.as_str(), t.failing_since.as_str()))
+                .collect::<Vec<_>>(),
+            [("acme", common::s3::rfc3339_ms(now - 3 * HOUR_MS).as_str())]
+        );
+        assert!(
+            statuses.stale(now, after, |_| false).is_empty(),
+            "a disabled or disconnected tenant is not waiting for logs"
+        );
+        // Failing for less than the setting: not yet.
+        assert!(
+            statuses
+                .stale(now - 90 * 60_000, after, |_| true)
+                .is_empty()
+        );
+        // An object stored since: delivering again.
+        statuses.apply(&record(outcome::STORED, now - 1000, 3));
+        assert!(statuses.stale(now, after, |_| true).is_empty());
+        // A failure recorded after an object stored later does not start a failing period.
+        statuses.apply(&record(outcome::RETRIED, now - 2000, 3));
+        assert!(
+            statuses
+                .stale(now + 3 * HOUR_MS, after, |_| true)
+                .is_empty()
+        );
     }
 
     #[test]
