@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::CheckpointStore;
 use crate::clock::ClockWriter;
 use crate::core::{Checkpoint, ClosedPart, Core};
-use crate::fetch_watch::FetchWatch;
+use crate::fetch_watch::{FetchWatch, rejoin_overdue};
 use crate::metrics::{
     BUFFERED_BYTES, COMMIT_LAG, COMMITS, CONSUMER_LAG, DUPLICATES, NEXT_OFFSET, OPEN_PARTS,
     OPEN_WINDOWS, PARTS_CLOSED, PUBLISH_BACKLOG, SPILLED_BYTES,
@@ -88,6 +88,9 @@ pub struct Batching {
     next_sequence: u64,
     backlog: VecDeque<Outgoing>,
     duplicates_reported: u64,
+    /// When the consumer lost its partitions with its group session, until it is assigned
+    /// again (see [`crate::fetch_watch::REJOIN_AFTER`]).
+    lost_since: Option<Instant>,
 }
 
 impl Batching {
@@ -113,6 +116,7 @@ impl Batching {
             next_sequence: 0,
             backlog: VecDeque::new(),
             duplicates_reported: 0,
+            lost_since: None,
         }
     }
 
@@ -350,6 +354,7 @@ impl Batching {
         consumer: &BaseConsumer<BatcherContext>,
         assignment: &mut TopicPartitionList,
     ) {
+        self.lost_since = None;
         let checkpoints = match self.store.read_latest(CHECKPOINT_READ_TIMEOUT) {
             Ok(checkpoints) => checkpoints,
             Err(error) => {
@@ -418,6 +423,7 @@ impl Batching {
                 ?partitions,
                 "partitions lost with the group session; the next owner rebuilds them from the last checkpoint"
             );
+            self.lost_since.get_or_insert_with(Instant::now);
         } else {
             if !self.await_confirms(&partitions, REVOKE_CONFIRM_WAIT) {
                 tracing::warn!(
@@ -546,6 +552,9 @@ pub enum Ended {
     /// The consumer stopped fetching `partition` while the cluster has a leader for it; a new
     /// consumer is needed (closing this one hands its partitions over with a commit).
     Stuck { partition: i32, leader: i32 },
+    /// The consumer lost its partitions with its group session and has not rejoined for
+    /// `REJOIN_AFTER` while the cluster answers; a new consumer is needed.
+    NotRejoined,
 }
 
 /// Runs the consumer until `shutdown`, then publishes what closed, commits what is safe within
@@ -593,6 +602,11 @@ pub fn run(
             if let Some((partition, leader)) = stuck(consumer, &batching.assigned(), &mut watch) {
                 return Ok(Ended::Stuck { partition, leader });
             }
+            if rejoin_overdue(batching.lost_since, Instant::now())
+                && cluster_answers(consumer, &batching.events_topic)
+            {
+                return Ok(Ended::NotRejoined);
+            }
         }
         if last_commit.elapsed() >= commit_interval {
             last_commit = Instant::now();
@@ -608,6 +622,17 @@ pub fn run(
     batching.commit(consumer, &partitions)?;
     tracing::info!(partitions = ?partitions, "final checkpoints written");
     Ok(Ended::Shutdown)
+}
+
+/// Whether the cluster answers a metadata request for `topic`.
+fn cluster_answers(consumer: &BaseConsumer<BatcherContext>, topic: &str) -> bool {
+    match consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT) {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(%error, "no partitions since the group session was lost, and the cluster does not answer; waiting");
+            false
+        }
+    }
 }
 
 /// An assigned partition the consumer has fetched from no broker for `STUCK_AFTER` while the

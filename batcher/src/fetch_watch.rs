@@ -1,4 +1,5 @@
-//! Noticing a partition the Kafka client stopped fetching for good.
+//! Noticing a partition the Kafka client stopped fetching for good, or a consumer that never
+//! rejoined its group.
 //!
 //! After a broker pause, librdkafka 2.12 can leave a partition routed to no broker while the
 //! cluster has long had a leader for it (a fetch answered "not leader, leader -1" is never
@@ -12,6 +13,20 @@ use std::time::{Duration, Instant};
 
 /// How long an assigned partition may be fetched from no broker before the cluster is asked.
 pub const STUCK_AFTER: Duration = Duration::from_secs(30);
+
+/// How long a consumer that lost its partitions with its group session may stay without a new
+/// assignment before the cluster is asked. After the whole cluster restarted, librdkafka 2.12
+/// can keep its request to the group coordinator queued and never sent (`REQTMOUT ...
+/// GroupCoordinator: Timed out 0 in-flight, 0 retry-queued, 1 out-queue`): the consumer never
+/// rejoins and its partitions' events are never batched. A rejoin normally takes well under a
+/// minute (34 s measured after a cluster restart).
+pub const REJOIN_AFTER: Duration = Duration::from_secs(60);
+
+/// Whether a consumer that lost its assignment at `lost_since` (`None`: it holds one, or never
+/// lost one) has waited past [`REJOIN_AFTER`] at `now` without being assigned again.
+pub fn rejoin_overdue(lost_since: Option<Instant>, now: Instant) -> bool {
+    lost_since.is_some_and(|since| now.duration_since(since) >= REJOIN_AFTER)
+}
 
 /// Since when each assigned partition has been fetched from no broker.
 #[derive(Debug, Default)]
@@ -93,5 +108,16 @@ mod tests {
         watch.keep_only(&[1]);
         assert!(!watch.observe(0, Some(-1), start + STUCK_AFTER));
         assert!(watch.observe(1, Some(-1), start + STUCK_AFTER * 2));
+    }
+
+    #[test]
+    fn a_consumer_without_partitions_since_losing_its_session_is_overdue_after_a_minute() {
+        let lost = Instant::now();
+        assert!(!rejoin_overdue(None, lost + REJOIN_AFTER * 10));
+        assert!(!rejoin_overdue(
+            Some(lost),
+            lost + REJOIN_AFTER - Duration::from_secs(1)
+        ));
+        assert!(rejoin_overdue(Some(lost), lost + REJOIN_AFTER));
     }
 }

@@ -215,7 +215,7 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
                 consumer
                     .subscribe(&[&events_topic])
                     .with_context(|| format!("cannot subscribe to {events_topic}"))?;
-                match consume::run(&consumer, &token, commit_interval, drain)? {
+                let reason = match consume::run(&consumer, &token, commit_interval, drain)? {
                     consume::Ended::Shutdown => return Ok(()),
                     consume::Ended::Stuck { partition, leader } => {
                         tracing::warn!(
@@ -223,13 +223,20 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
                             leader,
                             "replacing the Kafka consumer: it fetches the partition from no broker while the cluster has a leader for it"
                         );
-                        counter!(CONSUMER_REPLACEMENTS).increment(1);
-                        // Closing the old consumer first hands its partitions over with a commit;
-                        // the new one joins the group and rebuilds from the checkpoints.
-                        drop(consumer);
-                        consumer = new_consumer()?;
+                        "unfetched_partition"
                     }
-                }
+                    consume::Ended::NotRejoined => {
+                        tracing::warn!(
+                            "replacing the Kafka consumer: it lost its partitions with its group session and has not rejoined the group for a minute while the cluster answers"
+                        );
+                        "not_rejoined"
+                    }
+                };
+                counter!(CONSUMER_REPLACEMENTS, "reason" => reason).increment(1);
+                // Closing the old consumer first hands its partitions over with a commit; the
+                // new one joins the group and rebuilds from the checkpoints.
+                drop(consumer);
+                consumer = new_consumer()?;
             }
         })
         .await

@@ -10,8 +10,9 @@ pub const SKIPPED_OFFSETS: &str = "activity_batcher_skipped_offsets_total";
 /// Times a partition was read again from the offset expected next, after a record arrived at
 /// another offset.
 pub const REFETCHES: &str = "activity_batcher_offset_refetches_total";
-/// Kafka consumers replaced because one fetched an assigned partition from no broker while the
-/// cluster had a leader for it.
+/// Kafka consumers replaced, by reason: one fetched an assigned partition from no broker while
+/// the cluster had a leader for it (`unfetched_partition`), or did not rejoin its group after
+/// losing its session while the cluster answered (`not_rejoined`).
 pub const CONSUMER_REPLACEMENTS: &str = "activity_batcher_consumer_replacements_total";
 /// Records skipped because they are not readable events (logged with partition and offset).
 pub const INVALID_RECORDS: &str = "activity_batcher_invalid_records_total";
@@ -121,7 +122,7 @@ pub fn describe() {
     describe_counter!(
         CONSUMER_REPLACEMENTS,
         Unit::Count,
-        "Kafka consumers replaced because one fetched an assigned partition from no broker while the cluster had a leader for it."
+        "Kafka consumers replaced, by reason: an assigned partition fetched from no broker while the cluster had a leader for it (unfetched_partition), or no rejoin after a lost group session while the cluster answered (not_rejoined)."
     );
     describe_counter!(
         INVALID_RECORDS,
