@@ -2,11 +2,10 @@
 //! compression and rebalances run off the async runtime and the rebalance callback (which runs
 //! inside `poll` on this same thread) can commit and hand partitions over in step with the core.
 //!
-//! Offsets move only behind confirms (DESIGN §3): each partition's closed parts are numbered;
-//! a checkpoint taken at some moment is written, and its offset committed, once every part
-//! closed before that moment is confirmed by RabbitMQ.
+//! Offsets move only behind confirms (DESIGN §3); the rule is [`crate::core::commit_rule`], and this
+//! shell feeds it the parts sent and confirmed and writes and commits what it allows.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -26,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::CheckpointStore;
 use crate::clock::ClockWriter;
+use crate::core::commit_rule::Ledger;
 use crate::core::{Checkpoint, ClosedPart, Core};
 use crate::fetch_watch::{FetchWatch, rejoin_overdue};
 use crate::metrics::{
@@ -45,25 +45,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often gauges are refreshed and idle partitions checked for a clock close.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Per partition: parts sent and not yet confirmed, and the checkpoint waiting for them.
+/// Per assigned partition: where reading is and what was committed.
 #[derive(Debug, Default)]
 struct Progress {
-    unconfirmed: BTreeSet<u64>,
-    /// A checkpoint and the sequence number every part before it had.
-    pending: Option<(Checkpoint, u64)>,
-    last_written: Option<Checkpoint>,
     /// Checks each record's offset against the one expected next, which is the position.
     offsets: OffsetCheck,
     committed: Option<i64>,
 }
 
 impl Progress {
-    fn confirmed_before(&self, sequence: u64) -> bool {
-        self.unconfirmed
-            .first()
-            .is_none_or(|first| *first >= sequence)
-    }
-
     /// The next offset to read (0 before the first record of a partition read from its start).
     fn position(&self) -> i64 {
         self.offsets.next().unwrap_or(0)
@@ -82,10 +72,8 @@ pub struct Batching {
     pub confirms: Receiver<Confirmed>,
     pub runtime: tokio::runtime::Handle,
     progress: HashMap<i32, Progress>,
-    /// Numbers parts across all partitions and assignments of this process, so a confirm that
-    /// arrives after its partition was revoked (and perhaps assigned back) matches no part sent
-    /// since: it cannot be credited to a new part and let a checkpoint pass it.
-    next_sequence: u64,
+    /// Which parts are confirmed and which checkpoints may be written.
+    ledger: Ledger<Checkpoint>,
     backlog: VecDeque<Outgoing>,
     duplicates_reported: u64,
     /// When the consumer lost its partitions with its group session, until it is assigned
@@ -113,7 +101,7 @@ impl Batching {
             confirms,
             runtime,
             progress: HashMap::new(),
-            next_sequence: 0,
+            ledger: Ledger::default(),
             backlog: VecDeque::new(),
             duplicates_reported: 0,
             lost_since: None,
@@ -143,12 +131,9 @@ impl Batching {
         let now = now_unix_ms();
         for part in closed {
             counter!(PARTS_CLOSED, "reason" => part.reason.as_str()).increment(1);
-            let Some(progress) = self.progress.get_mut(&part.partition) else {
+            let Some(sequence) = self.ledger.sent(part.partition) else {
                 continue;
             };
-            let sequence = self.next_sequence;
-            self.next_sequence += 1;
-            progress.unconfirmed.insert(sequence);
             self.backlog.push_back(Outgoing {
                 partition: part.partition,
                 sequence,
@@ -180,9 +165,8 @@ impl Batching {
     }
 
     fn confirm(&mut self, confirmed: Confirmed) {
-        if let Some(progress) = self.progress.get_mut(&confirmed.partition) {
-            progress.unconfirmed.remove(&confirmed.sequence);
-        }
+        self.ledger
+            .confirmed(confirmed.partition, confirmed.sequence);
     }
 
     /// Waits up to `wait` until every part of `partitions` sent so far is confirmed.
@@ -191,11 +175,7 @@ impl Batching {
         loop {
             self.drain_confirms();
             let _ = self.flush_backlog();
-            let done = partitions.iter().all(|p| {
-                self.progress
-                    .get(p)
-                    .is_none_or(|progress| progress.unconfirmed.is_empty())
-            });
+            let done = partitions.iter().all(|p| self.ledger.all_confirmed(*p));
             if done {
                 return true;
             }
@@ -226,33 +206,10 @@ impl Batching {
         self.drain_confirms();
         let mut ready = Vec::new();
         for &partition in partitions {
-            let Some(progress) = self.progress.get_mut(&partition) else {
-                continue;
-            };
             let Some(state) = self.core.partition_mut(partition) else {
                 continue;
             };
-            if progress.unconfirmed.is_empty() {
-                // Everything sent is confirmed: the state as it is now can be committed, so an
-                // older snapshot still waiting is superseded (a final commit at shutdown must
-                // not write a stale one).
-                progress.pending = state
-                    .checkpoint()
-                    .map(|checkpoint| (checkpoint, self.next_sequence));
-            } else if progress.pending.is_none()
-                && let Some(checkpoint) = state.checkpoint()
-            {
-                progress.pending = Some((checkpoint, self.next_sequence));
-            }
-            let Some((checkpoint, before)) = &progress.pending else {
-                continue;
-            };
-            if !progress.confirmed_before(*before) {
-                continue;
-            }
-            let checkpoint = checkpoint.clone();
-            progress.pending = None;
-            if progress.last_written.as_ref() != Some(&checkpoint) {
+            if let Some(checkpoint) = self.ledger.writable(partition, || state.checkpoint()) {
                 ready.push((partition, checkpoint));
             }
         }
@@ -279,8 +236,8 @@ impl Batching {
             )?;
             if let Some(progress) = self.progress.get_mut(&partition) {
                 progress.committed = Some(checkpoint.commit_offset);
-                progress.last_written = Some(checkpoint);
             }
+            self.ledger.written(partition, checkpoint);
         }
         if offsets.count() > 0 {
             // Synchronous: an asynchronous commit still in flight when the session expired kept
@@ -396,13 +353,12 @@ impl Batching {
                 "partition assigned"
             );
             self.core.assign(partition, checkpoint.clone());
+            self.ledger.assign(partition, checkpoint);
             self.progress.insert(
                 partition,
                 Progress {
                     offsets: OffsetCheck::starting_at(start),
                     committed: start,
-                    last_written: checkpoint,
-                    ..Progress::default()
                 },
             );
         }
@@ -437,6 +393,7 @@ impl Batching {
         }
         for partition in partitions {
             self.core.revoke(partition);
+            self.ledger.revoke(partition);
             self.progress.remove(&partition);
             tracing::info!(partition, "partition revoked");
         }

@@ -1,9 +1,11 @@
 //! The batching core: pure windowing over Kafka records (no network, clock passed in), the
 //! memory budget with its disk spill, and closed parts turned into upload jobs.
 
+pub mod commit_rule;
 pub mod ids;
 pub mod part;
 pub mod partition;
+pub mod rebuild;
 pub mod window;
 
 use std::collections::BTreeMap;
@@ -15,7 +17,8 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 pub use part::PartSettings;
-pub use partition::{Checkpoint, CloseReason, ClosedPart, PartitionState, Record, WindowSettings};
+pub use partition::{CloseReason, ClosedPart, PartitionState, Record, WindowSettings};
+pub use rebuild::Checkpoint;
 
 /// Spilling stops once memory is back under this share of the budget, so one spill makes
 /// room for many records instead of one.
@@ -189,10 +192,8 @@ impl ClosedPart {
     pub fn key(&self) -> ObjectKey {
         ObjectKey {
             tenant_id: self.tenant.clone(),
-            window_start: OffsetDateTime::from_unix_timestamp_nanos(
-                i128::from(self.window_start_ms) * 1_000_000,
-            )
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            window_start: common::clock::from_unix_ms(self.window_start_ms)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
             partition: self.partition,
             first_offset: self.first_offset,
             codec: self.codec,

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 
 use common::event::TenantId;
 use common::key::Codec;
-use serde::{Deserialize, Serialize};
 
 use super::part::{Added, FinishedBody, OpenPart, PartSettings, id_hash};
-use super::window::window_start;
+use super::rebuild::{Checkpoint, Close, Reread};
+use super::window::{closed_until, window_start};
 
 /// How records become windows and parts.
 #[derive(Debug, Clone)]
@@ -76,70 +76,6 @@ pub struct ClosedPart {
     pub codec: Codec,
     pub reason: CloseReason,
     pub content: FinishedBody,
-}
-
-/// A window close: from `offset` on, windows ending at or before `closed_until_ms` are closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Close {
-    pub closed_until_ms: i64,
-    pub offset: i64,
-}
-
-/// What a rebuild starting at `commit_offset` needs to make exactly the parts the first run
-/// made (DESIGN §3). Records in `[commit_offset, resume_offset)` were read before; the closes
-/// between those offsets say which of them went into parts already published (skipped on
-/// rebuild) and which into parts still open (rebuilt). From `resume_offset` on, reading goes
-/// on with the stream time and closes the first run had reached.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Checkpoint {
-    pub commit_offset: i64,
-    pub resume_offset: i64,
-    pub stream_time_ms: Option<i64>,
-    pub closed_until_ms: Option<i64>,
-    /// Windows ending at or before this were closed before `commit_offset`.
-    pub closed_until_at_commit_ms: Option<i64>,
-    /// Closes at offsets in `(commit_offset, resume_offset]`, in order.
-    pub closes: Vec<Close>,
-}
-
-/// What a rebuild does with a record it reads again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Replayed {
-    /// It is in a part the first run published.
-    Skip,
-    /// It is in a part that was open at the checkpoint.
-    Keep { late: bool },
-}
-
-impl Checkpoint {
-    /// Windows ending at or before this were closed for the record at `offset`.
-    fn closed_until_at(&self, offset: i64) -> Option<i64> {
-        self.closes
-            .iter()
-            .take_while(|close| close.offset <= offset)
-            .map(|close| close.closed_until_ms)
-            .last()
-            .or(self.closed_until_at_commit_ms)
-    }
-
-    fn replay(&self, offset: i64, window_end_ms: i64) -> Replayed {
-        let closed_then = self
-            .closed_until_at(offset)
-            .is_some_and(|c| window_end_ms <= c);
-        if closed_then {
-            // A late record: its late part closed at the next close, if there was one.
-            let closed_later = self.closes.iter().any(|close| close.offset > offset);
-            if closed_later {
-                Replayed::Skip
-            } else {
-                Replayed::Keep { late: true }
-            }
-        } else if self.closed_until_ms.is_some_and(|c| window_end_ms <= c) {
-            Replayed::Skip
-        } else {
-            Replayed::Keep { late: false }
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -249,9 +185,9 @@ impl PartitionState {
         let end = window_start(timestamp_ms, settings.length_ms) + settings.length_ms;
         if let Some(checkpoint) = &self.rebuilding {
             if offset < checkpoint.resume_offset {
-                return Ok(match checkpoint.replay(offset, end) {
-                    Replayed::Keep { late } => Some(late),
-                    Replayed::Skip => None,
+                return Ok(match checkpoint.reread(offset, end) {
+                    Reread::Keep { late } => Some(late),
+                    Reread::Skip => None,
                 });
             }
             if let Some(checkpoint) = self.rebuilding.take() {
@@ -262,7 +198,7 @@ impl PartitionState {
             .stream_time_ms
             .map_or(timestamp_ms, |t| t.max(timestamp_ms));
         self.stream_time_ms = Some(stream_time);
-        let due = window_start(stream_time - settings.close_delay_ms, settings.length_ms);
+        let due = closed_until(stream_time, settings.length_ms, settings.close_delay_ms);
         match self.closed_until_ms {
             // Nothing was open before the first record: start closing from here.
             None => self.closed_until_ms = Some(due),
@@ -293,7 +229,7 @@ impl PartitionState {
             }
         }
         self.next_offset = Some(self.next_offset.map_or(position, |n| n.max(position)));
-        let due = window_start(now_ms - settings.close_delay_ms, settings.length_ms);
+        let due = closed_until(now_ms, settings.length_ms, settings.close_delay_ms);
         if self.closed_until_ms.is_some_and(|c| due > c) {
             self.close_through(due, position, settings, &mut closed)?;
         }
@@ -309,7 +245,7 @@ impl PartitionState {
         if self.rebuilding.is_some() {
             return true;
         }
-        let due = window_start(now_ms - settings.close_delay_ms, settings.length_ms);
+        let due = closed_until(now_ms, settings.length_ms, settings.close_delay_ms);
         self.closed_until_ms.is_some_and(|c| due > c)
             && (self
                 .windows
@@ -519,6 +455,7 @@ mod tests {
 
     use super::*;
     use common::codec::decompress;
+    use proptest::prelude::*;
 
     const W: i64 = 60_000;
     const DELAY: i64 = 5_000;
@@ -849,17 +786,21 @@ mod tests {
         assert_eq!(next.commit_offset(), Some(4));
     }
 
-    /// A deterministic pseudo-random sequence (no dependency for one test).
-    struct Lcg(u64);
+    /// One draw of the generator below: how far the clock moves, how late the record is (now
+    /// and then a straggler up to 1.5 windows old), its tenant and id, whether it goes in no
+    /// part, and whether a clock close while caught up follows it.
+    type Draw = (i64, bool, i64, usize, u32, bool, bool);
 
-    impl Lcg {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (self.0 >> 33) % n
-        }
+    fn draw() -> impl Strategy<Value = Draw> {
+        (
+            0..1_200_i64,
+            proptest::bool::weighted(0.1),
+            0..90_000_i64,
+            0..3_usize,
+            0..300_u32,
+            proptest::bool::weighted(0.125),
+            proptest::bool::weighted(0.025),
+        )
     }
 
     /// Records of 3 tenants over ~6 windows, with stragglers up to 1.5 windows old, repeated
@@ -868,32 +809,25 @@ mod tests {
     /// record at the end of the log (a record in no part, stamped with the time), so a rebuild
     /// reads it too; the core's own clock close (`close_idle`) is for replays only and is never
     /// seen by a rebuild that did not record it.
-    fn random_steps(seed: u64) -> Vec<Step> {
-        let mut rng = Lcg(seed);
+    fn steps_of(draws: &[Draw]) -> Vec<Step> {
         let mut steps = Vec::new();
         let mut clock = 0;
         let mut offset = 0;
-        for _ in 0..250 {
+        for &(advance, straggler, lag, tenant, id, skip, clock_close) in draws {
             offset += 1;
-            clock += i64::try_from(rng.below(1_200)).expect("small");
-            let lag = if rng.below(10) == 0 {
-                i64::try_from(rng.below(90_000)).expect("small")
-            } else {
-                i64::try_from(rng.below(3_000)).expect("small")
-            };
-            let tenant =
-                ["acme", "globex", "initech"][usize::try_from(rng.below(3)).expect("small")];
-            let id = format!("e{}", rng.below(300));
+            clock += advance;
+            let lag = if straggler { lag } else { lag % 3_000 };
+            let tenant = ["acme", "globex", "initech"][tenant];
             let timestamp_ms = (clock - lag).max(0);
-            if rng.below(8) == 0 {
+            if skip {
                 steps.push(Step::Skip {
                     offset,
                     timestamp_ms,
                 });
             } else {
-                steps.push(record(offset, timestamp_ms, tenant, &id));
+                steps.push(record(offset, timestamp_ms, tenant, &format!("e{id}")));
             }
-            if rng.below(40) == 0 {
+            if clock_close {
                 clock += W / 2;
                 offset += 1;
                 steps.push(Step::Skip {
@@ -912,64 +846,69 @@ mod tests {
         }
     }
 
-    /// The rule everything rests on (DESIGN §3): a batcher that stops anywhere and is rebuilt
-    /// from a checkpoint it took (the latest, or an older one whose commit was still pending)
-    /// publishes exactly the parts an uninterrupted run publishes, same keys and same bytes,
-    /// and no event ends up in two different objects.
-    #[test]
-    fn a_rebuild_from_any_checkpoint_makes_exactly_the_parts_of_an_uninterrupted_run() {
-        for seed in 1..=8 {
-            let s = settings(900);
-            let steps = random_steps(seed);
-            let mut first = PartitionState::new(0);
-            let mut published = Vec::new();
-            // After step i: how many parts were published, and the checkpoint then.
-            let mut history = Vec::new();
-            for step in &steps {
-                published.extend(apply(&mut first, step, &s));
-                history.push((published.len(), first.checkpoint()));
-            }
-            let expected: BTreeMap<_, _> = published
-                .iter()
-                .map(|p| {
-                    (
-                        (p.tenant.clone(), p.window_start_ms, p.first_offset),
-                        p.clone(),
-                    )
-                })
-                .collect();
-            for stop in 0..steps.len() {
-                let (published_then, _) = history[stop];
-                for taken in [stop, stop / 2] {
-                    let Some(checkpoint) = history[taken].1.clone() else {
-                        continue;
-                    };
-                    let mut all = published[..published_then].to_vec();
-                    let mut rebuilt = PartitionState::resume(0, checkpoint.clone());
-                    for step in steps
-                        .iter()
-                        .filter(|st| position(st) >= checkpoint.commit_offset)
-                    {
-                        all.extend(apply(&mut rebuilt, step, &s));
-                    }
-                    let mut seen: BTreeMap<_, ClosedPart> = BTreeMap::new();
-                    for part in all {
-                        let key = (part.tenant.clone(), part.window_start_ms, part.first_offset);
-                        if let Some(earlier) = seen.get(&key) {
-                            assert_eq!(
-                                earlier, &part,
-                                "seed {seed} stop {stop}: same key, same bytes"
-                            );
-                        }
-                        seen.insert(key, part);
-                    }
-                    assert_eq!(
-                        seen.keys().collect::<Vec<_>>(),
-                        expected.keys().collect::<Vec<_>>(),
-                        "seed {seed}, stopped after step {stop}, checkpoint of step {taken}: {checkpoint:?}"
-                    );
-                    assert_eq!(seen, expected, "seed {seed} stop {stop} checkpoint {taken}");
+    // The rule everything rests on (DESIGN §3): a batcher that stops anywhere and is rebuilt
+    // from a checkpoint it took (the latest, or an older one whose commit was still pending)
+    // publishes exactly the parts an uninterrupted run publishes, same keys and same bytes,
+    // and no event ends up in two different objects.
+    proptest! {
+        // Each case rebuilds from every step's checkpoint: a few hundred cases would take
+        // minutes, and 24 cover the shapes (a failure shrinks to its shortest sequence).
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn a_rebuild_from_any_checkpoint_makes_exactly_the_parts_of_an_uninterrupted_run(
+            draws in proptest::collection::vec(draw(), 1..250)
+        ) {
+            rebuilds_match_the_uninterrupted_run(&steps_of(&draws));
+        }
+    }
+
+    fn rebuilds_match_the_uninterrupted_run(steps: &[Step]) {
+        let s = settings(900);
+        let mut first = PartitionState::new(0);
+        let mut published = Vec::new();
+        // After step i: how many parts were published, and the checkpoint then.
+        let mut history = Vec::new();
+        for step in steps {
+            published.extend(apply(&mut first, step, &s));
+            history.push((published.len(), first.checkpoint()));
+        }
+        let expected: BTreeMap<_, _> = published
+            .iter()
+            .map(|p| {
+                (
+                    (p.tenant.clone(), p.window_start_ms, p.first_offset),
+                    p.clone(),
+                )
+            })
+            .collect();
+        for stop in 0..steps.len() {
+            let (published_then, _) = history[stop];
+            for taken in [stop, stop / 2] {
+                let Some(checkpoint) = history[taken].1.clone() else {
+                    continue;
+                };
+                let mut all = published[..published_then].to_vec();
+                let mut rebuilt = PartitionState::resume(0, checkpoint.clone());
+                for step in steps
+                    .iter()
+                    .filter(|st| position(st) >= checkpoint.commit_offset)
+                {
+                    all.extend(apply(&mut rebuilt, step, &s));
                 }
+                let mut seen: BTreeMap<_, ClosedPart> = BTreeMap::new();
+                for part in all {
+                    let key = (part.tenant.clone(), part.window_start_ms, part.first_offset);
+                    if let Some(earlier) = seen.get(&key) {
+                        assert_eq!(earlier, &part, "stop {stop}: same key, same bytes");
+                    }
+                    seen.insert(key, part);
+                }
+                assert_eq!(
+                    seen.keys().collect::<Vec<_>>(),
+                    expected.keys().collect::<Vec<_>>(),
+                    "stopped after step {stop}, checkpoint of step {taken}: {checkpoint:?}"
+                );
+                assert_eq!(seen, expected, "stop {stop} checkpoint {taken}");
             }
         }
     }
