@@ -58,16 +58,43 @@ pub fn topic_spec(name: &str, replication: i32) -> TopicSpec<'_> {
     }
 }
 
-/// Outcome labels, shared by records and metrics.
-pub mod outcome {
-    pub const STORED: &str = "stored";
-    pub const ALREADY_THERE: &str = "already_there";
+/// What happened to one attempt at a job, as records and metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Stored,
+    /// The key held the same object already (an earlier attempt stored it).
+    AlreadyThere,
     /// Stored under an alternate key because a different object held the job's key; the
     /// record's `key` is where it went.
-    pub const DIVERGED: &str = "diverged";
-    pub const RETRIED: &str = "retried";
-    pub const DEAD_LETTERED: &str = "dead_lettered";
-    pub const DISCARDED: &str = "discarded";
+    Diverged,
+    Retried,
+    DeadLettered,
+    /// The tenant has no integration: nowhere to deliver.
+    Discarded,
+    /// One a newer uploader records and this version does not know (a rolling upgrade): the
+    /// record is still read, and counts as none of the above.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stored => "stored",
+            Self::AlreadyThere => "already_there",
+            Self::Diverged => "diverged",
+            Self::Retried => "retried",
+            Self::DeadLettered => "dead_lettered",
+            Self::Discarded => "discarded",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// Whether the job's object is in the bucket (under its key, or beside it when diverged).
+    pub fn is_stored(self) -> bool {
+        matches!(self, Self::Stored | Self::AlreadyThere | Self::Diverged)
+    }
 }
 
 /// What happened to one upload job. Fields it does not know are ignored when read, so records a
@@ -100,8 +127,7 @@ pub struct DeliveryRecord {
     pub first_offset: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_offset: Option<i64>,
-    /// One of [`outcome`].
-    pub outcome: String,
+    pub outcome: Outcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_class: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,7 +160,7 @@ mod tests {
             partition: Some(0),
             first_offset: Some(0),
             last_offset: Some(2),
-            outcome: outcome::STORED.into(),
+            outcome: Outcome::Stored,
             error_class: None,
             error_code: None,
             error_message: None,
@@ -145,6 +171,20 @@ mod tests {
         newer["digest"] = serde_json::json!({"hour": "2026-11-30T14"});
         let read: DeliveryRecord = serde_json::from_value(newer).expect("a newer record");
         assert_eq!(read, record);
+    }
+
+    #[test]
+    fn an_outcome_a_newer_version_records_is_read_as_unknown() {
+        let newer = serde_json::json!({
+            "tenant_id": "acme", "relative_key": "acme/x.jsonl.zst", "bytes": 1,
+            "event_count": 1, "window_start_ms": 0, "window_end_ms": 1,
+            "outcome": "quarantined", "attempt": 1, "at_ms": 2
+        });
+        let read: DeliveryRecord = serde_json::from_value(newer).expect("a newer record");
+        assert_eq!(read.outcome, Outcome::Unknown);
+        assert!(!read.outcome.is_stored());
+        let written = serde_json::to_value(Outcome::AlreadyThere).expect("serialize");
+        assert_eq!(written, serde_json::json!(Outcome::AlreadyThere.as_str()));
     }
 
     #[test]

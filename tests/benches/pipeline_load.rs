@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::delivery::{DeliveryRecord, outcome};
+use common::delivery::{DeliveryRecord, Outcome};
 use common::kafka::KafkaArgs;
 use common::registry::RECORDS_READ;
 use integration_tests::bench::{percentile, realistic_event, setting};
@@ -200,7 +200,7 @@ impl DeliveryFollower {
                     let record: DeliveryRecord =
                         serde_json::from_slice(message.payload().unwrap_or_default())
                             .expect("a delivery record");
-                    if record.outcome == outcome::STORED {
+                    if record.outcome == Outcome::Stored {
                         stored.lock().expect("stored objects").push(Stored {
                             events: record.event_count,
                             lag_ms: record.at_ms - record.window_end_ms,
@@ -210,7 +210,7 @@ impl DeliveryFollower {
                         *others
                             .lock()
                             .expect("other outcomes")
-                            .entry(format!("{} ({code})", record.outcome))
+                            .entry(format!("{} ({code})", record.outcome.as_str()))
                             .or_default() += 1;
                     }
                 }

@@ -13,7 +13,7 @@ use integration_tests::{unique, wait_for};
 use lapin::Channel;
 use lapin::options::{BasicGetOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use uploader::consume::failure_header;
+use uploader::failure::header as failure_header;
 
 async fn publish(channel: &Channel, exchange: &str, routing_key: &str, body: &[u8]) {
     let mut headers = FieldTable::default();

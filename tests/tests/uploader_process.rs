@@ -201,9 +201,10 @@ async fn an_uploader_stopped_by_sigterm_under_load_finishes_its_uploads_and_noth
         let delivery: common::delivery::DeliveryRecord =
             serde_json::from_str(&record.value).expect("a delivery record");
         assert_eq!(
-            delivery.outcome, "stored",
-            "{}: {}",
-            delivery.relative_key, delivery.outcome
+            delivery.outcome,
+            common::delivery::Outcome::Stored,
+            "{}",
+            delivery.relative_key
         );
         *stored.entry(delivery.relative_key).or_default() += 1;
     }

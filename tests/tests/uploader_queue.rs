@@ -20,9 +20,11 @@ use integration_tests::fixtures::{
 use integration_tests::{unique, wait_for};
 use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
-use uploader::consume::{DeliveryLog, Uploader, failure_header};
+use uploader::consume::Uploader;
 use uploader::credentials::AssumedRoles;
+use uploader::delivery_log::DeliveryLog;
 use uploader::destination::S3Writer;
+use uploader::failure::header as failure_header;
 use uploader::retry::RetryPolicy;
 
 /// A registry holding the given (tenant, bucket) integrations.

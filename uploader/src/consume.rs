@@ -10,11 +10,10 @@ use anyhow::Context;
 
 use common::amqp::{AmqpArgs, Backoff, PublishError, confirm_channel, publish_confirmed};
 use common::clock::now_unix_ms;
-use common::delivery::{DeliveryRecord, outcome};
+use common::delivery;
 use common::integration::Integration;
 use common::job::{JobKind, UploadJob, header};
 use common::key::full_key;
-use common::producer::HealingProducer;
 use common::registry::IntegrationRegistry;
 use common::topology::{DEAD_ROUTING_KEY, UploadTopology};
 use futures_util::StreamExt;
@@ -22,7 +21,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use metrics::{counter, gauge, histogram};
 use tokio::sync::Semaphore;
@@ -30,22 +29,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::credentials::AssumedRoles;
+use crate::delivery_log::{self, DeliveryLog};
 use crate::destination::{S3Writer, Stored, resolve, verify_body};
 use crate::error::{ErrorClass, UploadError};
+use crate::failure;
 use crate::fairness::{TenantSlot, TenantSlots};
 use crate::metrics::{
-    DEFERRED, DELIVERY_LAG, DELIVERY_RECORDS_FAILED, DIGEST_LAG, DIVERGED_OBJECTS, DLQ_DEPTH,
-    IN_FLIGHT, OBJECT_SIZE, RECONNECTS, RETRIES, UPLOAD_LATENCY, UPLOADS,
+    DEFERRED, DELIVERY_LAG, DIGEST_LAG, DIVERGED_OBJECTS, DLQ_DEPTH, IN_FLIGHT, OBJECT_SIZE,
+    RECONNECTS, RETRIES, UPLOAD_LATENCY, UPLOADS,
 };
 use crate::retry::{NextStep, RetryPolicy};
-
-/// Headers a moved job carries about its last failure.
-pub mod failure_header {
-    pub const CLASS: &str = "last-error-class";
-    pub const STEP: &str = "last-error-step";
-    pub const CODE: &str = "last-error-code";
-    pub const MESSAGE: &str = "last-error-message";
-}
 
 /// What became of one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,38 +47,6 @@ pub enum Outcome {
     Retried { tier: usize, error: UploadError },
     DeadLettered(UploadError),
     Discarded(UploadError),
-}
-
-/// Where delivery records go.
-pub struct DeliveryLog {
-    pub producer: HealingProducer,
-    pub topic: String,
-}
-
-/// How long writing a delivery record may hold up the acknowledgement of its job.
-const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl DeliveryLog {
-    /// Writes a record; returns whether Kafka took it. A failure is logged and counted; the
-    /// caller sends a stored object's job round again, so its record is written later.
-    async fn write(&self, record: &DeliveryRecord) -> bool {
-        let value = match serde_json::to_vec(record) {
-            Ok(value) => value,
-            Err(error) => {
-                tracing::error!(%error, "cannot encode a delivery record");
-                return false;
-            }
-        };
-        let sent = self
-            .producer
-            .send(&self.topic, &record.tenant_id, Some(&value), RECORD_TIMEOUT)
-            .await;
-        if let Err(error) = &sent {
-            counter!(DELIVERY_RECORDS_FAILED).increment(1);
-            tracing::error!(%error, key = %record.relative_key, "cannot write a delivery record");
-        }
-        sent.is_ok()
-    }
 }
 
 /// Everything one uploader process needs to handle deliveries.
@@ -168,17 +129,17 @@ impl Uploader {
                     .await?
             }
         };
-        let (label, error) = match &outcome {
-            Outcome::Stored(Stored::Created) => (outcome::STORED, None),
-            Outcome::Stored(Stored::AlreadyThere) => (outcome::ALREADY_THERE, None),
-            Outcome::Stored(Stored::Diverged { .. }) => (outcome::DIVERGED, None),
-            Outcome::Retried { error, .. } => (outcome::RETRIED, Some(error)),
-            Outcome::DeadLettered(error) => (outcome::DEAD_LETTERED, Some(error)),
-            Outcome::Discarded(error) => (outcome::DISCARDED, Some(error)),
+        let (recorded_as, error) = match &outcome {
+            Outcome::Stored(Stored::Created) => (delivery::Outcome::Stored, None),
+            Outcome::Stored(Stored::AlreadyThere) => (delivery::Outcome::AlreadyThere, None),
+            Outcome::Stored(Stored::Diverged { .. }) => (delivery::Outcome::Diverged, None),
+            Outcome::Retried { error, .. } => (delivery::Outcome::Retried, Some(error)),
+            Outcome::DeadLettered(error) => (delivery::Outcome::DeadLettered, Some(error)),
+            Outcome::Discarded(error) => (delivery::Outcome::Discarded, Some(error)),
         };
         let class = error.map_or("none", |e| e.class.as_str());
-        counter!(UPLOADS, "outcome" => label, "class" => class).increment(1);
-        let record = delivery_record(&job, body.len(), label, error, destination);
+        counter!(UPLOADS, "outcome" => recorded_as.as_str(), "class" => class).increment(1);
+        let record = delivery_log::record(&job, body.len(), recorded_as, error, destination);
         let recorded = self.deliveries.write(&record).await;
         if !recorded && matches!(outcome, Outcome::Stored(_)) {
             // A stored object without its record would be missing from the tenant's signed
@@ -212,7 +173,7 @@ impl Uploader {
             match self.policy.next_step(error.class, attempts, age(job)) {
                 NextStep::Retry { tier } => {
                     let tier_queue = &self.topology.retry_queues[tier];
-                    let headers = with_failure(headers, &error, attempts);
+                    let headers = failure::with_failure(headers, &error, attempts);
                     publish_moved(
                         publisher,
                         &self.topology.retry_exchange,
@@ -276,7 +237,7 @@ impl Uploader {
         error: &UploadError,
         attempts: u32,
     ) -> Result<(), PublishError> {
-        let headers = with_failure(headers, error, attempts);
+        let headers = failure::with_failure(headers, error, attempts);
         publish_moved(
             publisher,
             &self.topology.dead_letter_exchange,
@@ -539,48 +500,4 @@ fn age(job: &UploadJob) -> Duration {
     Duration::from_millis(
         u64::try_from(now_unix_ms().saturating_sub(job.created_at_ms)).unwrap_or(0),
     )
-}
-
-fn delivery_record(
-    job: &UploadJob,
-    bytes: usize,
-    outcome: &str,
-    error: Option<&UploadError>,
-    destination: Option<(String, String)>,
-) -> DeliveryRecord {
-    let (bucket, key) = destination.unzip();
-    DeliveryRecord {
-        kind: job.kind,
-        tenant_id: job.tenant_id.to_string(),
-        relative_key: job.relative_key.clone(),
-        bucket,
-        key,
-        bytes: bytes as u64,
-        event_count: job.event_count,
-        window_start_ms: job.window_start_ms,
-        window_end_ms: job.window_end_ms,
-        sha256: Some(job.sha256_hex.clone()),
-        partition: Some(job.partition),
-        first_offset: Some(job.first_offset),
-        last_offset: Some(job.last_offset),
-        outcome: outcome.to_owned(),
-        error_class: error.map(|e| e.class.as_str().to_owned()),
-        error_code: error.map(|e| e.code.clone()),
-        error_message: error.map(|e| e.message.clone()),
-        attempt: job.attempt.saturating_add(1),
-        at_ms: now_unix_ms(),
-    }
-}
-
-fn with_failure(mut headers: FieldTable, error: &UploadError, attempts: u32) -> FieldTable {
-    let text = |value: &str| AMQPValue::LongString(LongString::from(value));
-    headers.insert(
-        header::ATTEMPT.into(),
-        AMQPValue::LongLongInt(i64::from(attempts)),
-    );
-    headers.insert(failure_header::CLASS.into(), text(error.class.as_str()));
-    headers.insert(failure_header::STEP.into(), text(error.step));
-    headers.insert(failure_header::CODE.into(), text(&error.code));
-    headers.insert(failure_header::MESSAGE.into(), text(&error.message));
-    headers
 }

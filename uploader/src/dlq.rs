@@ -17,7 +17,7 @@ use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
-use crate::consume::failure_header;
+use crate::failure::header as failure_header;
 
 /// One dead-lettered job as `dlq list` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -251,13 +251,7 @@ async fn republish(
         .as_ref()
         .map(|headers| headers.inner().clone())
         .unwrap_or_default();
-    for name in [
-        failure_header::CLASS,
-        failure_header::STEP,
-        failure_header::CODE,
-        failure_header::MESSAGE,
-        "x-death",
-    ] {
+    for name in failure_header::ALL.into_iter().chain(["x-death"]) {
         entries.remove(name);
     }
     entries.insert(header::ATTEMPT.into(), AMQPValue::LongLongInt(0));

@@ -5,9 +5,11 @@
 pub mod config;
 pub mod consume;
 pub mod credentials;
+pub mod delivery_log;
 pub mod destination;
 pub mod dlq;
 pub mod error;
+pub mod failure;
 pub mod fairness;
 pub mod metrics;
 pub mod retry;
@@ -21,8 +23,9 @@ use common::registry::IntegrationRegistry;
 use common::shutdown::Supervisor;
 
 use crate::config::UploaderConfig;
-use crate::consume::{DeliveryLog, Uploader};
+use crate::consume::Uploader;
 use crate::credentials::AssumedRoles;
+use crate::delivery_log::DeliveryLog;
 use crate::destination::S3Writer;
 
 /// Starts the uploader under `supervisor` and returns the address of its health and metrics

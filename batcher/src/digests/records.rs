@@ -1,9 +1,7 @@
 //! What a record of the deliveries topic means for digests: a stored object, an integration
 //! change, time passing, or nothing.
 
-use common::delivery::{
-    DeliveryRecord, IntegrationChange, RECORD_KIND_HEADER, outcome, record_kind,
-};
+use common::delivery::{DeliveryRecord, IntegrationChange, RECORD_KIND_HEADER, record_kind};
 use common::digest::{DigestedObject, timestamp_ms};
 use common::event::TenantId;
 use common::job::JobKind;
@@ -58,11 +56,7 @@ fn tenant(raw: &str) -> Result<TenantId, String> {
 }
 
 fn stored(record: DeliveryRecord) -> Result<Option<Entry>, String> {
-    let listed = matches!(
-        record.outcome.as_str(),
-        outcome::STORED | outcome::ALREADY_THERE | outcome::DIVERGED
-    );
-    if !listed || record.kind != JobKind::Log {
+    if !record.outcome.is_stored() || record.kind != JobKind::Log {
         return Ok(None);
     }
     let (Some(key), Some(sha256), Some(partition), Some(first_offset), Some(last_offset)) = (

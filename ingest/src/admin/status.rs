@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use common::delivery::{DeliveryRecord, outcome};
+use common::delivery::{DeliveryRecord, Outcome};
 use common::kafka::KafkaArgs;
 use common::shutdown::Supervisor;
 use rdkafka::consumer::StreamConsumer;
@@ -44,7 +44,7 @@ pub struct LastError {
     pub code: Option<String>,
     pub message: Option<String>,
     /// What happened to the object: `retried` (it waits in a retry tier) or `dead_lettered`.
-    pub outcome: String,
+    pub outcome: Outcome,
     pub key: Option<String>,
 }
 
@@ -108,8 +108,8 @@ impl DeliveryStatuses {
         let history = tenants.entry(record.tenant_id.clone()).or_default();
         let hour = record.at_ms.div_euclid(HOUR_MS);
         let counts = history.hours.entry(hour).or_default();
-        match record.outcome.as_str() {
-            outcome::STORED | outcome::ALREADY_THERE | outcome::DIVERGED => {
+        match record.outcome {
+            outcome if outcome.is_stored() => {
                 counts.objects_delivered += 1;
                 counts.events_delivered += record.event_count;
                 if history
@@ -126,7 +126,7 @@ impl DeliveryStatuses {
                     history.last_delivery = Some((
                         record.at_ms,
                         LastDelivery {
-                            at: common::s3::rfc3339_ms(record.at_ms),
+                            at: common::clock::rfc3339_ms(record.at_ms),
                             bucket: record.bucket.clone(),
                             key: record.key.clone(),
                             events: record.event_count,
@@ -135,7 +135,7 @@ impl DeliveryStatuses {
                     ));
                 }
             }
-            outcome::RETRIED | outcome::DEAD_LETTERED => {
+            Outcome::Retried | Outcome::DeadLettered => {
                 let stored_after = history
                     .last_delivery
                     .as_ref()
@@ -143,7 +143,7 @@ impl DeliveryStatuses {
                 if history.failing_since.is_none() && !stored_after {
                     history.failing_since = Some(record.at_ms);
                 }
-                if record.outcome == outcome::RETRIED {
+                if record.outcome == Outcome::Retried {
                     counts.retries += 1;
                 } else {
                     counts.objects_failed += 1;
@@ -157,17 +157,18 @@ impl DeliveryStatuses {
                     history.last_error = Some((
                         record.at_ms,
                         LastError {
-                            at: common::s3::rfc3339_ms(record.at_ms),
+                            at: common::clock::rfc3339_ms(record.at_ms),
                             class: record.error_class.clone().unwrap_or_default(),
                             code: record.error_code.clone(),
                             message: record.error_message.clone(),
-                            outcome: record.outcome.clone(),
+                            outcome: record.outcome,
                             key: record.key.clone(),
                         },
                     ));
                 }
             }
-            // Discarded jobs belong to a tenant without an integration: no status to show.
+            // Discarded jobs belong to a tenant without an integration: no status to show; an
+            // outcome a newer uploader records is not this version's to count.
             _ => {}
         }
         history.hours.retain(|h, _| *h > hour - HOURS);
@@ -192,7 +193,7 @@ impl DeliveryStatuses {
                 let since = history.failing_since?;
                 (now_ms - since > after_ms && is_delivering(tenant)).then(|| StaleTenant {
                     tenant_id: tenant.clone(),
-                    failing_since: common::s3::rfc3339_ms(since),
+                    failing_since: common::clock::rfc3339_ms(since),
                     last_delivery: history.last_delivery.as_ref().map(|(_, d)| d.clone()),
                     last_error: history.last_error.as_ref().map(|(_, e)| e.clone()),
                 })
@@ -277,7 +278,7 @@ impl DeliveryStatuses {
 mod tests {
     use super::*;
 
-    fn record(outcome: &str, at_ms: i64, events: u64) -> DeliveryRecord {
+    fn record(outcome: Outcome, at_ms: i64, events: u64) -> DeliveryRecord {
         DeliveryRecord {
             kind: common::job::JobKind::Log,
             tenant_id: "acme".into(),
@@ -292,9 +293,9 @@ mod tests {
             partition: None,
             first_offset: None,
             last_offset: None,
-            outcome: outcome.into(),
-            error_class: (outcome != outcome::STORED).then(|| "configuration".into()),
-            error_code: (outcome != outcome::STORED).then(|| "AccessDenied".into()),
+            outcome,
+            error_class: (outcome != Outcome::Stored).then(|| "configuration".into()),
+            error_code: (outcome != Outcome::Stored).then(|| "AccessDenied".into()),
             error_message: None,
             attempt: 1,
             at_ms,
@@ -305,16 +306,19 @@ mod tests {
     fn a_tenant_is_stale_once_its_uploads_fail_longer_than_the_setting_with_none_stored() {
         let statuses = DeliveryStatuses::default();
         let (now, after) = (100 * HOUR_MS, 2 * HOUR_MS);
-        statuses.apply(&record(outcome::STORED, now - 5 * HOUR_MS, 3));
-        statuses.apply(&record(outcome::RETRIED, now - 3 * HOUR_MS, 3));
-        statuses.apply(&record(outcome::DEAD_LETTERED, now - HOUR_MS, 3));
+        statuses.apply(&record(Outcome::Stored, now - 5 * HOUR_MS, 3));
+        statuses.apply(&record(Outcome::Retried, now - 3 * HOUR_MS, 3));
+        statuses.apply(&record(Outcome::DeadLettered, now - HOUR_MS, 3));
         let stale = statuses.stale(now, after, |_| true);
         assert_eq!(
             stale
                 .iter()
                 .map(|t| (t.tenant_id.as_str(), t.failing_since.as_str()))
                 .collect::<Vec<_>>(),
-            [("acme", common::s3::rfc3339_ms(now - 3 * HOUR_MS).as_str())]
+            [(
+                "acme",
+                common::clock::rfc3339_ms(now - 3 * HOUR_MS).as_str()
+            )]
         );
         assert!(
             statuses.stale(now, after, |_| false).is_empty(),
@@ -327,10 +331,10 @@ mod tests {
                 .is_empty()
         );
         // An object stored since: delivering again.
-        statuses.apply(&record(outcome::STORED, now - 1000, 3));
+        statuses.apply(&record(Outcome::Stored, now - 1000, 3));
         assert!(statuses.stale(now, after, |_| true).is_empty());
         // A failure recorded after an object stored later does not start a failing period.
-        statuses.apply(&record(outcome::RETRIED, now - 2000, 3));
+        statuses.apply(&record(Outcome::Retried, now - 2000, 3));
         assert!(
             statuses
                 .stale(now + 3 * HOUR_MS, after, |_| true)
@@ -342,7 +346,7 @@ mod tests {
     fn a_digests_delivery_is_not_a_log_delivery() {
         let statuses = DeliveryStatuses::default();
         let now = 100 * HOUR_MS;
-        let mut digest = record(outcome::STORED, now - 1000, 12);
+        let mut digest = record(Outcome::Stored, now - 1000, 12);
         digest.kind = common::job::JobKind::Digest;
         statuses.apply(&digest);
         let status = statuses.status("acme", now);
@@ -354,11 +358,11 @@ mod tests {
     fn the_status_shows_the_latest_of_each_and_counts_the_last_day() {
         let statuses = DeliveryStatuses::default();
         let now = 100 * HOUR_MS;
-        statuses.apply(&record(outcome::STORED, now - 30 * HOUR_MS, 7));
-        statuses.apply(&record(outcome::STORED, now - 2 * HOUR_MS, 5));
-        statuses.apply(&record(outcome::RETRIED, now - HOUR_MS, 3));
-        statuses.apply(&record(outcome::DEAD_LETTERED, now - 1000, 3));
-        statuses.apply(&record(outcome::ALREADY_THERE, now - 500, 4));
+        statuses.apply(&record(Outcome::Stored, now - 30 * HOUR_MS, 7));
+        statuses.apply(&record(Outcome::Stored, now - 2 * HOUR_MS, 5));
+        statuses.apply(&record(Outcome::Retried, now - HOUR_MS, 3));
+        statuses.apply(&record(Outcome::DeadLettered, now - 1000, 3));
+        statuses.apply(&record(Outcome::AlreadyThere, now - 500, 4));
         let status = statuses.status("acme", now);
         assert_eq!(
             status.last_24h,
@@ -374,7 +378,7 @@ mod tests {
         let last = status.last_delivery.expect("delivered");
         assert_eq!(last.events, 4);
         let error = status.last_error.expect("failed");
-        assert_eq!(error.outcome, outcome::DEAD_LETTERED);
+        assert_eq!(error.outcome, Outcome::DeadLettered);
         assert_eq!(error.code.as_deref(), Some("AccessDenied"));
         assert_eq!(statuses.status("globex", now), DeliveryStatus::default());
     }
