@@ -82,26 +82,45 @@ impl AmqpArgs {
 }
 
 /// Capped exponential waits between attempts at RabbitMQ, so a broker that is away, or that
-/// refuses the session (a queue declared with other arguments), is not hammered.
+/// refuses the session (a queue declared with other arguments), is not hammered. Each wait is
+/// stretched by a random part of itself, so the uploaders and batchers that lost one RabbitMQ
+/// together do not all come back in the same instant.
 #[derive(Debug)]
 pub struct Backoff {
-    next: Duration,
+    delays: backon::ExponentialBackoff,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { next: Self::FIRST }
+        Self {
+            delays: Self::schedule(),
+        }
     }
 }
 
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(250);
-    const LONGEST: Duration = Duration::from_secs(15);
+    /// Before jitter, which adds up to as much again.
+    const LONGEST: Duration = Duration::from_secs(10);
+
+    fn schedule() -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Self::FIRST)
+            .with_max_delay(Self::LONGEST)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    /// The wait before the next attempt.
+    fn next_delay(&mut self) -> Duration {
+        self.delays.next().unwrap_or(Self::LONGEST)
+    }
 
     /// Waits the next delay, or returns `false` at once when `shutdown` fires first.
     pub async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Self::LONGEST);
+        let delay = self.next_delay();
         tokio::select! {
             () = shutdown.cancelled() => false,
             () = tokio::time::sleep(delay) => true,
@@ -110,7 +129,7 @@ impl Backoff {
 
     /// Starts again from the shortest delay, after a success.
     pub fn reset(&mut self) {
-        self.next = Self::FIRST;
+        self.delays = Self::schedule();
     }
 }
 
@@ -244,6 +263,26 @@ fn redact_credentials(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waits_double_up_to_a_cap_each_stretched_by_a_random_part_of_itself() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<Duration> = (0..10).map(|_| backoff.next_delay()).collect();
+        let mut base = Backoff::FIRST;
+        for delay in &delays {
+            assert!(
+                *delay >= base && *delay < base * 2,
+                "{delay:?} outside [{base:?}, {:?})",
+                base * 2
+            );
+            base = (base * 2).min(Backoff::LONGEST);
+        }
+        let mut other = Backoff::default();
+        let others: Vec<Duration> = (0..10).map(|_| other.next_delay()).collect();
+        assert_ne!(delays, others, "two processes would retry in lockstep");
+        backoff.reset();
+        assert!(backoff.next_delay() < Backoff::FIRST * 2);
+    }
 
     #[test]
     fn credentials_never_reach_log_lines() {
