@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{MatchedPath, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -95,7 +95,28 @@ pub fn router(api: Arc<AdminApi>) -> Router {
             api.clone(),
             require_admin_token,
         ))
+        // Outside the token check, so refused requests are counted too.
+        .route_layer(axum::middleware::from_fn(count_request))
         .with_state(api)
+}
+
+/// Counts every admin request by route (the path template, so tenants do not multiply series),
+/// method and status.
+async fn count_request(
+    route: MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    counter!(
+        ADMIN_REQUESTS,
+        "route" => route.as_str().to_owned(),
+        "method" => method,
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    response
 }
 
 /// Refuses a request without a valid admin token before its body is read: a client without a
@@ -107,7 +128,7 @@ async fn require_admin_token(
 ) -> Response {
     match api.authorize(request.headers()) {
         Ok(()) => next.run(request).await,
-        Err(error) => finish("auth", Err(error)),
+        Err(error) => error.into_response(),
     }
 }
 
@@ -141,6 +162,7 @@ impl AdminError {
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let code = self.code();
+        tracing::info!(code, error = ?self, "refused an admin request");
         let (status, body) = match self {
             Self::Auth(error) => return error.into_response(),
             Self::Invalid(problems) => (
@@ -202,25 +224,6 @@ impl IntoResponse for AdminError {
 }
 
 type AdminResult = Result<Response, AdminError>;
-
-/// Counts the request by route and status, and logs refusals.
-fn finish(route: &'static str, result: AdminResult) -> Response {
-    let response = match result {
-        Ok(response) => response,
-        Err(error) => {
-            tracing::info!(
-                route,
-                code = error.code(),
-                ?error,
-                "refused an admin request"
-            );
-            error.into_response()
-        }
-    };
-    counter!(ADMIN_REQUESTS, "route" => route, "status" => response.status().as_u16().to_string())
-        .increment(1);
-    response
-}
 
 impl AdminApi {
     /// Runs the connection test, within the limits on how often tests may run.
@@ -420,38 +423,27 @@ pub struct SetupQuery {
     prefix: Option<String>,
 }
 
-/// `GET /v1/integrations/s3/setup`.
 /// `GET /v1/digest-keys`: what customers save and give the verifier (`--public-keys`).
 async fn get_digest_keys(State(api): State<Arc<AdminApi>>) -> Response {
-    finish(
-        "digest_keys",
-        Ok(axum::Json(&api.digest_keys).into_response()),
-    )
+    axum::Json(&api.digest_keys).into_response()
 }
 
 /// `GET /v1/stale-tenants`: where `ActivityTenantsStale` leads, each tenant with when its uploads
 /// started failing, its last delivery and its last error.
-async fn get_stale_tenants(State(api): State<Arc<AdminApi>>) -> Response {
-    let answer = api.ready().map(|()| {
-        axum::Json(json!({
-            "stale_after_seconds": api.stale_after.as_secs(),
-            "tenants": api.stale_tenants(now_unix_ms()),
-        }))
-        .into_response()
-    });
-    finish("stale_tenants", answer)
+async fn get_stale_tenants(State(api): State<Arc<AdminApi>>) -> AdminResult {
+    api.ready()?;
+    Ok(axum::Json(json!({
+        "stale_after_seconds": api.stale_after.as_secs(),
+        "tenants": api.stale_tenants(now_unix_ms()),
+    }))
+    .into_response())
 }
 
+/// `GET /v1/integrations/s3/setup`.
 async fn get_setup(
     State(api): State<Arc<AdminApi>>,
-    headers: HeaderMap,
     Query(query): Query<SetupQuery>,
-) -> Response {
-    finish("setup", setup_documents(&api, &headers, query))
-}
-
-fn setup_documents(api: &AdminApi, headers: &HeaderMap, query: SetupQuery) -> AdminResult {
-    api.authorize(headers)?;
+) -> AdminResult {
     api.ready()?;
     let mut problems = Vec::new();
     let tenant = match query.tenant.as_deref().map(TenantId::parse) {
@@ -495,30 +487,10 @@ fn setup_documents(api: &AdminApi, headers: &HeaderMap, query: SetupQuery) -> Ad
 /// `PUT /v1/tenants/{tenant}/integrations/s3`.
 async fn put_integration(
     State(api): State<Arc<AdminApi>>,
-    headers: HeaderMap,
     Path(tenant): Path<String>,
     body: Bytes,
-) -> Response {
-    finish("put", connect(&api, &headers, &tenant, &body).await)
-}
-
-/// The integration a PUT or test request proposes, once authorized and validated, and whether
-/// it would be a new connection.
-fn proposed(
-    api: &AdminApi,
-    headers: &HeaderMap,
-    tenant: &str,
-    body: &[u8],
-) -> Result<(Integration, bool), AdminError> {
-    api.authorize(headers)?;
-    let tenant = tenant_from_path(tenant)?;
-    let settings = settings::parse(body).map_err(AdminError::Invalid)?;
-    api.ready()?;
-    Ok(api.integration(&tenant, settings))
-}
-
-async fn connect(api: &AdminApi, headers: &HeaderMap, tenant: &str, body: &[u8]) -> AdminResult {
-    let (integration, new_connection) = proposed(api, headers, tenant, body)?;
+) -> AdminResult {
+    let (integration, new_connection) = proposed(&api, &tenant, &body)?;
     // Disabling must work while the customer's side is broken; everything else is proven.
     let connection_test = if integration.enabled {
         Some(api.connection_test(&integration).await?)
@@ -543,18 +515,21 @@ async fn connect(api: &AdminApi, headers: &HeaderMap, tenant: &str, body: &[u8])
         .into_response())
 }
 
+/// The integration a PUT or test request proposes, once validated, and whether it would be a
+/// new connection.
+fn proposed(api: &AdminApi, tenant: &str, body: &[u8]) -> Result<(Integration, bool), AdminError> {
+    let tenant = tenant_from_path(tenant)?;
+    let settings = settings::parse(body).map_err(AdminError::Invalid)?;
+    api.ready()?;
+    Ok(api.integration(&tenant, settings))
+}
+
 /// `GET /v1/tenants/{tenant}/integrations/s3`.
 async fn get_integration(
     State(api): State<Arc<AdminApi>>,
-    headers: HeaderMap,
     Path(tenant): Path<String>,
-) -> Response {
-    finish("get", show(&api, &headers, &tenant))
-}
-
-fn show(api: &AdminApi, headers: &HeaderMap, tenant: &str) -> AdminResult {
-    api.authorize(headers)?;
-    let tenant = tenant_from_path(tenant)?;
+) -> AdminResult {
+    let tenant = tenant_from_path(&tenant)?;
     api.ready()?;
     let integration = api
         .registry
@@ -567,15 +542,9 @@ fn show(api: &AdminApi, headers: &HeaderMap, tenant: &str) -> AdminResult {
 /// `DELETE /v1/tenants/{tenant}/integrations/s3`.
 async fn delete_integration(
     State(api): State<Arc<AdminApi>>,
-    headers: HeaderMap,
     Path(tenant): Path<String>,
-) -> Response {
-    finish("delete", disconnect(&api, &headers, &tenant).await)
-}
-
-async fn disconnect(api: &AdminApi, headers: &HeaderMap, tenant: &str) -> AdminResult {
-    api.authorize(headers)?;
-    let tenant = tenant_from_path(tenant)?;
+) -> AdminResult {
+    let tenant = tenant_from_path(&tenant)?;
     api.ready()?;
     if api.registry.get(&tenant).is_none() {
         return Err(AdminError::NotFound(tenant));
@@ -592,20 +561,10 @@ async fn disconnect(api: &AdminApi, headers: &HeaderMap, tenant: &str) -> AdminR
 /// `POST /v1/tenants/{tenant}/integrations/s3/test`.
 async fn post_connection_test(
     State(api): State<Arc<AdminApi>>,
-    headers: HeaderMap,
     Path(tenant): Path<String>,
     body: Bytes,
-) -> Response {
-    finish("test", try_connection(&api, &headers, &tenant, &body).await)
-}
-
-async fn try_connection(
-    api: &AdminApi,
-    headers: &HeaderMap,
-    tenant: &str,
-    body: &[u8],
 ) -> AdminResult {
-    let (integration, _) = proposed(api, headers, tenant, body)?;
+    let (integration, _) = proposed(&api, &tenant, &body)?;
     let success = api.connection_test(&integration).await?;
     Ok(
         axum::Json(json!({"connection_test": success, "external_id": integration.external_id}))
