@@ -126,6 +126,8 @@ pub enum CheckpointError {
         #[source]
         source: ReadError,
     },
+    #[error("cannot encode the checkpoint of partition {partition}: {reason}")]
+    Encode { partition: i32, reason: String },
     #[error("cannot write the checkpoint of partition {partition}: {source}")]
     Write {
         partition: i32,
@@ -134,18 +136,78 @@ pub enum CheckpointError {
     },
 }
 
-/// Reads and writes one consumer group's checkpoints of one events topic.
-pub struct CheckpointStore {
+/// How long writing a checkpoint may take before the commit is given up (and retried later).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One value per partition of a topic a consumer group reads, on the compacted checkpoint topic
+/// under keys `{group}/{topic}/{partition}`: where the batchers' checkpoints and the digest
+/// builders' are kept.
+pub struct PartitionRecords {
     kafka: KafkaArgs,
     topic: String,
     key_prefix: String,
     producer: HealingProducer,
+}
+
+impl PartitionRecords {
+    /// `client` names the writer in logs and metrics.
+    pub fn new(
+        kafka: &KafkaArgs,
+        topic: &str,
+        group: &str,
+        read_topic: &str,
+        client: &'static str,
+    ) -> Result<Self, KafkaError> {
+        Ok(Self {
+            kafka: kafka.clone(),
+            topic: topic.to_owned(),
+            key_prefix: format!("{group}/{read_topic}/"),
+            producer: HealingProducer::new(kafka.producer_config(WRITE_TIMEOUT), client)?,
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Writes `value` as `partition`'s latest and waits until Kafka has it.
+    pub async fn write<T: serde::Serialize>(
+        &self,
+        partition: i32,
+        value: &T,
+    ) -> Result<(), CheckpointError> {
+        let key = format!("{}{partition}", self.key_prefix);
+        let value = serde_json::to_vec(value).map_err(|error| CheckpointError::Encode {
+            partition,
+            reason: error.to_string(),
+        })?;
+        self.producer
+            .send(&self.topic, &key, Some(&value), WRITE_TIMEOUT)
+            .await
+            .map(drop)
+            .map_err(|source| CheckpointError::Write { partition, source })
+    }
+
+    /// The latest value of every partition (see [`latest_by_partition`]). Blocking.
+    pub fn read_latest<T: serde::de::DeserializeOwned>(
+        &self,
+        timeout: Duration,
+    ) -> Result<HashMap<i32, T>, CheckpointError> {
+        latest_by_partition(&self.kafka, &self.topic, &self.key_prefix, timeout).map_err(|source| {
+            CheckpointError::Read {
+                topic: self.topic.clone(),
+                source,
+            }
+        })
+    }
+}
+
+/// Reads and writes one consumer group's checkpoints of one events topic.
+pub struct CheckpointStore {
+    records: PartitionRecords,
     /// The shape this batcher cuts objects with, recorded in every checkpoint it writes.
     shape: ObjectShape,
 }
-
-/// How long writing a checkpoint may take before the commit is given up (and retried later).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl CheckpointStore {
     pub fn new(
@@ -157,11 +219,11 @@ impl CheckpointStore {
     ) -> Result<Self, KafkaError> {
         Ok(Self {
             shape: ObjectShape::of(settings),
-            kafka: kafka.clone(),
-            topic: topic.to_owned(),
-            key_prefix: format!("{group}/{events_topic}/"),
-            producer: HealingProducer::new(
-                kafka.producer_config(WRITE_TIMEOUT),
+            records: PartitionRecords::new(
+                kafka,
+                topic,
+                group,
+                events_topic,
                 "batcher-checkpoints",
             )?,
         })
@@ -173,18 +235,11 @@ impl CheckpointStore {
         partition: i32,
         checkpoint: &Checkpoint,
     ) -> Result<(), CheckpointError> {
-        let key = format!("{}{partition}", self.key_prefix);
         let stored = Stored {
             checkpoint: checkpoint.clone(),
             shape: Some(self.shape.clone()),
         };
-        // Serializing a struct of integers cannot fail.
-        let value = serde_json::to_vec(&stored).unwrap_or_default();
-        self.producer
-            .send(&self.topic, &key, Some(&value), WRITE_TIMEOUT)
-            .await
-            .map(drop)
-            .map_err(|source| CheckpointError::Write { partition, source })
+        self.records.write(partition, &stored).await
     }
 
     /// The latest checkpoint of every partition, read from the topic's start to its end.
@@ -228,12 +283,7 @@ impl CheckpointStore {
     }
 
     fn read_stored(&self, timeout: Duration) -> Result<HashMap<i32, Stored>, CheckpointError> {
-        latest_by_partition(&self.kafka, &self.topic, &self.key_prefix, timeout).map_err(|source| {
-            CheckpointError::Read {
-                topic: self.topic.clone(),
-                source,
-            }
-        })
+        self.records.read_latest(timeout)
     }
 }
 
@@ -241,7 +291,7 @@ impl CheckpointStore {
 /// from its start to its end. Blocking. An unreadable value is logged and counts as none, as a
 /// tombstone does: the partition is then rebuilt from further back, which repeats work but
 /// loses nothing.
-pub fn latest_by_partition<T: serde::de::DeserializeOwned>(
+fn latest_by_partition<T: serde::de::DeserializeOwned>(
     kafka: &KafkaArgs,
     topic: &str,
     key_prefix: &str,

@@ -247,8 +247,8 @@ async fn deliver(
     }
     let settings = config.batching.window_settings();
     let from_ms = first_delivery_from_ms(connected, &settings);
-    let from = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(from_ms) * 1_000_000)
-        .context("the first-delivery start is out of range")?;
+    let from =
+        common::clock::from_unix_ms(from_ms).context("the first-delivery start is out of range")?;
     let scope = ReplayScope {
         from: ReplayStart::Time(from),
         to_ms: live_from_ms(connected, &settings),

@@ -209,7 +209,6 @@ pub fn take_record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use time::OffsetDateTime;
 
     #[test]
     fn an_event_gives_its_tenant_and_id() {
@@ -244,8 +243,7 @@ mod tests {
     }
 
     fn integration(connected_at_ms: i64) -> Integration {
-        let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(connected_at_ms) * 1_000_000)
-            .expect("time");
+        let at = common::clock::from_unix_ms(connected_at_ms).expect("time");
         serde_json::from_value(serde_json::json!({
             "tenant_id": "acme",
             "enabled": false,

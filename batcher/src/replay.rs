@@ -17,7 +17,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use time::OffsetDateTime;
 
 use crate::config::{BatcherConfig, ReplayArgs, ReplayStart};
 use crate::core::window::window_start;
@@ -358,16 +357,6 @@ fn timestamp_at(
     Ok(timestamp)
 }
 
-fn format_time(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{ms} ms"))
-}
-
 fn describe_plan(
     topic: &str,
     plans: &[PartitionPlan],
@@ -379,7 +368,7 @@ fn describe_plan(
     report(format!(
         "replay of {topic}, windows of {} s from their start up to {} (exclusive), tenant: {}",
         settings.length_ms / 1000,
-        format_time(to_ms),
+        common::clock::rfc3339_ms(to_ms),
         tenant.map_or_else(|| "all with an integration".to_owned(), ToString::to_string)
     ));
     for plan in plans {
@@ -389,7 +378,7 @@ fn describe_plan(
             plan.start_offset,
             plan.end_offset - 1,
             if plan.to_end { " (end of log)" } else { "" },
-            format_time(plan.first_window_ms)
+            common::clock::rfc3339_ms(plan.first_window_ms)
         ));
     }
 }

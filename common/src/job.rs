@@ -115,7 +115,7 @@ impl UploadJob {
 
     /// The message headers carrying this job.
     fn window_start(&self) -> Result<OffsetDateTime, JobHeaderError> {
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.window_start_ms) * 1_000_000)
+        crate::clock::from_unix_ms(self.window_start_ms)
             .map_err(|e| invalid(header::WINDOW_START, format!("is out of range: {e}")))
     }
 
@@ -422,6 +422,12 @@ mod tests {
     #[test]
     fn integers_of_any_width_are_accepted() {
         let headers = with(header::PARTITION, AMQPValue::ShortShortUInt(2));
+        assert_eq!(UploadJob::from_headers(&headers), Ok(job()));
+    }
+
+    #[test]
+    fn a_header_a_newer_batcher_adds_is_ignored_by_an_older_uploader() {
+        let headers = with("x-future-priority", AMQPValue::LongString("high".into()));
         assert_eq!(UploadJob::from_headers(&headers), Ok(job()));
     }
 

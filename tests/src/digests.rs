@@ -22,6 +22,19 @@ pub fn new_key(dir: &Path, name: &str) -> (SigningKey, PathBuf) {
     (key, path)
 }
 
+/// The batcher flags that turn digests on, signed with the key at `key_file`, for periods of
+/// `period` closed `grace` after their end (durations as the flags take them: `3s`, `500ms`).
+pub fn batcher_flags(key_file: &Path, period: &str, grace: &str) -> Vec<String> {
+    vec![
+        "--digest-signing-key-file".into(),
+        key_file.to_string_lossy().into_owned(),
+        "--digest-period".into(),
+        period.into(),
+        "--digest-grace".into(),
+        grace.into(),
+    ]
+}
+
 /// `key`'s public half as published, valid since the start of 2026.
 pub fn published(key: &SigningKey) -> PublishedKey {
     PublishedKey {

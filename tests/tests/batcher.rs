@@ -102,13 +102,6 @@ async fn three_windows(events: &EventsTopic, base: i64) -> usize {
     written
 }
 
-fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .expect("time")
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("format")
-}
-
 /// Runs `batcher replay` for `setup` with `range` flags and returns what it printed.
 fn replay(setup: &BatcherSetup, range: &[&str]) -> String {
     // The service's settings (the same ACTIVITY_* variables) come before the command.
@@ -154,9 +147,9 @@ async fn replay_rebuilds_the_live_objects_of_its_range_and_twice_is_the_same() {
     // From inside window 1 to the end of window 2: windows 1 and 2, whole.
     let range = [
         "--from",
-        &rfc3339(base + 14_000),
+        &common::clock::rfc3339_ms(base + 14_000),
         "--to",
-        &rfc3339(base + 30_000),
+        &common::clock::rfc3339_ms(base + 30_000),
     ];
     let printed = replay(&replays, &range);
     assert!(
@@ -253,7 +246,7 @@ async fn a_replay_reaching_the_present_stops_at_the_end_it_planned_while_events_
     // Hourly windows: the window holding the present closes about an hour from now, so a
     // replay that read on into live traffic until a record closed its range would not return
     // within the deadline; one that stops at the planned end returns in seconds.
-    let from = rfc3339(now_unix_ms() - 60_000);
+    let from = common::clock::rfc3339_ms(now_unix_ms() - 60_000);
     let flags = replays.flags("1h", "5m");
     let output = tokio::task::spawn_blocking(move || {
         let mut child = std::process::Command::new(integration_tests::process::binary("batcher"))

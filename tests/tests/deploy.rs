@@ -289,20 +289,14 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exposed_by_a_running_pipe
     let dir = std::env::temp_dir().join(integration_tests::unique("deploy-digests"));
     std::fs::create_dir_all(&dir).expect("directory");
     let (_, key_file) = integration_tests::digests::new_key(&dir, "vendor");
-    let key_file = key_file.to_string_lossy().into_owned();
+    let digests = integration_tests::digests::batcher_flags(&key_file, "2s", "500ms");
+    let digests: Vec<&str> = digests.iter().map(String::as_str).collect();
     let pipeline = Pipeline::start_with(
         &moto,
         "2s",
         "500ms",
         Flags {
-            batcher: &[
-                "--digest-signing-key-file",
-                &key_file,
-                "--digest-period",
-                "2s",
-                "--digest-grace",
-                "500ms",
-            ],
+            batcher: &digests,
             ..Flags::default()
         },
     )

@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
-use common::delivery::{DeliveryRecord, outcome};
+use common::delivery::{DeliveryRecord, Outcome};
 use common::digest::signing::PublicKeys;
 use common::digest::{Digest, reason};
 use common::job::JobKind;
-use integration_tests::digests::{keys_file, new_key, published, verify};
+use integration_tests::digests::{batcher_flags, keys_file, new_key, published, verify};
 use integration_tests::e2e::{Deployment, Shape, rng, seed};
 use integration_tests::fixtures::{aws_config, moto_endpoint, new_bucket, s3_client};
 use integration_tests::pipeline::{Flags, Pipeline, in_zstd};
@@ -79,9 +79,10 @@ async fn digest_outcomes(deployment: &Deployment) -> BTreeMap<String, BTreeSet<&
         let Ok(delivery) = serde_json::from_str::<DeliveryRecord>(&record.value) else {
             continue;
         };
-        let seen = [outcome::STORED, outcome::ALREADY_THERE, outcome::DIVERGED]
-            .into_iter()
-            .find(|known| *known == delivery.outcome);
+        let seen = delivery
+            .outcome
+            .is_stored()
+            .then(|| delivery.outcome.as_str());
         if let (JobKind::Digest, Some(seen)) = (delivery.kind, seen) {
             // Keyed by the digest's own key, also for one stored under an alternate key.
             let key = common::key::full_key(PREFIX, &delivery.relative_key);
@@ -105,14 +106,11 @@ async fn digests_made_through_batcher_kills_verify_intact_for_every_tenant() {
 
     let s3 = s3_client(&aws_config(&moto_endpoint()).await);
     let mut shape = Shape::new(1, 1);
-    shape.batcher_flags.extend([
-        "--digest-signing-key-file".to_owned(),
-        key_path.to_string_lossy().into_owned(),
-        "--digest-period".to_owned(),
-        format!("{PERIOD_MS}ms"),
-        "--digest-grace".to_owned(),
-        format!("{GRACE_MS}ms"),
-    ]);
+    shape.batcher_flags.extend(batcher_flags(
+        &key_path,
+        &format!("{PERIOD_MS}ms"),
+        &format!("{GRACE_MS}ms"),
+    ));
     let mut deployment = Deployment::start(&s3, &moto_endpoint(), 2, shape).await;
     let seed = seed();
     let mut rng = rng(seed);
@@ -204,7 +202,7 @@ async fn digests_made_through_batcher_kills_verify_intact_for_every_tenant() {
                 .all(|key| {
                     outcomes
                         .get(key)
-                        .is_some_and(|seen| seen.contains(outcome::ALREADY_THERE))
+                        .is_some_and(|seen| seen.contains(Outcome::AlreadyThere.as_str()))
                 })
                 .then_some(outcomes)
         },
@@ -212,7 +210,7 @@ async fn digests_made_through_batcher_kills_verify_intact_for_every_tenant() {
     .await;
     let diverged: Vec<&String> = outcomes
         .iter()
-        .filter(|(_, seen)| seen.contains(outcome::DIVERGED))
+        .filter(|(_, seen)| seen.contains(Outcome::Diverged.as_str()))
         .map(|(key, _)| key)
         .collect();
     assert!(diverged.is_empty(), "rebuilt digests differ: {diverged:?}");
@@ -235,22 +233,19 @@ async fn disabling_ends_the_chain_and_enabling_starts_a_new_one() {
     let (key, key_path) = new_key(&dir, "vendor");
     let keys_path = keys_file(&dir, &key);
     let keys = PublicKeys::new(vec![published(&key)]).expect("keys");
-    let key_path = key_path.to_string_lossy().into_owned();
-    let (period, grace) = (format!("{PERIOD_MS}ms"), format!("{GRACE_MS}ms"));
+    let digest_flags = batcher_flags(
+        &key_path,
+        &format!("{PERIOD_MS}ms"),
+        &format!("{GRACE_MS}ms"),
+    );
+    let digest_flags: Vec<&str> = digest_flags.iter().map(String::as_str).collect();
     let moto = moto_endpoint();
     let pipeline = Pipeline::start_with(
         &moto,
         "2s",
         "500ms",
         Flags {
-            batcher: &[
-                "--digest-signing-key-file",
-                &key_path,
-                "--digest-period",
-                &period,
-                "--digest-grace",
-                &grace,
-            ],
+            batcher: &digest_flags,
             ..Flags::default()
         },
     )

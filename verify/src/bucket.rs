@@ -2,7 +2,8 @@
 //! the SHA-256 of the objects they list and of the objects in the tenant's folders for the
 //! range's hours.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 
 use aws_sdk_s3::error::DisplayErrorContext;
@@ -11,7 +12,7 @@ use common::digest::signing::PublicKeys;
 use common::event::TenantId;
 use common::key::full_key;
 use time::macros::format_description;
-use time::{Duration, OffsetDateTime, Time, UtcOffset};
+use time::{Date, Duration, OffsetDateTime, Time, UtcOffset};
 
 use crate::Args;
 
@@ -32,6 +33,17 @@ pub enum Later {
     NotListed,
     /// Stored too recently: the digests that would list it are not made yet.
     Pending,
+}
+
+/// The digests [`Bucket::listed_later`] has read, so the many late objects of one hour do not
+/// list and read the same digests again for each of them.
+#[derive(Default)]
+pub struct LaterDigests {
+    /// The digest keys of each day's folder.
+    folders: HashMap<Date, Vec<String>>,
+    /// The object keys each digest lists; `None` for one that is gone or does not open with the
+    /// public keys (it proves nothing either way).
+    listed: HashMap<String, Option<BTreeSet<String>>>,
 }
 
 pub struct Bucket {
@@ -62,23 +74,27 @@ impl Bucket {
         to: OffsetDateTime,
     ) -> Result<Vec<DigestFile>, String> {
         let mut files = Vec::new();
-        let mut day = from.to_offset(UtcOffset::UTC).date();
-        while day <= (to - Duration::NANOSECOND).to_offset(UtcOffset::UTC).date() {
-            let folder = format!(
-                "{tenant}/digests/{}/",
-                day.format(format_description!("[year]/[month]/[day]"))
-                    .unwrap_or_default()
-            );
-            for (key, _) in self.list(&full_key(&self.prefix, &folder)).await? {
-                let in_range = common::digest::period_start_of_key(&key)
-                    .is_some_and(|start| from <= start && start < to);
-                if in_range && let Some(bytes) = self.get(&key).await? {
+        for day in days(from, to)? {
+            for key in self.digest_keys(tenant, day).await? {
+                if starts_in(&key, from, to)
+                    && let Some(bytes) = self.get(&key).await?
+                {
                     files.push((key.clone(), gunzip(&key, &bytes)?));
                 }
             }
-            day = day.next_day().ok_or("the range runs past the calendar")?;
         }
         Ok(files)
+    }
+
+    /// The keys in the tenant's digest folder of `day`.
+    async fn digest_keys(&self, tenant: &TenantId, day: Date) -> Result<Vec<String>, String> {
+        let folder = format!(
+            "{tenant}/digests/{}/",
+            day.format(format_description!("[year]/[month]/[day]"))
+                .unwrap_or_default()
+        );
+        let listed = self.list(&full_key(&self.prefix, &folder)).await?;
+        Ok(listed.into_iter().map(|(key, _)| key).collect())
     }
 
     /// The SHA-256 of every object the digests list and of every object in the tenant's folders
@@ -131,15 +147,14 @@ impl Bucket {
     /// late), when that digest exists.
     pub async fn listed_later(
         &self,
+        seen: &mut LaterDigests,
         tenant: &TenantId,
         key: &str,
         stored_at: OffsetDateTime,
         period: Duration,
         keys: &PublicKeys,
     ) -> Result<Later, String> {
-        let files = self
-            .digests(tenant, stored_at - period, stored_at + period * 2)
-            .await?;
+        let (from, to) = (stored_at - period, stored_at + period * 2);
         // Periods are aligned to the epoch: the period after the one it was stored in.
         let period_ns = period.whole_nanoseconds().max(1);
         let stored_ns = stored_at.unix_timestamp_nanos();
@@ -148,21 +163,53 @@ impl Bucket {
         )
         .map_err(|error| error.to_string())?;
         let mut made_after = false;
-        for (digest_key, file) in files {
-            let Ok((digest, _)) = keys.open(&file) else {
-                continue;
-            };
-            if digest.objects.iter().any(|object| object.key == key) {
-                return Ok(Later::Listed);
+        for day in days(from, to)? {
+            if let Entry::Vacant(folder) = seen.folders.entry(day) {
+                folder.insert(self.digest_keys(tenant, day).await?);
             }
-            made_after |= common::digest::period_start_of_key(&digest_key)
-                .is_some_and(|start| start >= next_period);
+            let in_range = seen.folders[&day]
+                .iter()
+                .filter(|digest_key| starts_in(digest_key, from, to))
+                .cloned()
+                .collect::<Vec<_>>();
+            for digest_key in in_range {
+                if let Entry::Vacant(listed) = seen.listed.entry(digest_key.clone()) {
+                    listed.insert(self.listed_by(&digest_key, keys).await?);
+                }
+                let Some(listed) = &seen.listed[&digest_key] else {
+                    continue;
+                };
+                if listed.contains(key) {
+                    return Ok(Later::Listed);
+                }
+                made_after |= common::digest::period_start_of_key(&digest_key)
+                    .is_some_and(|start| start >= next_period);
+            }
         }
         Ok(if made_after {
             Later::NotListed
         } else {
             Later::Pending
         })
+    }
+
+    /// The object keys the digest at `digest_key` lists, if it is there and opens with `keys`.
+    async fn listed_by(
+        &self,
+        digest_key: &str,
+        keys: &PublicKeys,
+    ) -> Result<Option<BTreeSet<String>>, String> {
+        let Some(bytes) = self.get(digest_key).await? else {
+            return Ok(None);
+        };
+        let file = gunzip(digest_key, &bytes)?;
+        Ok(keys.open(&file).ok().map(|(digest, _)| {
+            digest
+                .objects
+                .into_iter()
+                .map(|object| object.key)
+                .collect()
+        }))
     }
 
     /// The keys under `folder`, each with when it was stored.
@@ -218,7 +265,24 @@ impl Bucket {
     }
 }
 
-/// The period start a digest's key names (`..._{YYYYMMDD}T{HHMM}Z_digest.json.gz`).
+/// The UTC days `[from, to)` touches, whose digest folders hold its periods' digests.
+fn days(from: OffsetDateTime, to: OffsetDateTime) -> Result<Vec<Date>, String> {
+    let last = (to - Duration::NANOSECOND).to_offset(UtcOffset::UTC).date();
+    let mut day = from.to_offset(UtcOffset::UTC).date();
+    let mut days = Vec::new();
+    while day <= last {
+        days.push(day);
+        day = day.next_day().ok_or("the range runs past the calendar")?;
+    }
+    Ok(days)
+}
+
+/// Whether the period a digest's key names starts in `[from, to)`.
+fn starts_in(digest_key: &str, from: OffsetDateTime, to: OffsetDateTime) -> bool {
+    common::digest::period_start_of_key(digest_key).is_some_and(|start| from <= start && start < to)
+}
+
+/// A digest file as stored (gzip), uncompressed, at most [`MAX_DIGEST_BYTES`].
 fn gunzip(key: &str, bytes: &[u8]) -> Result<Vec<u8>, String> {
     let mut plain = Vec::new();
     flate2::read::GzDecoder::new(bytes)

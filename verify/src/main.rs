@@ -116,6 +116,7 @@ async fn run(args: &Args) -> Result<bool, String> {
     let period = period_length(&keys, &digests);
     let mut pending = Vec::new();
     let mut findings = Vec::new();
+    let mut seen = bucket::LaterDigests::default();
     for finding in std::mem::take(&mut report.findings) {
         let Finding::ObjectNotListed { key } = &finding else {
             findings.push(finding);
@@ -126,7 +127,7 @@ async fn run(args: &Args) -> Result<bool, String> {
             continue;
         };
         match bucket
-            .listed_later(&tenant, key, *stored_at, period, &keys)
+            .listed_later(&mut seen, &tenant, key, *stored_at, period, &keys)
             .await?
         {
             Later::Listed => {}

@@ -267,7 +267,7 @@ impl TenantDigests {
 }
 
 fn time_of(ms: i64) -> Result<OffsetDateTime, String> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+    common::clock::from_unix_ms(ms)
         .map_err(|error| format!("a period at {ms} ms is out of range: {error}"))
 }
 

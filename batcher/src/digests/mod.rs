@@ -40,7 +40,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::latest_by_partition;
+use crate::checkpoint::PartitionRecords;
 use crate::clock::ClockWriter;
 use crate::metrics::{DIGEST_SIGNING_FAILURES, DIGEST_UNREADABLE_RECORDS, DIGESTS};
 use crate::publish::{self, Confirmed, Outgoing, Refused};
@@ -128,14 +128,16 @@ pub async fn run(
         tokio::runtime::Handle::current(),
     );
     let store = Store {
-        producer: HealingProducer::new(
-            kafka.producer_config(WRITE_TIMEOUT),
-            "batcher-digest-checkpoints",
-        )
-        .context("cannot create the digest checkpoint writer")?,
-        key_prefix: format!("{group}/{}/", settings.deliveries_topic),
-        kafka,
-        topic: settings.checkpoints_topic.clone(),
+        records: Arc::new(
+            PartitionRecords::new(
+                &kafka,
+                &settings.checkpoints_topic,
+                &group,
+                &settings.deliveries_topic,
+                "batcher-digest-checkpoints",
+            )
+            .context("cannot create the digest checkpoint writer")?,
+        ),
     };
     let mut builder = Builder {
         settings,
@@ -387,46 +389,25 @@ impl Builder {
 
 /// The builder's checkpoints, on the batchers' compacted checkpoint topic under keys of its own.
 struct Store {
-    kafka: KafkaArgs,
-    topic: String,
-    key_prefix: String,
-    producer: HealingProducer,
+    records: Arc<PartitionRecords>,
 }
 
 impl Store {
     async fn read(&self, partition: i32) -> anyhow::Result<Option<Saved>> {
-        let (kafka, topic, prefix) = (
-            self.kafka.clone(),
-            self.topic.clone(),
-            self.key_prefix.clone(),
-        );
-        let mut latest = tokio::task::spawn_blocking(move || {
-            latest_by_partition::<Saved>(&kafka, &topic, &prefix, READ_TIMEOUT)
-        })
-        .await
-        .context("reading the digest checkpoints panicked")?
-        .with_context(|| format!("cannot read the digest checkpoints from {}", self.topic))?;
+        let records = Arc::clone(&self.records);
+        let mut latest =
+            tokio::task::spawn_blocking(move || records.read_latest::<Saved>(READ_TIMEOUT))
+                .await
+                .context("reading the digest checkpoints panicked")??;
         Ok(latest.remove(&partition))
     }
 
     /// Writes `saved` for `partition`, trying again until Kafka has it or `shutdown`: the
     /// digests it follows are queued already, and a builder that stops now makes them again.
     async fn write(&self, partition: i32, saved: &Saved, shutdown: &CancellationToken) {
-        let key = format!("{}{partition}", self.key_prefix);
-        let value = match serde_json::to_vec(saved) {
-            Ok(value) => value,
-            Err(error) => {
-                tracing::error!(partition, %error, "cannot encode a digest checkpoint");
-                return;
-            }
-        };
         while !shutdown.is_cancelled() {
-            match self
-                .producer
-                .send(&self.topic, &key, Some(&value), WRITE_TIMEOUT)
-                .await
-            {
-                Ok(_) => return,
+            match self.records.write(partition, saved).await {
+                Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(partition, %error, "cannot write a digest checkpoint; trying again");
                     tokio::time::sleep(RETRY_PAUSE).await;

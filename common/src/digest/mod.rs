@@ -190,7 +190,7 @@ pub fn timestamp(at: OffsetDateTime) -> String {
 
 /// [`timestamp`] of milliseconds since the epoch.
 pub fn timestamp_ms(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+    crate::clock::from_unix_ms(ms)
         .map(timestamp)
         .unwrap_or_else(|_| ms.to_string())
 }

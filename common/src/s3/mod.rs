@@ -15,8 +15,6 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, ServerSideEncryption};
 use base64::Engine;
 use bytes::Bytes;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::integration::Integration;
 use crate::job::{JobKind, UploadJob};
@@ -266,8 +264,11 @@ impl S3Writer {
             .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(object.sha256))
             .if_none_match("*")
             .metadata(count_name, object.event_count.to_string())
-            .metadata("window-start", rfc3339_ms(object.window_start_ms))
-            .metadata("window-end", rfc3339_ms(object.window_end_ms))
+            .metadata(
+                "window-start",
+                crate::clock::rfc3339_ms(object.window_start_ms),
+            )
+            .metadata("window-end", crate::clock::rfc3339_ms(object.window_end_ms))
             .body(ByteStream::from(body))
             .customize()
             .config_override(
@@ -355,14 +356,6 @@ pub fn diverged_key(key: &str, sha256: &[u8; 32]) -> String {
         .map_or(key.len(), |dot| name_start + dot);
     let digest = hex::encode(&sha256[..8]);
     format!("{}.diverged-{digest}{}", &key[..stem_end], &key[stem_end..])
-}
-
-/// RFC 3339 with milliseconds, as object metadata carries window bounds.
-pub fn rfc3339_ms(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| ms.to_string())
 }
 
 #[cfg(test)]

@@ -162,7 +162,7 @@ fn test_object(integration: &Integration) -> Result<ObjectToPut, UploadError> {
         "id": format!("connection-test-{id}"),
         "tenant_id": integration.tenant_id.as_str(),
         "type": "activity_logs.connection_test",
-        "occurred_at": common::s3::rfc3339_ms(now_ms),
+        "occurred_at": common::clock::rfc3339_ms(now_ms),
     });
     let raw = format!("{line}\n");
     let body = compress(integration.compression, raw.as_bytes(), 3).map_err(|error| {
