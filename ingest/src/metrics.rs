@@ -12,6 +12,10 @@ pub const EVENTS_REJECTED: &str = "activity_ingest_events_rejected_total";
 pub const PRODUCE_LATENCY: &str = "activity_ingest_produce_latency_seconds";
 /// Request body sizes after decompression.
 pub const REQUEST_BODY: &str = "activity_ingest_request_body_bytes";
+/// Per partition of the events topic, the offset after the last record Kafka acknowledged to
+/// this ingest: with the batchers' positions, how far they are behind (alert
+/// `ActivityConsumerLagGrowing`), measured without relying on the batchers alone.
+pub const EVENTS_END_OFFSET: &str = "activity_ingest_events_end_offset";
 /// Request bytes held in memory right now.
 pub const INFLIGHT_BYTES: &str = "activity_ingest_inflight_bytes";
 
@@ -23,6 +27,11 @@ pub const STALE_TENANTS: &str = "activity_ingest_stale_tenants";
 
 pub fn describe() {
     common::metrics::register_counters(&[EVENTS_ACCEPTED]);
+    describe_gauge!(
+        EVENTS_END_OFFSET,
+        Unit::Count,
+        "Per events partition, the offset after the last record Kafka acknowledged to this ingest."
+    );
     describe_gauge!(
         STALE_TENANTS,
         Unit::Count,

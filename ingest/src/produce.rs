@@ -1,13 +1,18 @@
 //! Writing accepted events to Kafka and waiting for every acknowledgement.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::event::Event;
 use common::producer::HealingProducer;
 use futures_util::future::join_all;
+use metrics::gauge;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::metrics::EVENTS_END_OFFSET;
 
 /// Why a batch of events was not fully acknowledged. Events of the batch may still have been
 /// written: the client is told to retry, and the event `id` lets downstream drop the copies.
@@ -27,6 +32,7 @@ pub struct EventWriter {
     producer: HealingProducer,
     topic: String,
     timeout: Duration,
+    end_offsets: EndOffsets,
 }
 
 impl EventWriter {
@@ -36,6 +42,7 @@ impl EventWriter {
             producer: HealingProducer::new(config, "ingest-events")?,
             topic: topic.to_owned(),
             timeout,
+            end_offsets: EndOffsets::default(),
         })
     }
 
@@ -69,13 +76,15 @@ impl EventWriter {
         let outcomes = tokio::time::timeout_at(deadline, join_all(deliveries))
             .await
             .map_err(|_| WriteError::TimedOut(self.timeout))?;
+        let mut ends = BatchEnds::default();
         for outcome in outcomes {
             match outcome {
-                Ok(Ok(_)) => {}
+                Ok(Ok(delivery)) => ends.acknowledged(delivery.partition, delivery.offset),
                 Ok(Err((error, _))) => return Err(WriteError::Delivery(error)),
                 Err(_canceled) => return Err(WriteError::Delivery(KafkaError::Canceled)),
             }
         }
+        self.end_offsets.advance(&ends);
         Ok(())
     }
 
@@ -94,5 +103,68 @@ impl EventWriter {
             "flushed the Kafka producer"
         );
         result
+    }
+}
+
+/// The offset after the last record acknowledged in each partition a batch went to (a batch
+/// touches a few partitions: a list beats a map).
+#[derive(Debug, Default)]
+struct BatchEnds(Vec<(i32, i64)>);
+
+impl BatchEnds {
+    fn acknowledged(&mut self, partition: i32, offset: i64) {
+        match self.0.iter_mut().find(|(p, _)| *p == partition) {
+            Some((_, end)) => *end = (*end).max(offset + 1),
+            None => self.0.push((partition, offset + 1)),
+        }
+    }
+}
+
+/// The furthest end offset acknowledged per partition so far, exported as
+/// [`EVENTS_END_OFFSET`]; batches acknowledged out of order never move it back.
+#[derive(Debug, Default)]
+struct EndOffsets(Mutex<HashMap<i32, i64>>);
+
+impl EndOffsets {
+    fn advance(&self, batch: &BatchEnds) {
+        let mut furthest = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for &(partition, end) in &batch.0 {
+            let known = furthest.entry(partition).or_insert(end);
+            if end >= *known {
+                *known = end;
+                gauge!(EVENTS_END_OFFSET, "partition" => partition.to_string()).set(end as f64);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn get(&self, partition: i32) -> Option<i64> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&partition)
+            .copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_offsets_follow_the_furthest_acknowledgement_and_never_move_back() {
+        let ends = EndOffsets::default();
+        let mut first = BatchEnds::default();
+        first.acknowledged(0, 41);
+        first.acknowledged(0, 40);
+        first.acknowledged(3, 7);
+        ends.advance(&first);
+        assert_eq!((ends.get(0), ends.get(3)), (Some(42), Some(8)));
+        // An older batch whose acknowledgement came last.
+        let mut older = BatchEnds::default();
+        older.acknowledged(0, 12);
+        ends.advance(&older);
+        assert_eq!(ends.get(0), Some(42));
+        assert_eq!(ends.get(1), None);
     }
 }

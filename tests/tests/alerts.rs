@@ -3,8 +3,9 @@
 //! by a real Prometheus evaluating the shipped rules on a compressed time scale (minutes read as
 //! seconds): a bucket policy that denies writes fills the dead-letter queue and makes the tenant
 //! stale (named, with its error, by `GET /v1/stale-tenants`); a stopped uploader
-//! (SIGSTOP: it holds its jobs and answers nothing) is a service down and stalls deliveries. The
-//! check reads Prometheus's own alerts API.
+//! (SIGSTOP: it holds its jobs and answers nothing) is a service down and stalls deliveries; a
+//! stopped batcher while events keep coming falls further and further behind. The check reads
+//! Prometheus's own alerts API.
 
 use std::time::Duration;
 
@@ -20,15 +21,20 @@ use tokio_util::sync::CancellationToken;
 /// Long enough for a compressed `for` (at most 30 s) and the uploader's DLQ depth poll (15 s).
 const FIRES_WITHIN: Duration = Duration::from_secs(120);
 
-/// Posts a few events for `tenant` every 500 ms until `stop`, so windows keep closing.
-fn keep_posting(pipeline: &Pipeline, tenant: &'static str, stop: CancellationToken) {
+/// Posts `per_post` events for `tenant` every `every` until `stop`, so windows keep closing.
+fn keep_posting(
+    pipeline: &Pipeline,
+    tenant: &'static str,
+    (per_post, every): (usize, Duration),
+    stop: CancellationToken,
+) {
     let ingest = pipeline.admin.ingest.url("/v1/events");
     let token = integration_tests::services::TEST_TOKEN;
     tokio::spawn(async move {
         let http = reqwest::Client::new();
         let mut n = 0;
         while !stop.is_cancelled() {
-            let body: String = (0..3)
+            let body: String = (0..per_post)
                 .map(|i| {
                     format!(
                         "{}\n",
@@ -45,7 +51,7 @@ fn keep_posting(pipeline: &Pipeline, tenant: &'static str, stop: CancellationTok
                 .send()
                 .await;
             n += 1;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(every).await;
         }
     });
 }
@@ -85,7 +91,12 @@ async fn alerts_fire_on_their_faults_and_clear_once_lifted() {
     let (status, answer) = pipeline.connect("acme", &bucket).await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     let stop = CancellationToken::new();
-    keep_posting(&pipeline, "acme", stop.clone());
+    keep_posting(
+        &pipeline,
+        "acme",
+        (3, Duration::from_millis(500)),
+        stop.clone(),
+    );
     // Healthy first: objects land and no alert fires.
     integration_tests::wait_for("objects in the bucket", Duration::from_secs(60), || async {
         let count = integration_tests::fixtures::object_count(&s3, &bucket).await?;
@@ -149,6 +160,26 @@ async fn alerts_fire_on_their_faults_and_clear_once_lifted() {
         .await;
     prometheus
         .until_cleared("ActivityDeliveriesStalled", FIRES_WITHIN)
+        .await;
+
+    // The batcher stopped (it answers nothing) while events keep coming, 4,000 a second: its
+    // last reported position stays, ingest's end offsets go on, and the lag grows past 10,000
+    // records. Once it runs again it catches up and the alert clears.
+    let burst = CancellationToken::new();
+    keep_posting(
+        &pipeline,
+        "acme",
+        (1_000, Duration::from_millis(250)),
+        burst.clone(),
+    );
+    signal(pipeline.batcher.pid(), "-STOP");
+    prometheus
+        .until_firing("ActivityConsumerLagGrowing", FIRES_WITHIN)
+        .await;
+    burst.cancel();
+    signal(pipeline.batcher.pid(), "-CONT");
+    prometheus
+        .until_cleared("ActivityConsumerLagGrowing", FIRES_WITHIN)
         .await;
 
     stop.cancel();

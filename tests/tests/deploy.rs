@@ -268,7 +268,8 @@ fn every_alert_fires_on_its_fault_and_stays_quiet_on_a_near_miss() {
         .expect("groups")
         .iter()
         .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
-        .map(|rule| rule["alert"].as_str().expect("alert").to_owned())
+        // Recording rules have no alert to test; what they record is tested through the alerts.
+        .filter_map(|rule| rule["alert"].as_str().map(str::to_owned))
         .collect::<Vec<_>>();
     let untested: Vec<String> = alerts
         .iter()
