@@ -519,9 +519,13 @@ async fn main() {
             .filter_map(|m| metric_value(m, uploader::metrics::ASSUME_ROLE_CALLS))
             .sum();
     println!(
-        "warm-up: one event per tenant delivered in {:.1} s ({assume_role_calls} AssumeRole calls; outcomes other than stored: {})\n",
+        "warm-up: one event per tenant delivered in {:.1} s ({assume_role_calls} AssumeRole calls; outcomes other than stored: {})",
         warm_up.elapsed().as_secs_f64(),
         follower.other_outcomes()
+    );
+    println!(
+        "series exported with every tenant delivered to: {}\n",
+        series_counts(&deployment).await
     );
 
     let mut rows = Vec::new();
@@ -607,6 +611,29 @@ async fn main() {
     for row in &resources {
         println!("{row}");
     }
+    println!(
+        "\nseries exported at the end: {}",
+        series_counts(&deployment).await
+    );
     drop(follower);
     deployment.stop().await;
+}
+
+/// The number of series each service's `/metrics` exposes (every sample line, histogram buckets
+/// included): what Prometheus stores per scrape. No metric carries a tenant label, so this must
+/// not grow with the tenants connected.
+async fn series_counts(deployment: &Deployment) -> String {
+    let services = std::iter::once(("ingest", &deployment.ingest))
+        .chain(deployment.batchers.iter().map(|b| ("batcher", b)))
+        .chain(deployment.uploaders.iter().map(|u| ("uploader", u)));
+    let mut counts = Vec::new();
+    for (name, service) in services {
+        let exposed = service.metrics().await;
+        let series = exposed
+            .lines()
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .count();
+        counts.push(format!("{name} {series}"));
+    }
+    counts.join(", ")
 }
