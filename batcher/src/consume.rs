@@ -2,8 +2,8 @@
 //! compression and rebalances run off the async runtime and the rebalance callback (which runs
 //! inside `poll` on this same thread) can commit and hand partitions over in step with the core.
 //!
-//! Offsets move only behind confirms (DESIGN §3); the rule is [`crate::core::commit_rule`], and this
-//! shell feeds it the parts sent and confirmed and writes and commits what it allows.
+//! Offsets move only behind confirms (DESIGN §3). The rule is [`crate::core::commit_rule`]; this
+//! shell feeds it the parts sent and confirmed, and writes and commits what it allows.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::Receiver;
