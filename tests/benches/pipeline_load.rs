@@ -10,6 +10,10 @@
 //! latency, the delivery lag of every object (window end → object stored, from the uploaders'
 //! delivery records), and per process the CPU seconds per 1,000 events and the peak RSS.
 //!
+//! With ACTIVITY_BENCH_BURST=N it instead measures each process idle for ACTIVITY_BENCH_IDLE
+//! (20s), then posts N events as fast as ingest takes them and waits until all are delivered, and
+//! reports each process's CPU per event net of what it burns idle over the same time.
+//!
 //! Settings: ACTIVITY_BENCH_TENANTS (10), ACTIVITY_BENCH_RATES in events/s, comma-separated
 //! (1000,4000,16000), ACTIVITY_BENCH_STEP seconds per rate (30), ACTIVITY_BENCH_WINDOW (10s),
 //! ACTIVITY_BENCH_CLOSE_DELAY (2s), ACTIVITY_BENCH_BATCH events per request (200),
@@ -50,6 +54,10 @@ struct Settings {
     buckets: usize,
     uploaders: usize,
     partitions: i32,
+    /// Events of the burst, instead of rate steps.
+    burst: Option<u64>,
+    /// How long each process is measured idle before the burst.
+    idle: Duration,
 }
 
 fn duration_setting(name: &str, default: &str) -> Duration {
@@ -79,6 +87,11 @@ impl Settings {
             buckets: setting("ACTIVITY_BENCH_BUCKETS", 10),
             uploaders: setting("ACTIVITY_BENCH_UPLOADERS", 2),
             partitions: setting("ACTIVITY_BENCH_PARTITIONS", 3),
+            burst: std::env::var("ACTIVITY_BENCH_BURST").ok().map(|n| {
+                n.parse()
+                    .unwrap_or_else(|_| panic!("ACTIVITY_BENCH_BURST: {n:?} is not a number"))
+            }),
+            idle: duration_setting("ACTIVITY_BENCH_IDLE", "20s"),
         }
     }
 }
@@ -289,29 +302,43 @@ struct Load {
     latencies: Vec<Duration>,
 }
 
-/// Posts `batch`-event requests to ingest at `rate` events/s for `duration`, each event for a
-/// tenant drawn at random; request ids carry `step` so every event id is unique.
-async fn drive(
-    url: &str,
-    settings: &Settings,
-    rate: u64,
-    duration: Duration,
-    step: usize,
-    rng: &mut StdRng,
-) -> Load {
+/// How requests are sent.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// At this many events/s for this long.
+    Rate(u64, Duration),
+    /// This many events, as fast as ingest answers (`IN_FLIGHT` requests at a time).
+    Burst(u64),
+}
+
+/// Posts `batch`-event requests to ingest at `pace`, each event for a tenant drawn at random;
+/// request ids carry `step` so every event id is unique.
+async fn drive(url: &str, settings: &Settings, pace: Pace, step: usize, rng: &mut StdRng) -> Load {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client");
-    let period = Duration::from_secs_f64(settings.batch as f64 / rate as f64);
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = match pace {
+        Pace::Rate(rate, _) => {
+            let period = Duration::from_secs_f64(settings.batch as f64 / rate as f64);
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            Some(ticker)
+        }
+        Pace::Burst(_) => None,
+    };
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let load = Arc::new(Mutex::new(Load::default()));
-    let end = Instant::now() + duration;
+    let started = Instant::now();
+    let more = |requests: usize| match pace {
+        Pace::Rate(_, duration) => started.elapsed() < duration,
+        Pace::Burst(events) => ((requests * settings.batch) as u64) < events,
+    };
     let mut request = 0_usize;
-    while Instant::now() < end {
-        ticker.tick().await;
+    while more(request) {
+        if let Some(ticker) = &mut ticker {
+            ticker.tick().await;
+        }
         let slot = slots.clone().acquire_owned().await.expect("slots");
         let body = ndjson((0..settings.batch).map(|i| {
             (
@@ -528,6 +555,67 @@ async fn main() {
         series_counts(&deployment).await
     );
 
+    if let Some(events) = settings.burst {
+        // Idle first: what each process burns with nothing flowing, subtracted from the burst
+        // over the burst's whole time (sending, closing the last windows, delivering).
+        let before_idle = snapshot(&processes, ticks);
+        tokio::time::sleep(settings.idle).await;
+        let idle_per_second: Vec<f64> = before_idle
+            .iter()
+            .zip(&snapshot(&processes, ticks))
+            .map(|(b, a)| (a.cpu_seconds - b.cpu_seconds) / settings.idle.as_secs_f64())
+            .collect();
+        let before = snapshot(&processes, ticks);
+        let started = Instant::now();
+        let load = drive(&url, &settings, Pace::Burst(events), 0, &mut rng).await;
+        let sending = started.elapsed();
+        acknowledged += load.acknowledged;
+        let missing = follower
+            .wait_for_events(acknowledged, settle, drain_deadline)
+            .await;
+        let elapsed = started.elapsed();
+        let after = snapshot(&processes, ticks);
+        println!(
+            "burst: {} events acknowledged in {:.1} s ({:.0} events/s, {} refused), all delivered after {:.1} s{}",
+            load.acknowledged,
+            sending.as_secs_f64(),
+            load.acknowledged as f64 / sending.as_secs_f64(),
+            load.refused,
+            elapsed.as_secs_f64(),
+            if missing == 0 {
+                String::new()
+            } else {
+                format!(", **{missing} events short**")
+            }
+        );
+        println!(
+            "\n| process | CPU s per 1,000 events, net of idle | µs per event | idle CPU ms per s | CPU s in the burst | peak RSS MiB |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+        let thousands = load.acknowledged as f64 / 1000.0;
+        for (((name, _), idle), (b, a)) in processes
+            .iter()
+            .zip(&idle_per_second)
+            .zip(before.iter().zip(&after))
+        {
+            let spent = a.cpu_seconds - b.cpu_seconds;
+            let net = (spent - idle * elapsed.as_secs_f64()).max(0.0) / thousands;
+            println!(
+                "| {name} | {net:.4} | {:.2} | {:.1} | {spent:.2} | {:.0} |",
+                net * 1000.0,
+                idle * 1000.0,
+                a.peak_rss_kib as f64 / 1024.0
+            );
+        }
+        println!(
+            "\nseries exported at the end: {}",
+            series_counts(&deployment).await
+        );
+        drop(follower);
+        deployment.stop().await;
+        return;
+    }
+
     let mut rows = Vec::new();
     let mut resources = Vec::new();
     let mut short = 0_u64;
@@ -535,7 +623,14 @@ async fn main() {
         let (objects_before, _) = follower.totals();
         let before = snapshot(&processes, ticks);
         let step_started = Instant::now();
-        let mut load = drive(&url, &settings, rate, settings.step, step, &mut rng).await;
+        let mut load = drive(
+            &url,
+            &settings,
+            Pace::Rate(rate, settings.step),
+            step,
+            &mut rng,
+        )
+        .await;
         let sending = step_started.elapsed();
         acknowledged += load.acknowledged;
         // Events missing after an earlier step are not waited for again.
