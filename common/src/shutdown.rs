@@ -46,6 +46,23 @@ impl Supervisor {
         self.token.cancel();
     }
 
+    /// Runs `work` every `period` (the first time at once) until shutdown, as an essential task.
+    pub fn spawn_every<W>(&self, name: &'static str, period: Duration, mut work: W)
+    where
+        W: FnMut() + Send + 'static,
+    {
+        let token = self.token.clone();
+        self.spawn(name, async move {
+            let mut ticks = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return Ok(()),
+                    _ = ticks.tick() => work(),
+                }
+            }
+        });
+    }
+
     /// Spawns an essential task: if it fails, or returns before shutdown began, the whole service
     /// is asked to stop.
     pub fn spawn<F>(&self, name: &'static str, task: F)
@@ -188,6 +205,23 @@ mod tests {
             .await
             .expect("clean shutdown");
         assert!(finished.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn periodic_work_runs_every_period_until_shutdown_and_stops_cleanly() {
+        let supervisor = Supervisor::new();
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = runs.clone();
+        supervisor.spawn_every("counts", Duration::from_secs(10), move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        supervisor.cancel();
+        supervisor
+            .run_until_stopped(Duration::from_secs(5))
+            .await
+            .expect("a clean shutdown");
+        assert_eq!(runs.load(Ordering::SeqCst), 3, "at 0, 10 and 20 s");
     }
 
     #[tokio::test(start_paused = true)]

@@ -98,18 +98,9 @@ const STALE_TENANTS_INTERVAL: Duration = Duration::from_secs(15);
 /// Keeps `activity_ingest_stale_tenants` current until shutdown.
 #[cfg(feature = "admin")]
 fn count_stale_tenants(api: Arc<admin::AdminApi>, supervisor: &Supervisor) {
-    let token = supervisor.token();
-    supervisor.spawn("stale-tenants", async move {
-        let mut every = tokio::time::interval(STALE_TENANTS_INTERVAL);
-        loop {
-            tokio::select! {
-                () = token.cancelled() => return Ok(()),
-                _ = every.tick() => {
-                    let stale = api.stale_tenants(common::clock::now_unix_ms()).len();
-                    ::metrics::gauge!(metrics::STALE_TENANTS).set(stale as f64);
-                }
-            }
-        }
+    supervisor.spawn_every("stale-tenants", STALE_TENANTS_INTERVAL, move || {
+        let stale = api.stale_tenants(common::clock::now_unix_ms()).len();
+        ::metrics::gauge!(metrics::STALE_TENANTS).set(stale as f64);
     });
 }
 
@@ -261,18 +252,9 @@ pub async fn start(config: IngestConfig, supervisor: &Supervisor) -> anyhow::Res
         Ok(())
     });
     if api.rate_limiter.is_some() {
-        let token = supervisor.token();
-        supervisor.spawn("rate-limiter-cleanup", async move {
-            let mut tick = tokio::time::interval(RATE_LIMITER_CLEANUP);
-            loop {
-                tokio::select! {
-                    () = token.cancelled() => return Ok(()),
-                    _ = tick.tick() => {
-                        if let Some(limiter) = &api.rate_limiter {
-                            limiter.forget_idle_tenants();
-                        }
-                    }
-                }
+        supervisor.spawn_every("rate-limiter-cleanup", RATE_LIMITER_CLEANUP, move || {
+            if let Some(limiter) = &api.rate_limiter {
+                limiter.forget_idle_tenants();
             }
         });
     }
