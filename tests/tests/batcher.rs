@@ -486,6 +486,12 @@ impl Deployment {
         }
     }
 
+    /// The batcher takes record stamps up to `tolerance` ahead of its clock as they are.
+    fn with_future_tolerance(mut self, tolerance: &str) -> Self {
+        self.setup = self.setup.with_future_tolerance(tolerance);
+        self
+    }
+
     /// Jobs published until their objects hold `events` events (at most 60 s).
     async fn jobs(&self, events: usize) -> BTreeMap<String, PublishedJob> {
         jobs_until_events(
@@ -508,8 +514,12 @@ async fn counter(batcher: &ServiceProcess, name: &str) -> Option<f64> {
 }
 
 /// Writes 90 events of ~200 KiB for `acme` (no compression: ~18 MiB, more than RabbitMQ's
-/// 16 MiB message limit) on partition 0 and 5 small ones for `globex` on partition 1, all in
-/// the next 10 s window, so it cannot close before they are all written.
+/// 16 MiB message limit) on partition 0 and 5 small ones for `globex` on partition 1, all
+/// stamped in the next 10 s window, so it cannot close before they are all written. The
+/// batcher must take stamps a window ahead as they are (`LARGE_WINDOW_TOLERANCE`): bounded to
+/// its clock, the first events would go in the present window, which may close meanwhile.
+const LARGE_WINDOW_TOLERANCE: &str = "10s";
+
 async fn one_large_window(events: &EventsTopic) -> i64 {
     let window_start = (now_unix_ms() / 10_000 + 1) * 10_000;
     for n in 0..90 {
@@ -527,7 +537,9 @@ async fn one_large_window(events: &EventsTopic) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_part_is_cut_to_what_rabbitmq_takes_even_without_compression() {
-    let deployment = Deployment::new(2).await;
+    let deployment = Deployment::new(2)
+        .await
+        .with_future_tolerance(LARGE_WINDOW_TOLERANCE);
     let batcher = deployment.setup.spawn("10s", "500ms", &[]);
     batcher.ready().await;
 
@@ -556,7 +568,9 @@ async fn a_part_is_cut_to_what_rabbitmq_takes_even_without_compression() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_part_rabbitmq_refuses_is_counted_and_set_aside_while_other_partitions_go_on() {
-    let deployment = Deployment::new(2).await;
+    let deployment = Deployment::new(2)
+        .await
+        .with_future_tolerance(LARGE_WINDOW_TOLERANCE);
     // Configured above the broker's limit, as a mistake would be.
     let batcher = deployment
         .setup
