@@ -9,6 +9,7 @@ pub mod config;
 pub mod delivery;
 pub mod digest;
 pub mod event;
+pub mod event_line;
 pub mod integration;
 pub mod job;
 pub mod kafka;

@@ -4,6 +4,7 @@
 //! after the customer fixed their setup goes to the fixed destination.
 
 use common::codec::decompress;
+use common::event_line::top_level_strings;
 use common::integration::Integration;
 use common::job::{JobKind, UploadJob};
 use common::registry::IntegrationRegistry;
@@ -106,14 +107,21 @@ fn invalid(code: &'static str, message: String) -> UploadError {
 /// Every line is an event of the job's tenant, and there are as many as the job says.
 fn verify_events(job: &UploadJob, raw: &[u8]) -> Result<(), UploadError> {
     let mut events = 0_u64;
-    for (index, line) in raw.split_inclusive(|b| *b == b'\n').enumerate() {
-        let line_number = index + 1;
-        let Some(line) = line.strip_suffix(b"\n") else {
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let line_number = events + 1;
+        let Some(end) = memchr::memchr(b'\n', rest) else {
             return Err(invalid(
                 "NotNdjson",
                 format!("line {line_number} does not end with a newline"),
             ));
         };
+        let line = &rest[..end];
+        rest = &rest[end + 1..];
+        events += 1;
+        if line_tenant_is(line, job.tenant_id.as_str()) {
+            continue;
+        }
         let event: EventTenant<'_> = serde_json::from_slice(line).map_err(|error| {
             invalid(
                 "NotNdjson",
@@ -129,7 +137,6 @@ fn verify_events(job: &UploadJob, raw: &[u8]) -> Result<(), UploadError> {
                 ),
             ));
         }
-        events += 1;
     }
     if events != job.event_count {
         return Err(invalid(
@@ -187,6 +194,14 @@ fn verify_digest(job: &UploadJob, raw: &[u8]) -> Result<(), UploadError> {
     Ok(())
 }
 
+/// Whether `line`'s `tenant_id` is `tenant`, by `event_line`'s scan; `false` also when the scan
+/// leaves the line to serde_json, which then reads it and names the problem.
+fn line_tenant_is(line: &[u8], tenant: &str) -> bool {
+    top_level_strings(line, ["tenant_id"])
+        .and_then(|[found]| found.value())
+        .is_some_and(|found| found == tenant)
+}
+
 /// The one field of an event the uploader reads.
 #[derive(serde::Deserialize)]
 struct EventTenant<'a> {
@@ -237,6 +252,79 @@ mod tests {
             attempt: 0,
         };
         (job, body)
+    }
+
+    /// A log job for `acme` whose body (zstd) is `lines`, saying it holds `event_count` events.
+    fn log_job(lines: &str, event_count: u64) -> (UploadJob, Vec<u8>) {
+        let body = common::codec::compress(Codec::Zstd, lines.as_bytes(), 3).expect("zstd");
+        let start = datetime!(2026-11-30 13:00 UTC);
+        let job = UploadJob {
+            kind: JobKind::Log,
+            relative_key: "acme/2026/11/30/13/acme_20261130T1300Z_0-0.jsonl.zst".into(),
+            tenant_id: TenantId::parse("acme").expect("tenant"),
+            codec: Codec::Zstd,
+            event_count,
+            window_start_ms: common::clock::unix_ms(start),
+            window_end_ms: common::clock::unix_ms(start + time::Duration::HOUR),
+            partition: 0,
+            first_offset: 0,
+            last_offset: event_count.saturating_sub(1) as i64,
+            uncompressed_bytes: lines.len() as u64,
+            sha256_hex: hex::encode(Sha256::digest(&body)),
+            created_at_ms: 0,
+            attempt: 0,
+        };
+        (job, body)
+    }
+
+    fn refusal(lines: &str, event_count: u64) -> UploadError {
+        let (job, body) = log_job(lines, event_count);
+        verify_body(&job, &body).expect_err("a refused body")
+    }
+
+    #[test]
+    fn events_of_the_jobs_tenant_pass_whatever_their_nested_fields_say() {
+        let lines = concat!(
+            r#"{"actor":{"tenant_id":"globex"},"id":"e1","tenant_id":"acme"}"#,
+            "\n",
+            r#"{"id":"e2","tenant_id":"acme","z":[{"tenant_id":"globex"}]}"#,
+            "\n",
+        );
+        let (job, body) = log_job(lines, 2);
+        assert!(verify_body(&job, &body).is_ok());
+    }
+
+    #[test]
+    fn a_line_of_another_tenant_is_refused_by_its_number() {
+        let error = refusal(
+            "{\"id\":\"e1\",\"tenant_id\":\"acme\"}\n{\"id\":\"e2\",\"tenant_id\":\"globex\"}\n",
+            2,
+        );
+        assert_eq!(error.code, "TenantMismatch");
+        assert!(
+            error
+                .message
+                .contains("line 2 belongs to tenant globex, the job to tenant acme"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn lines_that_are_not_events_are_refused_by_their_number() {
+        let error = refusal("{\"id\":\"e1\",\"tenant_id\":\"acme\"}\nnot json\n", 2);
+        assert_eq!(error.code, "NotNdjson");
+        assert!(error.message.starts_with("line 2 is not an event"), "{}", error.message);
+        let error = refusal("{\"id\":\"e1\",\"tenant_id\":\"acme\"}", 1);
+        assert_eq!(error.code, "NotNdjson");
+        assert_eq!(error.message, "line 1 does not end with a newline");
+    }
+
+    #[test]
+    fn a_body_holding_other_than_the_jobs_count_is_refused() {
+        let error = refusal("{\"id\":\"e1\",\"tenant_id\":\"acme\"}\n", 2);
+        assert_eq!(error.code, "EventCountMismatch");
+        assert_eq!(error.message, "the body holds 1 events, the job says 2");
     }
 
     #[test]
