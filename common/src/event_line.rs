@@ -5,7 +5,7 @@
 //! serde_json parse and check every value of the line, about 2.5 ns a byte here (1.2 µs for an
 //! event of 490 bytes, measured), which was a fifth of the batcher's CPU per event and half the
 //! uploader's. This scan only looks at the bytes that give a JSON object its shape (quotes,
-//! backslashes in strings, braces) and jumps between them with `memchr`.
+//! backslashes in strings, braces), and inside strings looks eight bytes at a time.
 //!
 //! It is a fast path, not a validator: on a well-formed JSON object it returns what serde_json
 //! would read (a property test holds it to that), and whenever it cannot give a clean answer
@@ -16,8 +16,6 @@
 //! checked once, where the event came in.
 
 use std::borrow::Cow;
-
-use memchr::{memchr2, memchr3};
 
 /// The contents of a top-level string field, between its quotes, still escaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,26 +45,27 @@ pub fn top_level_strings<'a, const N: usize>(
     keys: [&str; N],
 ) -> Option<[RawString<'a>; N]> {
     let mut found: [Option<RawString<'a>>; N] = [None; N];
-    let start = skip_whitespace(line, 0);
-    if line.get(start) != Some(&b'{') {
+    let mut at = skip_whitespace(line, 0);
+    if line.get(at) != Some(&b'{') {
         return None;
     }
-    let mut depth = 1_usize;
-    let mut at = start + 1;
-    while depth > 0 {
-        let next = at + memchr3(b'"', b'{', b'}', line.get(at..)?)?;
-        match line[next] {
+    let mut depth = 0_usize;
+    loop {
+        match *line.get(at)? {
             b'{' => {
                 depth += 1;
-                at = next + 1;
+                at += 1;
             }
             b'}' => {
                 depth -= 1;
-                at = next + 1;
+                at += 1;
+                if depth == 0 {
+                    break;
+                }
             }
-            _ => {
-                let string = string_at(line, next)?;
-                at = next + string.quoted.len();
+            b'"' => {
+                let string = string_at(line, at)?;
+                at += string.quoted.len();
                 let colon = skip_whitespace(line, at);
                 if depth != 1 || line.get(colon) != Some(&b':') {
                     continue;
@@ -87,6 +86,7 @@ pub fn top_level_strings<'a, const N: usize>(
                 at = value_at + value.quoted.len();
                 found[slot] = Some(value);
             }
+            _ => at += 1,
         }
     }
     if skip_whitespace(line, at) != line.len() {
@@ -108,7 +108,7 @@ fn string_at(line: &[u8], open: usize) -> Option<RawString<'_>> {
     let mut escaped = false;
     let mut at = open + 1;
     loop {
-        let next = at + memchr2(b'"', b'\\', line.get(at..)?)?;
+        let next = quote_or_backslash(line, at)?;
         if line[next] == b'"' {
             return Some(RawString {
                 quoted: &line[open..=next],
@@ -118,6 +118,33 @@ fn string_at(line: &[u8], open: usize) -> Option<RawString<'_>> {
         escaped = true;
         at = next + 2;
     }
+}
+
+/// The first `"` or `\` at or after `at`, looked for eight bytes at a time. Strings in an event
+/// are mostly a few dozen bytes long, too short for `memchr`'s vector search to pay for its
+/// setup (measured: the scan took longer with it than serde_json did).
+fn quote_or_backslash(line: &[u8], mut at: usize) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH_BITS: u64 = u64::from_le_bytes([0x80; 8]);
+    const QUOTES: u64 = u64::from_le_bytes([b'"'; 8]);
+    const BACKSLASHES: u64 = u64::from_le_bytes([b'\\'; 8]);
+    while let Some(chunk) = line.get(at..at + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().ok()?);
+        // A byte of `word ^ pattern` is zero where `word` holds the pattern's byte; the classic
+        // test `(x - 1) & !x & 0x80` flags the first zero byte exactly.
+        let (quotes, backslashes) = (word ^ QUOTES, word ^ BACKSLASHES);
+        let zeros =
+            (quotes.wrapping_sub(ONES) & !quotes) | (backslashes.wrapping_sub(ONES) & !backslashes);
+        let first = zeros & HIGH_BITS;
+        if first != 0 {
+            return Some(at + (first.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let tail = line.get(at..)?;
+    tail.iter()
+        .position(|b| matches!(b, b'"' | b'\\'))
+        .map(|i| at + i)
 }
 
 fn skip_whitespace(line: &[u8], mut at: usize) -> usize {
@@ -163,7 +190,10 @@ mod tests {
     fn unescapes_a_value_written_with_escapes() {
         let line = r#"{"id":"line\nbreak \u00e9 \"q\" \\","tenant_id":"acme"}"#;
         assert_eq!(id_and_tenant(line), by_serde(line));
-        assert_eq!(id_and_tenant(line).expect("read").0, "line\nbreak é \"q\" \\");
+        assert_eq!(
+            id_and_tenant(line).expect("read").0,
+            "line\nbreak é \"q\" \\"
+        );
     }
 
     #[test]
@@ -218,6 +248,21 @@ mod tests {
     }
 
     proptest! {
+        /// The eight-bytes-at-a-time search finds what a byte-by-byte one finds.
+        #[test]
+        fn finds_the_first_quote_or_backslash(
+            bytes in prop::collection::vec(prop::sample::select(vec![b'"', b'\\', b'a', 0, 0x80, 0xa2, 0xdc, 0xff]), 0..40),
+            from in 0_usize..41,
+        ) {
+            let expected = bytes
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, b)| matches!(b, b'"' | b'\\'))
+                .map(|(i, _)| i);
+            prop_assert_eq!(quote_or_backslash(&bytes, from), expected);
+        }
+
         /// On any object, the scan reads what serde_json reads, or leaves the line to it.
         #[test]
         fn agrees_with_serde_json(

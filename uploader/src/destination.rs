@@ -314,7 +314,11 @@ mod tests {
     fn lines_that_are_not_events_are_refused_by_their_number() {
         let error = refusal("{\"id\":\"e1\",\"tenant_id\":\"acme\"}\nnot json\n", 2);
         assert_eq!(error.code, "NotNdjson");
-        assert!(error.message.starts_with("line 2 is not an event"), "{}", error.message);
+        assert!(
+            error.message.starts_with("line 2 is not an event"),
+            "{}",
+            error.message
+        );
         let error = refusal("{\"id\":\"e1\",\"tenant_id\":\"acme\"}", 1);
         assert_eq!(error.code, "NotNdjson");
         assert_eq!(error.message, "line 1 does not end with a newline");
