@@ -83,7 +83,7 @@ impl ClockWriter {
             producer.settle(&current, sent.is_ok()).await;
             match sent {
                 Ok(_) => counter!(CLOCK_RECORDS).increment(1),
-                Err((error, _)) => {
+                Err(error) => {
                     tracing::warn!(partition, %error, "cannot write a clock record; trying again later");
                 }
             }

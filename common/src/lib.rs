@@ -2,6 +2,7 @@
 //! client setup, metrics, logging, the operational HTTP routes and task supervision.
 
 pub mod amqp;
+pub mod async_producer;
 pub mod aws;
 pub mod clock;
 pub mod codec;

@@ -16,8 +16,9 @@ use metrics::counter;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
+use rdkafka::producer::FutureRecord;
+
+use crate::async_producer::AsyncProducer;
 
 /// Counts producers replaced, by `client` (which writer) and `reason`.
 pub const PRODUCER_REPLACEMENTS: &str = "activity_kafka_producer_replacements_total";
@@ -36,7 +37,7 @@ pub struct Position {
 
 /// A producer, replaced when it keeps failing while a new one would not.
 pub struct HealingProducer {
-    current: RwLock<Arc<FutureProducer>>,
+    current: RwLock<Arc<AsyncProducer>>,
     consecutive_failures: AtomicU32,
     probing: AtomicBool,
     config: ClientConfig,
@@ -48,7 +49,7 @@ impl HealingProducer {
     /// `config` must already carry the durability settings (`KafkaArgs::producer_config`).
     pub fn new(config: ClientConfig, client: &'static str) -> Result<Self, KafkaError> {
         Ok(Self {
-            current: RwLock::new(Arc::new(config.create()?)),
+            current: RwLock::new(Arc::new(AsyncProducer::new(&config)?)),
             consecutive_failures: AtomicU32::new(0),
             probing: AtomicBool::new(false),
             config,
@@ -57,7 +58,7 @@ impl HealingProducer {
     }
 
     /// The producer to write with now; report how the write went to `settle`.
-    pub fn current(&self) -> Arc<FutureProducer> {
+    pub fn current(&self) -> Arc<AsyncProducer> {
         self.current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -94,21 +95,14 @@ impl HealingProducer {
         if let Some(headers) = headers {
             record = record.headers(headers);
         }
-        let result = producer
-            .send(record, queue_timeout)
-            .await
-            .map(|delivery| Position {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            })
-            .map_err(|(error, _)| error);
+        let result = producer.send(record, queue_timeout).await;
         self.settle(&producer, result.is_ok()).await;
         result
     }
 
     /// Takes the outcome of a write made with `producer`: a success clears the failure count;
     /// a fatal error, or every few failures in a row, leads to a replacement.
-    pub async fn settle(&self, producer: &Arc<FutureProducer>, delivered: bool) {
+    pub async fn settle(&self, producer: &Arc<AsyncProducer>, delivered: bool) {
         if delivered {
             self.consecutive_failures.store(0, Ordering::Relaxed);
             return;
@@ -132,11 +126,11 @@ impl HealingProducer {
 
     async fn replace_if_fresh_reaches(
         &self,
-        failed: &Arc<FutureProducer>,
+        failed: &Arc<AsyncProducer>,
         failures: u32,
         reason: &'static str,
     ) {
-        let fresh: FutureProducer = match self.config.create() {
+        let fresh = match AsyncProducer::new(&self.config) {
             Ok(fresh) => fresh,
             Err(error) => {
                 tracing::error!(client = self.client, %error, "cannot create a Kafka producer to replace a failing one");
@@ -151,7 +145,6 @@ impl HealingProducer {
                 %error,
                 "writes keep failing and a fresh Kafka producer does not reach the cluster either; keeping the current one"
             );
-            release(fresh);
             return;
         }
         let replaced = {
@@ -159,26 +152,24 @@ impl HealingProducer {
                 .current
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if Arc::ptr_eq(&slot, failed) {
-                Some(std::mem::replace(&mut *slot, fresh.clone()))
-            } else {
-                None // already replaced since this write began
+            // Not when it was already replaced since this write began. The producer let go
+            // fails what it still holds when its delivery thread ends.
+            let current = Arc::ptr_eq(&slot, failed);
+            if current {
+                *slot = fresh;
             }
+            current
         };
-        match replaced {
-            Some(old) => {
-                self.consecutive_failures.store(0, Ordering::Relaxed);
-                counter!(PRODUCER_REPLACEMENTS, "client" => self.client, "reason" => reason)
-                    .increment(1);
-                tracing::warn!(
-                    client = self.client,
-                    failures,
-                    reason,
-                    "replaced the Kafka producer: its writes kept failing while a fresh one reaches the cluster"
-                );
-                release(old);
-            }
-            None => release(fresh),
+        if replaced {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            counter!(PRODUCER_REPLACEMENTS, "client" => self.client, "reason" => reason)
+                .increment(1);
+            tracing::warn!(
+                client = self.client,
+                failures,
+                reason,
+                "replaced the Kafka producer: its writes kept failing while a fresh one reaches the cluster"
+            );
         }
     }
 
@@ -190,7 +181,7 @@ impl HealingProducer {
     /// Waits up to `timeout` for queued records to be acknowledged; used on shutdown.
     pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         let producer = self.current();
-        tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout)))
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await
             .unwrap_or(Err(KafkaError::Canceled))
     }
@@ -198,7 +189,7 @@ impl HealingProducer {
 
 /// Whether `producer` gets the cluster's metadata with a broker in it, and, for `topic`, the
 /// topic's without an error.
-async fn reachable(producer: Arc<FutureProducer>, topic: Option<&str>) -> Result<(), String> {
+async fn reachable(producer: Arc<AsyncProducer>, topic: Option<&str>) -> Result<(), String> {
     let name = topic.map(str::to_owned);
     let answer = tokio::task::spawn_blocking(move || {
         producer
@@ -220,9 +211,4 @@ async fn reachable(producer: Arc<FutureProducer>, topic: Option<&str>) -> Result
         Ok((_, Some(topic_error))) if topic.is_some() => Err(topic_error),
         Ok(_) => Ok(()),
     }
-}
-
-/// Drops a producer off the async runtime: dropping purges and flushes, which blocks.
-fn release(producer: Arc<FutureProducer>) {
-    tokio::task::spawn_blocking(move || drop(producer));
 }

@@ -4,13 +4,14 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use common::async_producer::AsyncProducer;
 use common::event::Event;
 use common::producer::HealingProducer;
 use futures_util::future::join_all;
 use metrics::gauge;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 use crate::metrics::EVENTS_END_OFFSET;
 
@@ -57,7 +58,7 @@ impl EventWriter {
 
     async fn write_with(
         &self,
-        producer: &FutureProducer,
+        producer: &AsyncProducer,
         events: &[Event],
         accepted_at_ms: i64,
     ) -> Result<(), WriteError> {
@@ -68,21 +69,16 @@ impl EventWriter {
                 .key(event.tenant_id().as_str())
                 .payload(event.canonical_json())
                 .timestamp(accepted_at_ms);
-            let delivery = producer
-                .send_result(record)
-                .map_err(|(error, _)| WriteError::Enqueue(error))?;
-            deliveries.push(delivery);
+            let delivery = producer.enqueue(record).map_err(WriteError::Enqueue)?;
+            deliveries.push(delivery.outcome());
         }
         let outcomes = tokio::time::timeout_at(deadline, join_all(deliveries))
             .await
             .map_err(|_| WriteError::TimedOut(self.timeout))?;
         let mut ends = BatchEnds::default();
         for outcome in outcomes {
-            match outcome {
-                Ok(Ok(delivery)) => ends.acknowledged(delivery.partition, delivery.offset),
-                Ok(Err((error, _))) => return Err(WriteError::Delivery(error)),
-                Err(_canceled) => return Err(WriteError::Delivery(KafkaError::Canceled)),
-            }
+            let delivered = outcome.map_err(WriteError::Delivery)?;
+            ends.acknowledged(delivered.partition, delivered.offset);
         }
         self.end_offsets.advance(&ends);
         Ok(())

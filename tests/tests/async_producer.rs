@@ -1,0 +1,72 @@
+//! The services' Kafka producer (`common::async_producer`): every write is answered, with its
+//! place in the topic or the error, including the writes still queued when it is let go.
+
+use std::time::Duration;
+
+use common::async_producer::AsyncProducer;
+use common::kafka::KafkaArgs;
+use rdkafka::producer::FutureRecord;
+
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn record<'a>(topic: &'a str, payload: &'a str) -> FutureRecord<'a, str, str> {
+    FutureRecord::to(topic).key("acme").payload(payload)
+}
+
+#[tokio::test]
+async fn writes_are_acknowledged_with_their_place_in_the_topic() {
+    let topic = integration_tests::kafka::new_topic("async-producer", 1).await;
+    let kafka = KafkaArgs::new(integration_tests::kafka::brokers());
+    let producer = AsyncProducer::new(&kafka.producer_config(QUEUE_TIMEOUT)).expect("producer");
+    let queued: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .map(|payload| producer.enqueue(record(&topic, payload)).expect("queued"))
+        .collect();
+    let mut offsets = Vec::new();
+    for delivery in queued {
+        let position = delivery.outcome().await.expect("acknowledged");
+        assert_eq!(position.partition, 0);
+        offsets.push(position.offset);
+    }
+    assert_eq!(offsets, [0, 1, 2]);
+    let position = producer
+        .send(record(&topic, "d"), QUEUE_TIMEOUT)
+        .await
+        .expect("acknowledged");
+    assert_eq!(position.offset, 3);
+}
+
+#[tokio::test]
+async fn a_write_to_a_partition_the_topic_lacks_fails_with_the_reason() {
+    let topic = integration_tests::kafka::new_topic("async-producer", 1).await;
+    let kafka = KafkaArgs::new(integration_tests::kafka::brokers());
+    let producer = AsyncProducer::new(&kafka.producer_config(QUEUE_TIMEOUT)).expect("producer");
+    let error = producer
+        .send(record(&topic, "x").partition(5), QUEUE_TIMEOUT)
+        .await
+        .expect_err("no partition 5");
+    assert!(
+        error.to_string().contains("Unknown partition"),
+        "unexpected error: {error}"
+    );
+}
+
+#[tokio::test]
+async fn writes_still_queued_when_the_producer_is_let_go_are_answered_as_failed() {
+    // Nothing listens on a port just released, so the write stays queued.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port();
+    let kafka = KafkaArgs::new(format!("127.0.0.1:{port}"));
+    let producer =
+        AsyncProducer::new(&kafka.producer_config(Duration::from_secs(300))).expect("producer");
+    let delivery = producer
+        .enqueue(record("nowhere", "x"))
+        .expect("queued locally");
+    drop(producer);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), delivery.outcome())
+        .await
+        .expect("answered within 10 s, long before the 300 s message timeout");
+    assert!(outcome.is_err(), "{outcome:?}");
+}
