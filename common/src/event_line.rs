@@ -2,18 +2,23 @@
 //!
 //! The batcher needs each record's `tenant_id` and `id`, and the uploader every line's
 //! `tenant_id`, and nothing else of the event. Deserializing even into a two-field struct makes
-//! serde_json parse and check every value of the line, about 2.5 ns a byte here (1.2 µs for an
+//! serde_json parse and check every value of the line, about 1.5 ns a byte here (740 ns for an
 //! event of 490 bytes, measured), which was a fifth of the batcher's CPU per event and half the
-//! uploader's. This scan only looks at the bytes that give a JSON object its shape (quotes,
-//! backslashes in strings, braces), and inside strings looks eight bytes at a time.
+//! uploader's.
 //!
-//! It is a fast path, not a validator: on a well-formed JSON object it returns what serde_json
-//! would read (a property test holds it to that), and whenever it cannot give a clean answer
-//! (a field missing, twice, not a string, a key written with escapes, an unbalanced line) it
+//! This scan reads the line from its end, looking only at the bytes that give an object its
+//! shape (quotes and braces; inside strings, eight bytes at a time), and stops once it has the
+//! fields. Canonical JSON sorts keys, and `tenant_id` sorts after every field but `type` and
+//! those a producer added past it, so the uploader's scan reads some 40 bytes of a line and the
+//! batcher's (back to `id`) about half.
+//!
+//! It is a fast path, not a validator: on a JSON object it returns what serde_json reads (a
+//! property test holds it to that), and whenever it cannot give a clean answer (a field
+//! missing, not a string, a key written with escapes, a line that does not end its object) it
 //! returns `None` and the caller reads the line with serde_json, which then names the problem.
-//! What it accepts is one object with balanced braces and closed strings; the events topic holds
-//! only what ingest validated and wrote in canonical form, so the grammar inside values was
-//! checked once, where the event came in.
+//! What it reads is the line's tail, back to the fields: the events topic holds only what ingest
+//! validated and wrote in canonical form, so the rest was checked once, where the event came in.
+//! Of a key given twice it takes the last, as ingest's reading of the event did.
 
 use std::borrow::Cow;
 
@@ -45,52 +50,48 @@ pub fn top_level_strings<'a, const N: usize>(
     keys: [&str; N],
 ) -> Option<[RawString<'a>; N]> {
     let mut found: [Option<RawString<'a>>; N] = [None; N];
-    let mut at = skip_whitespace(line, 0);
-    if line.get(at) != Some(&b'{') {
+    let mut missing = N;
+    // Going backwards: `end` is one past the next byte to look at.
+    let mut end = skip_whitespace_back(line, line.len());
+    if end == 0 || line[end - 1] != b'}' {
         return None;
     }
     let mut depth = 0_usize;
-    loop {
-        match *line.get(at)? {
-            b'{' => {
-                depth += 1;
-                at += 1;
-            }
-            b'}' => {
-                depth -= 1;
-                at += 1;
-                if depth == 0 {
-                    break;
-                }
-            }
+    while missing > 0 {
+        let at = end.checked_sub(1)?;
+        end = at;
+        match line[at] {
+            b'}' => depth += 1,
+            // Back at the object's start with a field still missing, or past it.
+            b'{' if depth <= 1 => return None,
+            b'{' => depth -= 1,
             b'"' => {
-                let string = string_at(line, at)?;
-                at += string.quoted.len();
-                let colon = skip_whitespace(line, at);
+                let open = opening_quote(line, at)?;
+                end = open;
+                let colon = skip_whitespace(line, at + 1);
                 if depth != 1 || line.get(colon) != Some(&b':') {
-                    continue;
+                    continue; // a nested string, or a value
                 }
-                // A key: one written with escapes could be any of `keys`; serde_json decides.
-                if string.escaped {
+                let name = &line[open + 1..at];
+                // A key written with escapes could be any of `keys`; serde_json decides.
+                if name.contains(&b'\\') {
                     return None;
                 }
-                let name = &string.quoted[1..string.quoted.len() - 1];
                 let Some(slot) = keys.iter().position(|key| key.as_bytes() == name) else {
                     continue;
                 };
+                if found[slot].is_some() {
+                    continue; // an earlier copy of a key given twice
+                }
                 let value_at = skip_whitespace(line, colon + 1);
-                if line.get(value_at) != Some(&b'"') || found[slot].is_some() {
+                if line.get(value_at) != Some(&b'"') {
                     return None;
                 }
-                let value = string_at(line, value_at)?;
-                at = value_at + value.quoted.len();
-                found[slot] = Some(value);
+                found[slot] = Some(string_at(line, value_at)?);
+                missing -= 1;
             }
-            _ => at += 1,
+            _ => {}
         }
-    }
-    if skip_whitespace(line, at) != line.len() {
-        return None;
     }
     let mut values = [RawString {
         quoted: b"\"\"",
@@ -120,24 +121,43 @@ fn string_at(line: &[u8], open: usize) -> Option<RawString<'_>> {
     }
 }
 
+/// The opening quote of the string whose closing quote is at `close`: the nearest quote before
+/// it not escaped, that is, not preceded by an odd run of backslashes.
+fn opening_quote(line: &[u8], close: usize) -> Option<usize> {
+    let mut before = close;
+    loop {
+        let quote = last_quote(line, before)?;
+        let backslashes = line[..quote]
+            .iter()
+            .rev()
+            .take_while(|b| **b == b'\\')
+            .count();
+        if backslashes % 2 == 0 {
+            return Some(quote);
+        }
+        before = quote;
+    }
+}
+
+const LOW_SEVEN_BITS: u64 = u64::from_le_bytes([0x7f; 8]);
+const QUOTES: u64 = u64::from_le_bytes([b'"'; 8]);
+const BACKSLASHES: u64 = u64::from_le_bytes([b'\\'; 8]);
+
+/// The high bit of each zero byte of `word`, and no other bit.
+fn zero_bytes(word: u64) -> u64 {
+    // Adding 0x7f to a byte's low seven bits carries into its high bit unless they are all 0.
+    !(((word & LOW_SEVEN_BITS).wrapping_add(LOW_SEVEN_BITS)) | word | LOW_SEVEN_BITS)
+}
+
 /// The first `"` or `\` at or after `at`, looked for eight bytes at a time. Strings in an event
 /// are mostly a few dozen bytes long, too short for `memchr`'s vector search to pay for its
 /// setup (measured: the scan took longer with it than serde_json did).
 fn quote_or_backslash(line: &[u8], mut at: usize) -> Option<usize> {
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
-    const HIGH_BITS: u64 = u64::from_le_bytes([0x80; 8]);
-    const QUOTES: u64 = u64::from_le_bytes([b'"'; 8]);
-    const BACKSLASHES: u64 = u64::from_le_bytes([b'\\'; 8]);
     while let Some(chunk) = line.get(at..at + 8) {
         let word = u64::from_le_bytes(chunk.try_into().ok()?);
-        // A byte of `word ^ pattern` is zero where `word` holds the pattern's byte; the classic
-        // test `(x - 1) & !x & 0x80` flags the first zero byte exactly.
-        let (quotes, backslashes) = (word ^ QUOTES, word ^ BACKSLASHES);
-        let zeros =
-            (quotes.wrapping_sub(ONES) & !quotes) | (backslashes.wrapping_sub(ONES) & !backslashes);
-        let first = zeros & HIGH_BITS;
-        if first != 0 {
-            return Some(at + (first.trailing_zeros() / 8) as usize);
+        let hits = zero_bytes(word ^ QUOTES) | zero_bytes(word ^ BACKSLASHES);
+        if hits != 0 {
+            return Some(at + (hits.trailing_zeros() / 8) as usize);
         }
         at += 8;
     }
@@ -147,14 +167,35 @@ fn quote_or_backslash(line: &[u8], mut at: usize) -> Option<usize> {
         .map(|i| at + i)
 }
 
+/// The last `"` before `end`, looked for eight bytes at a time.
+fn last_quote(line: &[u8], mut end: usize) -> Option<usize> {
+    while end >= 8 {
+        let word = u64::from_le_bytes(line[end - 8..end].try_into().ok()?);
+        let hits = zero_bytes(word ^ QUOTES);
+        if hits != 0 {
+            return Some(end - 1 - (hits.leading_zeros() / 8) as usize);
+        }
+        end -= 8;
+    }
+    line[..end].iter().rposition(|b| *b == b'"')
+}
+
+fn is_whitespace(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
+}
+
 fn skip_whitespace(line: &[u8], mut at: usize) -> usize {
-    while line
-        .get(at)
-        .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-    {
+    while line.get(at).copied().is_some_and(is_whitespace) {
         at += 1;
     }
     at
+}
+
+fn skip_whitespace_back(line: &[u8], mut end: usize) -> usize {
+    while end > 0 && is_whitespace(line[end - 1]) {
+        end -= 1;
+    }
+    end
 }
 
 #[cfg(test)]
@@ -200,7 +241,6 @@ mod tests {
     fn leaves_every_doubtful_line_to_serde() {
         for line in [
             r#"{"tenant_id":"acme"}"#,
-            r#"{"id":"e","tenant_id":"acme","id":"f"}"#,
             r#"{"id":5,"tenant_id":"acme"}"#,
             r#"{"\u0069d":"e","tenant_id":"acme"}"#,
             r#"{"id":"e","tenant_id":"acme""#,
@@ -213,6 +253,14 @@ mod tests {
         ] {
             assert_eq!(id_and_tenant(line), None, "{line}");
         }
+    }
+
+    #[test]
+    fn takes_the_last_of_a_key_given_twice() {
+        let line = r#"{"id":"e","tenant_id":"globex","id":"f","tenant_id":"acme"}"#;
+        assert_eq!(id_and_tenant(line), Some(("f".into(), "acme".into())));
+        let value: serde_json::Value = serde_json::from_str(line).expect("json");
+        assert_eq!(value["tenant_id"], "acme", "as ingest's reading takes it");
     }
 
     #[test]
@@ -248,7 +296,16 @@ mod tests {
     }
 
     proptest! {
-        /// The eight-bytes-at-a-time search finds what a byte-by-byte one finds.
+        /// The eight-bytes-at-a-time searches find what byte-by-byte ones find.
+        #[test]
+        fn finds_the_last_quote(
+            bytes in prop::collection::vec(prop::sample::select(vec![b'"', b'\\', b'a', 0, 0x80, 0xa2, 0xdc, 0xff]), 0..40),
+            end in 0_usize..41,
+        ) {
+            let end = end.min(bytes.len());
+            prop_assert_eq!(last_quote(&bytes, end), bytes[..end].iter().rposition(|b| *b == b'"'));
+        }
+
         #[test]
         fn finds_the_first_quote_or_backslash(
             bytes in prop::collection::vec(prop::sample::select(vec![b'"', b'\\', b'a', 0, 0x80, 0xa2, 0xdc, 0xff]), 0..40),
