@@ -51,16 +51,8 @@ pub fn compress(codec: Codec, raw: &[u8], level: i32) -> std::io::Result<Vec<u8>
 /// Decompresses a body of concatenated frames or members, refusing to produce more than
 /// `limit` bytes (a body is never trusted to be small).
 pub fn decompress(codec: Codec, body: &[u8], limit: u64) -> Result<Vec<u8>, DecodeError> {
-    let reader: Box<dyn Read + '_> = match codec {
-        Codec::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(body)
-                .map_err(|source| DecodeError::Corrupt { codec, source })?,
-        ),
-        Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(body)),
-        Codec::None => Box::new(body),
-    };
     let mut raw = Vec::new();
-    reader
+    decoder(codec, body)?
         .take(limit.saturating_add(1))
         .read_to_end(&mut raw)
         .map_err(|source| DecodeError::Corrupt { codec, source })?;
@@ -68,6 +60,19 @@ pub fn decompress(codec: Codec, body: &[u8], limit: u64) -> Result<Vec<u8>, Deco
         return Err(DecodeError::TooLarge { limit });
     }
     Ok(raw)
+}
+
+/// A reader of the decompressed stream of `body`, for reading it a piece at a time; a reader
+/// must bound what it takes (`Read::take`), since a body is never trusted to be small.
+pub fn decoder(codec: Codec, body: &[u8]) -> Result<Box<dyn Read + '_>, DecodeError> {
+    Ok(match codec {
+        Codec::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(body)
+                .map_err(|source| DecodeError::Corrupt { codec, source })?,
+        ),
+        Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(body)),
+        Codec::None => Box::new(body),
+    })
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! The destination is resolved from the *current* integration at upload time, so a job redriven
 //! after the customer fixed their setup goes to the fixed destination.
 
-use common::codec::decompress;
+use std::io::{BufRead, BufReader, Read};
+
+use common::codec::{DecodeError, decoder, decompress};
 use common::event_line::top_level_strings;
 use common::integration::Integration;
 use common::job::{JobKind, UploadJob};
@@ -11,6 +13,9 @@ use common::registry::IntegrationRegistry;
 use sha2::{Digest, Sha256};
 
 pub use common::s3::{CONTENT_TYPE, S3Writer, Stored};
+
+/// How much of a decompressed body is read at a time.
+const READ_BUFFER_BYTES: usize = 256 * 1024;
 
 use crate::error::{ErrorClass, UploadError};
 
@@ -78,21 +83,14 @@ pub fn verify_body(job: &UploadJob, body: &[u8]) -> Result<[u8; 32], UploadError
             ),
         ));
     }
-    let raw = decompress(job.codec, body, job.uncompressed_bytes)
-        .map_err(|error| invalid("CorruptBody", error.to_string()))?;
-    if raw.len() as u64 != job.uncompressed_bytes {
-        return Err(invalid(
-            "SizeMismatch",
-            format!(
-                "the body decompresses to {} bytes, the job says {}",
-                raw.len(),
-                job.uncompressed_bytes
-            ),
-        ));
-    }
     match job.kind {
-        JobKind::Log => verify_events(job, &raw)?,
-        JobKind::Digest => verify_digest(job, &raw)?,
+        JobKind::Log => verify_events(job, body)?,
+        JobKind::Digest => {
+            let raw = decompress(job.codec, body, job.uncompressed_bytes)
+                .map_err(|error| invalid("CorruptBody", error.to_string()))?;
+            check_size(job, raw.len() as u64)?;
+            verify_digest(job, &raw)?;
+        }
         JobKind::Unknown => {
             return Err(invalid("UnknownKind", "the job's kind is unknown".into()));
         }
@@ -104,46 +102,86 @@ fn invalid(code: &'static str, message: String) -> UploadError {
     UploadError::new(ErrorClass::InvalidJob, "verify-body", code, message)
 }
 
-/// Every line is an event of the job's tenant, and there are as many as the job says.
-fn verify_events(job: &UploadJob, raw: &[u8]) -> Result<(), UploadError> {
-    let mut events = 0_u64;
-    let mut rest = raw;
-    while !rest.is_empty() {
-        let line_number = events + 1;
-        let Some(end) = memchr::memchr(b'\n', rest) else {
+/// The body decompresses to as many bytes as the job says.
+fn check_size(job: &UploadJob, bytes: u64) -> Result<(), UploadError> {
+    if bytes == job.uncompressed_bytes {
+        return Ok(());
+    }
+    Err(invalid(
+        "SizeMismatch",
+        format!(
+            "the body decompresses to {bytes} bytes, the job says {}",
+            job.uncompressed_bytes
+        ),
+    ))
+}
+
+/// Every line is an event of the job's tenant, there are as many as the job says, and they
+/// make as many bytes. Read a piece at a time: a whole object decompressed at once cost a fresh
+/// allocation per job, its pages faulted in one by one (a sixth of the uploader's CPU).
+fn verify_events(job: &UploadJob, body: &[u8]) -> Result<(), UploadError> {
+    let corrupt = |error: &dyn std::fmt::Display| invalid("CorruptBody", error.to_string());
+    let decoder = decoder(job.codec, body).map_err(|error| corrupt(&error))?;
+    // One byte past the job's size is enough to see that the body is larger.
+    let mut lines = BufReader::with_capacity(
+        READ_BUFFER_BYTES,
+        decoder.take(job.uncompressed_bytes.saturating_add(1)),
+    );
+    let mut line = Vec::new();
+    let (mut events, mut bytes) = (0_u64, 0_u64);
+    loop {
+        line.clear();
+        let read = lines
+            .read_until(b'\n', &mut line)
+            .map_err(|error| corrupt(&error))?;
+        if read == 0 {
+            break;
+        }
+        bytes += read as u64;
+        if bytes > job.uncompressed_bytes {
+            return Err(corrupt(&DecodeError::TooLarge {
+                limit: job.uncompressed_bytes,
+            }));
+        }
+        events += 1;
+        let Some(line) = line.strip_suffix(b"\n") else {
             return Err(invalid(
                 "NotNdjson",
-                format!("line {line_number} does not end with a newline"),
+                format!("line {events} does not end with a newline"),
             ));
         };
-        let line = &rest[..end];
-        rest = &rest[end + 1..];
-        events += 1;
-        if line_tenant_is(line, job.tenant_id.as_str()) {
-            continue;
-        }
-        let event: EventTenant<'_> = serde_json::from_slice(line).map_err(|error| {
-            invalid(
-                "NotNdjson",
-                format!("line {line_number} is not an event: {error}"),
-            )
-        })?;
-        if event.tenant_id != job.tenant_id.as_str() {
-            return Err(invalid(
-                "TenantMismatch",
-                format!(
-                    "line {line_number} belongs to tenant {}, the job to tenant {}",
-                    event.tenant_id, job.tenant_id
-                ),
-            ));
-        }
+        check_tenant(job, events, line)?;
     }
+    check_size(job, bytes)?;
     if events != job.event_count {
         return Err(invalid(
             "EventCountMismatch",
             format!(
                 "the body holds {events} events, the job says {}",
                 job.event_count
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Line `line_number` is an event of the job's tenant.
+fn check_tenant(job: &UploadJob, line_number: u64, line: &[u8]) -> Result<(), UploadError> {
+    if line_tenant_is(line, job.tenant_id.as_str()) {
+        return Ok(());
+    }
+    let event: EventTenant<'_> = serde_json::from_slice(line).map_err(|error| {
+        invalid(
+            "NotNdjson",
+            format!("line {line_number} is not an event: {error}"),
+        )
+    })?;
+    if event.tenant_id != job.tenant_id.as_str() {
+        return Err(invalid(
+            "TenantMismatch",
+            format!(
+                "line {line_number} belongs to tenant {}, the job to tenant {}",
+                event.tenant_id, job.tenant_id
             ),
         ));
     }
@@ -322,6 +360,36 @@ mod tests {
         let error = refusal("{\"id\":\"e1\",\"tenant_id\":\"acme\"}", 1);
         assert_eq!(error.code, "NotNdjson");
         assert_eq!(error.message, "line 1 does not end with a newline");
+    }
+
+    #[test]
+    fn a_body_read_in_many_pieces_passes_line_by_line() {
+        let line = format!(
+            "{{\"details\":\"{}\",\"id\":\"e\",\"tenant_id\":\"acme\"}}\n",
+            "x".repeat(150)
+        );
+        let count = 3 * READ_BUFFER_BYTES / line.len();
+        let (job, body) = log_job(&line.repeat(count), count as u64);
+        assert!(verify_body(&job, &body).is_ok());
+    }
+
+    #[test]
+    fn a_body_larger_or_smaller_than_the_job_says_is_refused() {
+        let line = "{\"id\":\"e1\",\"tenant_id\":\"acme\"}\n";
+        let (mut job, body) = log_job(line, 1);
+        job.uncompressed_bytes -= 1;
+        let error = verify_body(&job, &body).expect_err("larger");
+        assert_eq!(error.code, "CorruptBody");
+        assert_eq!(
+            error.message,
+            format!(
+                "the body decompresses to more than {} bytes",
+                line.len() - 1
+            )
+        );
+        job.uncompressed_bytes += 2;
+        let error = verify_body(&job, &body).expect_err("smaller");
+        assert_eq!(error.code, "SizeMismatch");
     }
 
     #[test]
