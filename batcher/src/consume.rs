@@ -14,11 +14,11 @@ use common::clock::now_unix_ms;
 use common::registry::IntegrationRegistry;
 use metrics::{counter, gauge};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::statistics::Statistics;
+use rdkafka::metadata::Metadata;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc::Sender;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,7 @@ use crate::metrics::{
 use crate::offsets::{OffsetCheck, admit};
 use crate::publish::{Confirmed, Outgoing};
 use crate::records::{Horizon, take_record};
+use crate::statistics::FetchStatistics;
 
 /// How long a rebalance may wait for the confirms of a revoked partition's parts.
 const REVOKE_CONFIRM_WAIT: Duration = Duration::from_secs(10);
@@ -448,17 +449,9 @@ impl BatcherContext {
             .copied()
     }
 
-    /// The state is consistent after every step, so a panic elsewhere leaves it usable.
-    fn lock(&self) -> MutexGuard<'_, Batching> {
-        self.batching.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl ClientContext for BatcherContext {
-    fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.events_topic) else {
-            return;
-        };
+    /// Keeps the events partitions' end offsets and brokers from the latest statistics.
+    fn take_statistics(&self, statistics: FetchStatistics) {
+        let partitions = statistics.partitions_of(&self.events_topic);
         let mut high = self
             .high_watermarks
             .lock()
@@ -467,14 +460,25 @@ impl ClientContext for BatcherContext {
             .fetched_from
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for (partition, stats) in &topic.partitions {
-            if *partition < 0 {
-                continue; // librdkafka's internal unassigned-partition entry
+        for (partition, fetch) in partitions {
+            if let Some(end) = fetch.end_offset() {
+                high.insert(partition, end);
             }
-            if stats.hi_offset >= 0 {
-                high.insert(*partition, stats.hi_offset);
-            }
-            fetched_from.insert(*partition, stats.broker);
+            fetched_from.insert(partition, fetch.broker);
+        }
+    }
+
+    /// The state is consistent after every step, so a panic elsewhere leaves it usable.
+    fn lock(&self) -> MutexGuard<'_, Batching> {
+        self.batching.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl ClientContext for BatcherContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        match serde_json::from_slice::<FetchStatistics>(statistics) {
+            Ok(statistics) => self.take_statistics(statistics),
+            Err(error) => tracing::warn!(%error, "unreadable librdkafka statistics"),
         }
     }
 }
@@ -519,8 +523,11 @@ pub enum Ended {
 
 /// Runs the consumer until `shutdown`, then publishes what closed, commits what is safe within
 /// `drain`, and leaves the rest to be rebuilt by the next owner; or until the consumer is stuck.
+/// `probe` configures the clients that ask the cluster whether it answers (the broker list and
+/// the operator's settings).
 pub fn run(
     consumer: &BaseConsumer<BatcherContext>,
+    probe: &ClientConfig,
     shutdown: &CancellationToken,
     commit_interval: Duration,
     drain: Duration,
@@ -567,11 +574,13 @@ pub fn run(
             last_housekeeping = Instant::now();
             batching.close_idle(consumer);
             batching.report(consumer);
-            if let Some((partition, leader)) = stuck(consumer, &batching.assigned(), &mut watch) {
+            if let Some((partition, leader)) =
+                stuck(consumer, probe, &batching.assigned(), &mut watch)
+            {
                 return Ok(Ended::Stuck { partition, leader });
             }
             if rejoin_overdue(batching.lost_since, Instant::now())
-                && cluster_answers(consumer, &batching.events_topic)
+                && cluster_answers(probe, &batching.events_topic)
             {
                 return Ok(Ended::NotRejoined);
             }
@@ -592,9 +601,19 @@ pub fn run(
     Ok(Ended::Shutdown)
 }
 
+/// The cluster's metadata for `topic`, asked through a client made for the question from
+/// `probe`. The consumer's own client is no witness: in the states the watchdogs exist for,
+/// its requests can stay queued unsent. Seen in a frozen-broker run: after the broker resumed,
+/// every metadata request of the wedged consumer failed for a minute and more while ingest
+/// wrote to the same broker, so a check through it kept the consumer it should have replaced.
+fn cluster_metadata(probe: &ClientConfig, topic: &str) -> KafkaResult<Metadata> {
+    let client: BaseConsumer = probe.create()?;
+    client.fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+}
+
 /// Whether the cluster answers a metadata request for `topic`.
-fn cluster_answers(consumer: &BaseConsumer<BatcherContext>, topic: &str) -> bool {
-    match consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT) {
+fn cluster_answers(probe: &ClientConfig, topic: &str) -> bool {
+    match cluster_metadata(probe, topic) {
         Ok(_) => true,
         Err(error) => {
             tracing::warn!(%error, "no partitions since the group session was lost, and the cluster does not answer; waiting");
@@ -607,6 +626,7 @@ fn cluster_answers(consumer: &BaseConsumer<BatcherContext>, topic: &str) -> bool
 /// cluster's metadata names a leader for it, with that leader.
 fn stuck(
     consumer: &BaseConsumer<BatcherContext>,
+    probe: &ClientConfig,
     assigned: &[i32],
     watch: &mut FetchWatch,
 ) -> Option<(i32, i32)> {
@@ -621,7 +641,7 @@ fn stuck(
     if due.is_empty() {
         return None;
     }
-    let metadata = match consumer.fetch_metadata(Some(&context.events_topic), REQUEST_TIMEOUT) {
+    let metadata = match cluster_metadata(probe, &context.events_topic) {
         Ok(metadata) => metadata,
         Err(error) => {
             tracing::warn!(%error, ?due, "partitions fetched from no broker, and the cluster's metadata is unreadable; waiting");

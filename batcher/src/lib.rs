@@ -14,6 +14,7 @@ pub mod offsets;
 pub mod publish;
 pub mod records;
 pub mod replay;
+pub mod statistics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -200,6 +201,7 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
     }
 
     let token = supervisor.token();
+    let probe = config.kafka.client_config(&[]);
     let (events_topic, commit_interval, drain) = (
         config.topics.events_topic.clone(),
         config.commit_interval,
@@ -215,7 +217,7 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
                 consumer
                     .subscribe(&[&events_topic])
                     .with_context(|| format!("cannot subscribe to {events_topic}"))?;
-                let reason = match consume::run(&consumer, &token, commit_interval, drain)? {
+                let reason = match consume::run(&consumer, &probe, &token, commit_interval, drain)? {
                     consume::Ended::Shutdown => return Ok(()),
                     consume::Ended::Stuck { partition, leader } => {
                         tracing::warn!(

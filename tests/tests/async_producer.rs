@@ -54,11 +54,8 @@ async fn a_write_to_a_partition_the_topic_lacks_fails_with_the_reason() {
 
 #[tokio::test]
 async fn writes_still_queued_when_the_producer_is_let_go_are_answered_as_failed() {
-    // Nothing listens on a port just released, so the write stays queued.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("free port")
-        .port();
+    // Nothing listens there, so the write stays queued.
+    let port = integration_tests::services::free_port();
     let kafka = KafkaArgs::new(format!("127.0.0.1:{port}"));
     let producer =
         AsyncProducer::new(&kafka.producer_config(Duration::from_secs(300))).expect("producer");

@@ -51,11 +51,8 @@ async fn a_success_in_between_starts_the_failure_count_again() {
 
 #[tokio::test]
 async fn a_producer_is_kept_while_a_fresh_one_does_not_reach_the_cluster_either() {
-    // Nothing listens on a port just released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("free port")
-        .port();
+    // Nothing listens there.
+    let port = integration_tests::services::free_port();
     let kafka = KafkaArgs::new(format!("127.0.0.1:{port}"));
     let healing =
         HealingProducer::new(kafka.producer_config(QUEUE_TIMEOUT), "test").expect("producer");
