@@ -84,8 +84,9 @@ impl AsyncProducer {
                 while !stopping.load(Ordering::Acquire) {
                     polled.poll(POLL_SPAN);
                 }
-                // Dropping the last handle here fails what is still queued, answering every
-                // write, and flushes nothing: whoever wanted a flush asked for it.
+                // Dropping the last handle here purges what is still queued, so every write
+                // is answered (as failed), without waiting for it to be delivered: whoever
+                // wanted that asked for a flush.
             })
             .map_err(|_| KafkaError::ClientCreation("cannot start the delivery thread".into()))?;
         Ok(Self { producer, stop })

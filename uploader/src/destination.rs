@@ -176,16 +176,25 @@ fn check_tenant(job: &UploadJob, line_number: u64, line: &[u8]) -> Result<(), Up
             format!("line {line_number} is not an event: {error}"),
         )
     })?;
-    if event.tenant_id != job.tenant_id.as_str() {
-        return Err(invalid(
-            "TenantMismatch",
-            format!(
-                "line {line_number} belongs to tenant {}, the job to tenant {}",
-                event.tenant_id, job.tenant_id
-            ),
-        ));
+    of_the_jobs_tenant(job, format_args!("line {line_number}"), &event.tenant_id)
+}
+
+/// `tenant`, which `what` belongs to, is the job's tenant.
+fn of_the_jobs_tenant(
+    job: &UploadJob,
+    what: std::fmt::Arguments<'_>,
+    tenant: &str,
+) -> Result<(), UploadError> {
+    if tenant == job.tenant_id.as_str() {
+        return Ok(());
     }
-    Ok(())
+    Err(invalid(
+        "TenantMismatch",
+        format!(
+            "{what} belongs to tenant {tenant}, the job to tenant {}",
+            job.tenant_id
+        ),
+    ))
 }
 
 /// The body is a digest of the job's tenant and period listing as many objects as the job says,
@@ -208,15 +217,7 @@ fn verify_digest(job: &UploadJob, raw: &[u8]) -> Result<(), UploadError> {
             format!("line 2 is not a signature line: {error}"),
         )
     })?;
-    if content.tenant_id != job.tenant_id.as_str() {
-        return Err(invalid(
-            "TenantMismatch",
-            format!(
-                "the digest belongs to tenant {}, the job to tenant {}",
-                content.tenant_id, job.tenant_id
-            ),
-        ));
-    }
+    of_the_jobs_tenant(job, format_args!("the digest"), content.tenant_id.as_str())?;
     let period_start = common::digest::timestamp_ms(job.window_start_ms);
     if content.period_start != period_start || content.objects.len() as u64 != job.event_count {
         return Err(invalid(
