@@ -5,7 +5,7 @@
 //! Offsets move only behind confirms (DESIGN §3). The rule is [`crate::core::commit_rule`]; this
 //! shell feeds it the parts sent and confirmed, and writes and commits what it allows.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -20,21 +20,20 @@ use rdkafka::metadata::Metadata;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc::Sender;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::CheckpointStore;
 use crate::clock::ClockWriter;
-use crate::core::commit_rule::Ledger;
-use crate::core::{Checkpoint, ClosedPart, Core};
+use crate::core::{ClosedPart, Core};
 use crate::fetch_watch::{FetchWatch, rejoin_overdue};
 use crate::metrics::{
     BUFFERED_BYTES, COMMIT_LAG, COMMITS, CONSUMER_LAG, DUPLICATES, NEXT_OFFSET, OPEN_PARTS,
     OPEN_WINDOWS, PARTS_CLOSED, PUBLISH_BACKLOG, SPILLED_BYTES,
 };
-use crate::offsets::{OffsetCheck, admit};
+use crate::offsets::OffsetCheck;
+use crate::outbox::Outbox;
 use crate::publish::{Confirmed, Outgoing};
-use crate::records::{Horizon, take_record};
+use crate::records::{Horizon, read_record};
 use crate::statistics::FetchStatistics;
 
 /// How long a rebalance may wait for the confirms of a revoked partition's parts.
@@ -72,13 +71,10 @@ pub struct Batching {
     /// Closes idle partitions' windows by writing the time into their log.
     pub clock: ClockWriter,
     pub events_topic: String,
-    pub outgoing: Sender<Outgoing>,
-    pub confirms: Receiver<Confirmed>,
     pub runtime: tokio::runtime::Handle,
     progress: HashMap<i32, Progress>,
-    /// Which parts are confirmed and which checkpoints may be written.
-    ledger: Ledger<Checkpoint>,
-    backlog: VecDeque<Outgoing>,
+    /// The parts sent and confirmed, and which checkpoints may be written.
+    outbox: Outbox<Confirmed>,
     duplicates_reported: u64,
     /// When the consumer lost its partitions with its group session, until it is assigned
     /// again (see [`crate::fetch_watch::REJOIN_AFTER`]).
@@ -101,12 +97,9 @@ impl Batching {
             store,
             events_topic: clock.topic().to_owned(),
             clock,
-            outgoing,
-            confirms,
             runtime,
             progress: HashMap::new(),
-            ledger: Ledger::default(),
-            backlog: VecDeque::new(),
+            outbox: Outbox::new(outgoing, confirms),
             duplicates_reported: 0,
             lost_since: None,
         }
@@ -119,14 +112,22 @@ impl Batching {
         consumer: &BaseConsumer<BatcherContext>,
         message: &BorrowedMessage<'_>,
     ) -> anyhow::Result<()> {
-        let admitted = self
+        let offsets = self
             .progress
             .get_mut(&message.partition())
-            .is_none_or(|progress| admit(consumer, &mut progress.offsets, message));
-        if !admitted {
+            .map(|progress| &mut progress.offsets);
+        let Some(closed) = read_record(
+            consumer,
+            offsets,
+            &mut self.core,
+            &self.registry,
+            Horizon::Live,
+            None,
+            message,
+        )?
+        else {
             return Ok(());
-        }
-        let closed = take_record(&mut self.core, &self.registry, Horizon::Live, None, message)?;
+        };
         self.send(closed)
     }
 
@@ -135,67 +136,18 @@ impl Batching {
         let now = now_unix_ms();
         for part in closed {
             counter!(PARTS_CLOSED, "reason" => part.reason.as_str()).increment(1);
-            let Some(sequence) = self.ledger.sent(part.partition) else {
-                continue;
-            };
-            self.backlog.push_back(Outgoing {
-                partition: part.partition,
-                sequence,
-                job: part.job(now),
-                body: part.content.body,
-            });
+            self.outbox.queue(part, now);
         }
-        self.flush_backlog()
-    }
-
-    fn flush_backlog(&mut self) -> anyhow::Result<()> {
-        while let Some(part) = self.backlog.pop_front() {
-            match self.outgoing.try_send(part) {
-                Ok(()) => {}
-                Err(TrySendError::Full(part)) => {
-                    self.backlog.push_front(part);
-                    break;
-                }
-                Err(TrySendError::Closed(_)) => anyhow::bail!("the publisher stopped"),
-            }
-        }
-        Ok(())
-    }
-
-    fn drain_confirms(&mut self) {
-        while let Ok(confirmed) = self.confirms.try_recv() {
-            self.confirm(confirmed);
-        }
-    }
-
-    fn confirm(&mut self, confirmed: Confirmed) {
-        self.ledger
-            .confirmed(confirmed.partition, confirmed.sequence);
+        Ok(self.outbox.flush()?)
     }
 
     /// Waits up to `wait` until every part of `partitions` sent so far is confirmed.
     fn await_confirms(&mut self, partitions: &[i32], wait: Duration) -> bool {
-        let deadline = Instant::now() + wait;
-        loop {
-            self.drain_confirms();
-            let _ = self.flush_backlog();
-            let done = partitions.iter().all(|p| self.ledger.all_confirmed(*p));
-            if done {
-                return true;
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return false;
-            }
-            match self
-                .confirms
-                .recv_timeout(remaining.min(Duration::from_millis(100)))
-            {
-                Ok(confirmed) => self.confirm(confirmed),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return false,
-            }
-        }
+        // Live batching's publisher refuses nothing to the outbox (it counts refusals itself),
+        // and one that stopped confirms nothing more: either way the wait is over.
+        self.outbox
+            .await_confirms(partitions, wait)
+            .unwrap_or(false)
     }
 
     /// Snapshots a checkpoint per partition and writes and commits those whose parts are all
@@ -207,13 +159,19 @@ impl Batching {
         consumer: &BaseConsumer<BatcherContext>,
         partitions: &[i32],
     ) -> Result<(), KafkaError> {
-        self.drain_confirms();
+        // Answers are confirms only (see `await_confirms`); a stopped publisher shows at the
+        // next flush.
+        let _ = self.outbox.take_answers();
         let mut ready = Vec::new();
         for &partition in partitions {
             let Some(state) = self.core.partition_mut(partition) else {
                 continue;
             };
-            if let Some(checkpoint) = self.ledger.writable(partition, || state.checkpoint()) {
+            if let Some(checkpoint) = self
+                .outbox
+                .ledger
+                .writable(partition, || state.checkpoint())
+            {
                 ready.push((partition, checkpoint));
             }
         }
@@ -241,7 +199,7 @@ impl Batching {
             if let Some(progress) = self.progress.get_mut(&partition) {
                 progress.committed = Some(checkpoint.commit_offset);
             }
-            self.ledger.written(partition, checkpoint);
+            self.outbox.ledger.written(partition, checkpoint);
         }
         if offsets.count() > 0 {
             // Synchronous: an asynchronous commit still in flight when the session expired kept
@@ -287,7 +245,7 @@ impl Batching {
         gauge!(OPEN_WINDOWS).set(self.core.open_windows() as f64);
         gauge!(OPEN_PARTS).set(self.core.open_parts() as f64);
         gauge!(BUFFERED_BYTES).set(self.core.memory_bytes() as f64);
-        gauge!(PUBLISH_BACKLOG).set(self.backlog.len() as f64);
+        gauge!(PUBLISH_BACKLOG).set(self.outbox.backlog() as f64);
         counter!(SPILLED_BYTES).absolute(self.core.spilled_bytes());
         let duplicates: u64 = self
             .core
@@ -357,7 +315,7 @@ impl Batching {
                 "partition assigned"
             );
             self.core.assign(partition, checkpoint.clone());
-            self.ledger.assign(partition, checkpoint);
+            self.outbox.ledger.assign(partition, checkpoint);
             self.progress.insert(
                 partition,
                 Progress {
@@ -397,7 +355,7 @@ impl Batching {
         }
         for partition in partitions {
             self.core.revoke(partition);
-            self.ledger.revoke(partition);
+            self.outbox.ledger.revoke(partition);
             self.progress.remove(&partition);
             tracing::info!(partition, "partition revoked");
         }
@@ -552,16 +510,16 @@ pub fn run(
             None => {}
         }
         records_unchecked = 0;
-        batching.drain_confirms();
-        batching.flush_backlog()?;
+        batching.outbox.take_answers()?;
+        batching.outbox.flush()?;
         // RabbitMQ is behind: stop reading (and so stop buffering) until it catches up.
-        let behind = !batching.backlog.is_empty();
+        let behind = batching.outbox.backlog() > 0;
         if behind != paused {
             let assignment = consumer.assignment()?;
             if behind {
                 consumer.pause(&assignment)?;
                 tracing::warn!(
-                    backlog = batching.backlog.len(),
+                    backlog = batching.outbox.backlog(),
                     "RabbitMQ is behind; consumption paused"
                 );
             } else {

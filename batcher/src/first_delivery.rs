@@ -313,17 +313,7 @@ mod tests {
     #[test]
     fn a_first_delivery_is_due_after_its_last_window_closed_twice_over() {
         const HOUR: i64 = 3_600_000;
-        let settings = WindowSettings {
-            length_ms: HOUR,
-            close_delay_ms: 120_000,
-            max_object_bytes: 1 << 20,
-            max_body_bytes: 1 << 20,
-            future_tolerance_ms: 60_000,
-            part: crate::core::PartSettings {
-                frame_bytes: 64 * 1024,
-                zstd_level: 3,
-            },
-        };
+        let settings = WindowSettings::for_tests(HOUR, 120_000);
         // Connected at 10:25: live batching takes over at 11:00; the replay runs at 11:04.
         assert_eq!(
             Schedule::due_ms(10 * HOUR + 25 * 60_000, &settings),

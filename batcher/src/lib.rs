@@ -11,6 +11,7 @@ pub mod fetch_watch;
 pub mod first_delivery;
 pub mod metrics;
 pub mod offsets;
+mod outbox;
 pub mod publish;
 pub mod records;
 pub mod replay;

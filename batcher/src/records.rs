@@ -11,12 +11,14 @@ use common::key::Codec;
 
 use common::registry::IntegrationRegistry;
 use metrics::counter;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Message};
 
 use crate::clock::is_clock_record;
 use crate::core::window::window_start;
 use crate::core::{ClosedPart, Core, Record, WindowSettings};
 use crate::metrics::{FUTURE_RECORDS, INVALID_RECORDS, RECORDS, UNDELIVERED_RECORDS};
+use crate::offsets::{OffsetCheck, admit};
 
 /// The fields of an event the batcher reads; the line itself is delivered verbatim.
 #[derive(Debug)]
@@ -164,10 +166,29 @@ pub fn bounded_timestamp(timestamp_ms: i64, now_ms: i64, tolerance_ms: i64) -> (
     }
 }
 
+/// The step every reader of the events topic takes per record, live batching and replays
+/// alike: the record's offset is checked against the one its partition expects (`offsets`,
+/// `None` for a partition with no check), and a record in place goes into `core`. `None` when
+/// the record is not taken: `consumer` reads its partition again from the offset expected.
+pub fn read_record<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    offsets: Option<&mut OffsetCheck>,
+    core: &mut Core,
+    registry: &IntegrationRegistry,
+    horizon: Horizon,
+    only_tenant: Option<&TenantId>,
+    message: &BorrowedMessage<'_>,
+) -> std::io::Result<Option<Vec<ClosedPart>>> {
+    if offsets.is_some_and(|offsets| !admit(consumer, offsets, message)) {
+        return Ok(None);
+    }
+    take_record(core, registry, horizon, only_tenant, message).map(Some)
+}
+
 /// Feeds one record of the events topic to `core`: into its tenant's part when the tenant gets
 /// deliveries for it (and is `only_tenant`, when given), else only as time passing. Returns the
 /// parts it closed. Live batching and replay both go through here, so they agree.
-pub fn take_record(
+fn take_record(
     core: &mut Core,
     registry: &IntegrationRegistry,
     horizon: Horizon,
@@ -274,17 +295,7 @@ mod tests {
     }
 
     fn settings(length_ms: i64, close_delay_ms: i64) -> WindowSettings {
-        WindowSettings {
-            length_ms,
-            close_delay_ms,
-            max_object_bytes: 1 << 20,
-            max_body_bytes: 1 << 20,
-            future_tolerance_ms: 60_000,
-            part: crate::core::part::PartSettings {
-                frame_bytes: 64 * 1024,
-                zstd_level: 3,
-            },
-        }
+        WindowSettings::for_tests(length_ms, close_delay_ms)
     }
 
     #[test]

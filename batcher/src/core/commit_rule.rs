@@ -78,11 +78,12 @@ impl<C: Clone + PartialEq> Ledger<C> {
         }
     }
 
-    /// Whether every part of `partition` sent so far is confirmed (or it is not assigned).
-    pub fn all_confirmed(&self, partition: i32) -> bool {
+    /// How many parts of `partition` sent so far are not confirmed yet (none when it is not
+    /// assigned).
+    pub fn unconfirmed(&self, partition: i32) -> usize {
         self.assignments
             .get(&partition)
-            .is_none_or(|assignment| assignment.unconfirmed.is_empty())
+            .map_or(0, |assignment| assignment.unconfirmed.len())
     }
 
     /// The checkpoint of `partition` that may be written now, if any. `snapshot` gives the
@@ -191,7 +192,7 @@ mod tests {
         assert!(!ledger.is_assigned(0));
         assert_eq!(ledger.sent(0), None);
         assert_eq!(ledger.writable(0, || Some(10)), None);
-        assert!(ledger.all_confirmed(0));
+        assert_eq!(ledger.unconfirmed(0), 0);
     }
 
     #[test]
@@ -203,14 +204,14 @@ mod tests {
         let new = ledger.sent(0).unwrap();
         assert_ne!(old, new);
         ledger.confirmed(0, old);
-        assert!(!ledger.all_confirmed(0));
+        assert_eq!(ledger.unconfirmed(0), 1);
         assert_eq!(
             ledger.writable(0, || Some(10)),
             None,
             "the new part is still unconfirmed"
         );
         ledger.confirmed(0, new);
-        assert!(ledger.all_confirmed(0));
+        assert_eq!(ledger.unconfirmed(0), 0);
         assert_eq!(ledger.writable(0, || Some(10)), Some(10));
     }
 

@@ -29,6 +29,25 @@ pub struct WindowSettings {
     pub part: PartSettings,
 }
 
+#[cfg(test)]
+impl WindowSettings {
+    /// Windows of `length_ms` closed `close_delay_ms` after their end, with 1 MiB parts: what
+    /// the batcher's unit tests vary, and the rest as the defaults have it.
+    pub fn for_tests(length_ms: i64, close_delay_ms: i64) -> Self {
+        Self {
+            length_ms,
+            close_delay_ms,
+            max_object_bytes: 1 << 20,
+            max_body_bytes: 1 << 20,
+            future_tolerance_ms: 60_000,
+            part: PartSettings {
+                frame_bytes: 64 * 1024,
+                zstd_level: 3,
+            },
+        }
+    }
+}
+
 /// One event read from Kafka, already known to belong to a tenant that gets deliveries.
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
