@@ -97,6 +97,47 @@ impl Outcome {
     }
 }
 
+/// What a failure means for the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Transient: throttling, 5xx, timeouts, network, expired credentials. Next retry tier.
+    Retryable,
+    /// The customer's setup is wrong: access denied, no such bucket, wrong region, role or
+    /// external id refused. Dead-letter at once and record it on the integration's status.
+    Configuration,
+    /// The tenant has no integration any more. Ack, count, log.
+    Discard,
+    /// The integration is disabled. Park in the dead-letter queue until it is enabled again.
+    Park,
+    /// The job itself is unusable (bad headers, tenant mismatch, checksum of the body). Dead-letter.
+    InvalidJob,
+    /// One a newer uploader records and this version does not know (a rolling upgrade); never
+    /// the class of a failure here.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorClass {
+    /// The label used in metrics and delivery records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retryable => "retryable",
+            Self::Configuration => "configuration",
+            Self::Discard => "discard",
+            Self::Park => "park",
+            Self::InvalidJob => "invalid_job",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What happened to one upload job. Fields it does not know are ignored when read, so records a
 /// newer uploader writes during a rolling upgrade still count in an older ingest's status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,8 +169,9 @@ pub struct DeliveryRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_offset: Option<i64>,
     pub outcome: Outcome,
+    /// Why the attempt failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_class: Option<String>,
+    pub error_class: Option<ErrorClass>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,6 +232,16 @@ mod tests {
         assert!(!read.outcome.is_stored());
         let written = serde_json::to_value(Outcome::AlreadyThere).expect("serialize");
         assert_eq!(written, serde_json::json!(Outcome::AlreadyThere.as_str()));
+    }
+
+    #[test]
+    fn an_error_class_a_newer_version_records_is_read_as_unknown() {
+        let mut newer = fewest_fields("dead_lettered");
+        newer["error_class"] = serde_json::json!("quota");
+        let read: DeliveryRecord = serde_json::from_value(newer).expect("a newer record");
+        assert_eq!(read.error_class, Some(ErrorClass::Unknown));
+        let written = serde_json::to_value(ErrorClass::InvalidJob).expect("serialize");
+        assert_eq!(written, serde_json::json!(ErrorClass::InvalidJob.as_str()));
     }
 
     #[test]

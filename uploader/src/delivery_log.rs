@@ -68,7 +68,7 @@ pub fn record(
         first_offset: Some(job.first_offset),
         last_offset: Some(job.last_offset),
         outcome,
-        error_class: error.map(|e| e.class.as_str().to_owned()),
+        error_class: error.map(|e| e.class),
         error_code: error.map(|e| e.code.clone()),
         error_message: error.map(|e| e.message.clone()),
         attempt: job.attempt.saturating_add(1),

@@ -32,9 +32,11 @@ impl RetryPolicy {
     pub fn next_step(&self, class: ErrorClass, attempts: u32, age: Duration) -> NextStep {
         match class {
             ErrorClass::Discard => NextStep::Discard,
-            ErrorClass::Configuration | ErrorClass::Park | ErrorClass::InvalidJob => {
-                NextStep::DeadLetter
-            }
+            // `Unknown` is never a failure's class here; were it one, a person should look.
+            ErrorClass::Configuration
+            | ErrorClass::Park
+            | ErrorClass::InvalidJob
+            | ErrorClass::Unknown => NextStep::DeadLetter,
             ErrorClass::Retryable => {
                 let retries_done =
                     usize::try_from(attempts.saturating_sub(1)).unwrap_or(usize::MAX);

@@ -1,44 +1,9 @@
 //! Upload failures, classified once (STYLE "Errors"): the class alone decides between a retry
 //! tier and the dead-letter queue.
 
-use std::fmt;
-
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
-/// What a failure means for the job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorClass {
-    /// Transient: throttling, 5xx, timeouts, network, expired credentials. Next retry tier.
-    Retryable,
-    /// The customer's setup is wrong: access denied, no such bucket, wrong region, role or
-    /// external id refused. Dead-letter at once and record it on the integration's status.
-    Configuration,
-    /// The tenant has no integration any more. Ack, count, log.
-    Discard,
-    /// The integration is disabled. Park in the dead-letter queue until it is enabled again.
-    Park,
-    /// The job itself is unusable (bad headers, tenant mismatch, checksum of the body). Dead-letter.
-    InvalidJob,
-}
-
-impl ErrorClass {
-    /// The label used in metrics and delivery records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Retryable => "retryable",
-            Self::Configuration => "configuration",
-            Self::Discard => "discard",
-            Self::Park => "park",
-            Self::InvalidJob => "invalid_job",
-        }
-    }
-}
-
-impl fmt::Display for ErrorClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::delivery::ErrorClass;
 
 /// A failed upload step: its class, the AWS (or our own) error code, and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use common::delivery::{DeliveryRecord, Outcome};
+use common::delivery::{DeliveryRecord, ErrorClass, Outcome};
 use common::kafka::KafkaArgs;
 use common::shutdown::Supervisor;
 use rdkafka::consumer::StreamConsumer;
@@ -39,8 +39,8 @@ pub struct LastDelivery {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LastError {
     pub at: String,
-    /// `configuration`, `retryable`, `park`, `invalid_job`, ...
-    pub class: String,
+    /// Why it failed; every failure the uploader records has a class.
+    pub class: Option<ErrorClass>,
     pub code: Option<String>,
     pub message: Option<String>,
     /// What happened to the object: `retried` (it waits in a retry tier) or `dead_lettered`.
@@ -158,7 +158,7 @@ impl DeliveryStatuses {
                         record.at_ms,
                         LastError {
                             at: common::clock::rfc3339_ms(record.at_ms),
-                            class: record.error_class.clone().unwrap_or_default(),
+                            class: record.error_class,
                             code: record.error_code.clone(),
                             message: record.error_message.clone(),
                             outcome: record.outcome,
@@ -294,7 +294,7 @@ mod tests {
             first_offset: None,
             last_offset: None,
             outcome,
-            error_class: (outcome != Outcome::Stored).then(|| "configuration".into()),
+            error_class: (outcome != Outcome::Stored).then_some(ErrorClass::Configuration),
             error_code: (outcome != Outcome::Stored).then(|| "AccessDenied".into()),
             error_message: None,
             attempt: 1,
