@@ -1,9 +1,12 @@
 //! An ingest service with its admin API on, and requests to it.
 
+use std::time::Duration;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::fixtures::REGION;
+use crate::plan::{Plan, Shape};
 use crate::services::TestIngest;
 
 /// The admin API's bearer token in tests (distinct from the events token).
@@ -42,44 +45,29 @@ pub struct AdminIngest {
 }
 
 impl AdminIngest {
-    pub async fn spawn(aws_endpoint: &str, topics: AdminTopics, extra: &[&str]) -> Self {
-        let secret = "external-id-secret-for-tests-0123456789";
-        let mut args = vec![
-            "--admin-token",
-            ADMIN_TOKEN,
-            "--vendor-role-arn",
-            VENDOR_ROLE,
-            "--external-id-secret",
-            secret,
-            "--integrations-topic",
-            &topics.integrations,
-            "--first-deliveries-topic",
-            &topics.first_deliveries,
-            "--deliveries-topic",
-            &topics.deliveries,
-            "--aws-region",
-            REGION,
-        ];
-        let aws = crate::fixtures::aws_endpoint_flags(aws_endpoint);
-        args.extend(aws.iter().map(String::as_str));
-        args.extend_from_slice(extra);
-        let ingest = TestIngest::spawn(&args).await;
+    /// Ingest with the admin API on the shared test broker, one retry tier of a second and
+    /// `extra` flags, talking to AWS at `aws_endpoint`; see [`Plan`] for anything else.
+    pub async fn spawn(aws_endpoint: &str, extra: &[&str]) -> Self {
+        let shape = Shape::single().with_ingest_flags(extra);
+        Plan::new(aws_endpoint, shape).start_ingest().await
+    }
+
+    /// `plan`'s ingest in this process, returned once it says it is ready.
+    pub async fn start(plan: &Plan) -> Self {
+        let ingest =
+            TestIngest::start(plan.ingest_args(), &plan.shape.brokers, &plan.events_topic).await;
         let admin = Self {
             ingest,
-            topics,
+            topics: plan.topics.clone(),
             http: reqwest::Client::new(),
         };
         // Ingest says ready once the admin API has read the integrations.
-        crate::wait_for(
-            "ingest ready",
-            std::time::Duration::from_secs(20),
-            || async {
-                let ready = admin.ingest.get("/readyz").send().await;
-                ready
-                    .is_ok_and(|answer| answer.status().is_success())
-                    .then_some(())
-            },
-        )
+        crate::wait_for("ingest ready", Duration::from_secs(20), || async {
+            let ready = admin.ingest.get("/readyz").send().await;
+            ready
+                .is_ok_and(|answer| answer.status().is_success())
+                .then_some(())
+        })
         .await;
         admin
     }

@@ -20,94 +20,9 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{ADMIN_TOKEN, AdminTopics};
-use crate::batching::BatcherSetup;
+use crate::plan::{Plan, Shape};
 use crate::process::ServiceProcess;
 use crate::services::TEST_TOKEN;
-
-/// The production ladder of retry tiers (10 s up to 2 h) compressed for tests: a transient
-/// fault lasting up to about 15 s is ridden out without an operator.
-const RETRY_TIERS: [Duration; 4] = [
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(4),
-    Duration::from_secs(8),
-];
-
-/// The shape of a deployment: how many of each service, on which broker, with which windows.
-#[derive(Debug, Clone)]
-pub struct Shape {
-    pub batchers: usize,
-    pub uploaders: usize,
-    /// Bootstrap servers of the Kafka cluster every service uses.
-    pub brokers: String,
-    pub window: Duration,
-    pub close_delay: Duration,
-    /// Partitions of the events topic ingest creates.
-    pub partitions: i32,
-    /// Flags added to every batcher's command line.
-    pub batcher_flags: Vec<String>,
-    /// Flags added to ingest's command line.
-    pub ingest_flags: Vec<String>,
-    /// Flags added to every uploader's command line.
-    pub uploader_flags: Vec<String>,
-}
-
-impl Shape {
-    /// `batchers` batchers and `uploaders` uploaders on the shared test broker, with the fault
-    /// scenarios' short windows: 2 s, closing 500 ms late, over 3 partitions.
-    pub fn new(batchers: usize, uploaders: usize) -> Self {
-        Self {
-            batchers,
-            uploaders,
-            brokers: crate::kafka::brokers(),
-            window: Duration::from_secs(2),
-            close_delay: Duration::from_millis(500),
-            partitions: 3,
-            batcher_flags: Vec::new(),
-            ingest_flags: Vec::new(),
-            uploader_flags: Vec::new(),
-        }
-    }
-
-    /// The same shape on `cluster`: every service bootstraps from all its nodes and creates its
-    /// topics with the cluster's replication.
-    pub fn on_cluster(mut self, cluster: &crate::kafka_cluster::KafkaCluster) -> Self {
-        self.brokers = cluster.brokers();
-        let replication = [
-            "--kafka-replication".to_owned(),
-            cluster.size().min(3).to_string(),
-        ];
-        for flags in [
-            &mut self.batcher_flags,
-            &mut self.ingest_flags,
-            &mut self.uploader_flags,
-        ] {
-            flags.extend(replication.iter().cloned());
-        }
-        self
-    }
-
-    pub fn window_ms(&self) -> i64 {
-        millis(self.window)
-    }
-}
-
-/// A duration of test settings in milliseconds.
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).expect("a duration of a sane length")
-}
-
-/// The names one deployment uses, and how to start each of its services.
-pub struct Plan {
-    pub shape: Shape,
-    /// Ingest listens here every time it starts, so producers find it after a restart.
-    pub ingest_port: u16,
-    pub topics: AdminTopics,
-    pub events_topic: String,
-    pub setup: BatcherSetup,
-    pub aws_endpoint: String,
-}
 
 /// One deployment: its plan, buckets and processes.
 pub struct Deployment {
@@ -155,23 +70,7 @@ impl Deployment {
     /// Starts ingest, the batchers and the uploaders of `shape`, every one ready, with no
     /// tenant connected.
     pub async fn launch(aws_endpoint: &str, shape: Shape) -> Self {
-        let topics = AdminTopics::unique();
-        let events_topic = crate::unique("activity.events");
-        let setup = BatcherSetup::for_topics(
-            &events_topic,
-            &topics.integrations,
-            &topics.first_deliveries,
-        )
-        .with_retry_tiers(&RETRY_TIERS)
-        .on_brokers(&shape.brokers);
-        let plan = Plan {
-            shape,
-            ingest_port: crate::services::free_port(),
-            topics,
-            events_topic,
-            setup,
-            aws_endpoint: aws_endpoint.to_owned(),
-        };
+        let plan = Plan::new(aws_endpoint, shape);
         let ingest = plan.spawn_ingest();
         ingest.ready().await;
         let deployment = Self {
@@ -193,96 +92,6 @@ impl Deployment {
     }
 }
 
-/// A duration as the services' flags take it, in milliseconds.
-fn flag_ms(duration: Duration) -> String {
-    format!("{}ms", duration.as_millis())
-}
-
-impl Plan {
-    pub fn spawn_ingest(&self) -> ServiceProcess {
-        let partitions = self.shape.partitions.to_string();
-        let args = [
-            "--token",
-            TEST_TOKEN,
-            "--admin-token",
-            ADMIN_TOKEN,
-            "--vendor-role-arn",
-            crate::admin::VENDOR_ROLE,
-            "--external-id-secret",
-            "external-id-secret-for-tests-0123456789",
-            "--events-topic",
-            &self.events_topic,
-            "--events-partitions",
-            &partitions,
-            "--integrations-topic",
-            &self.topics.integrations,
-            "--first-deliveries-topic",
-            &self.topics.first_deliveries,
-            "--deliveries-topic",
-            &self.topics.deliveries,
-            "--aws-region",
-            crate::fixtures::REGION,
-            "--kafka-brokers",
-            &self.shape.brokers,
-            "--produce-timeout",
-            "5s",
-        ];
-        let aws = crate::fixtures::aws_endpoint_flags(&self.aws_endpoint);
-        let extra = self.shape.ingest_flags.iter().map(String::as_str);
-        let args: Vec<&str> = args
-            .into_iter()
-            .chain(aws.iter().map(String::as_str))
-            .chain(extra)
-            .collect();
-        ServiceProcess::spawn_at("ingest", self.ingest_port, &args)
-    }
-
-    pub fn spawn_batcher(&self) -> ServiceProcess {
-        self.spawn_batcher_with(&[])
-    }
-
-    /// A batcher with `flags` after the shape's own.
-    pub fn spawn_batcher_with(&self, flags: &[&str]) -> ServiceProcess {
-        let extra: Vec<&str> = ["--deliveries-topic", &self.topics.deliveries]
-            .into_iter()
-            .chain(self.shape.batcher_flags.iter().map(String::as_str))
-            .chain(flags.iter().copied())
-            .collect();
-        self.setup.spawn(
-            &flag_ms(self.shape.window),
-            &flag_ms(self.shape.close_delay),
-            &extra,
-        )
-    }
-
-    pub fn spawn_uploader(&self) -> ServiceProcess {
-        let args = [
-            "--integrations-topic",
-            &self.topics.integrations,
-            "--deliveries-topic",
-            &self.topics.deliveries,
-            "--uploads-name",
-            &self.setup.topology.queue,
-            "--retry-tiers",
-            &self.setup.retry_tiers,
-            "--max-attempts",
-            "30",
-            "--aws-region",
-            crate::fixtures::REGION,
-            "--kafka-brokers",
-            &self.shape.brokers,
-        ];
-        let aws = crate::fixtures::aws_endpoint_flags(&self.aws_endpoint);
-        let extra = self.shape.uploader_flags.iter().map(String::as_str);
-        let args: Vec<&str> = args
-            .into_iter()
-            .chain(aws.iter().map(String::as_str))
-            .chain(extra)
-            .collect();
-        ServiceProcess::spawn("uploader", &args)
-    }
-}
-
 impl Deployment {
     /// An admin API request to the ingest process.
     pub async fn admin(
@@ -299,7 +108,7 @@ impl Deployment {
     pub async fn until_window_closes(&self, rng: &mut StdRng) {
         let now = common::clock::now_unix_ms();
         let window_ms = self.plan.shape.window_ms();
-        let close_delay_ms = millis(self.plan.shape.close_delay);
+        let close_delay_ms = self.plan.shape.close_delay_ms();
         let close = (now / window_ms + 1) * window_ms + close_delay_ms + rng.random_range(0..300);
         tokio::time::sleep(Duration::from_millis(
             u64::try_from(close - now).unwrap_or(0),

@@ -1,6 +1,7 @@
 //! The harness the integration tests share: real servers on loopback (started by
-//! `scripts/local-services.sh`), a fresh topic per test, and the services run in-process through
-//! their library entry points.
+//! `scripts/local-services.sh`), fresh topics and queues per test, and the services started
+//! from one description ([`plan`]) as processes, or in this process through their library
+//! entry points.
 
 pub mod admin;
 pub mod batching;
@@ -13,6 +14,7 @@ pub mod fixtures;
 pub mod kafka;
 pub mod kafka_cluster;
 pub mod pipeline;
+pub mod plan;
 pub mod process;
 pub mod prometheus;
 pub mod services;

@@ -9,80 +9,31 @@ use common::key::Codec;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::admin::{AdminIngest, AdminTopics};
-use crate::batching::BatcherSetup;
+use crate::admin::AdminIngest;
+use crate::plan::{Plan, Shape};
 use crate::process::ServiceProcess;
-
-/// Flags added to the services' command lines.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Flags<'a> {
-    pub ingest: &'a [&'a str],
-    pub batcher: &'a [&'a str],
-}
 
 pub struct Pipeline {
     pub admin: AdminIngest,
     pub batcher: ServiceProcess,
     pub uploader: ServiceProcess,
-    pub setup: BatcherSetup,
+    pub plan: Plan,
 }
 
 impl Pipeline {
-    /// Starts the services with windows of `window` closing after `close_delay`, talking to AWS
-    /// at `aws_endpoint`, with one retry tier of a second.
-    pub async fn start(aws_endpoint: &str, window: &str, close_delay: &str) -> Self {
-        Self::start_with(aws_endpoint, window, close_delay, Flags::default()).await
-    }
-
-    /// [`Self::start`] with `flags` added to the services' command lines.
-    pub async fn start_with(
-        aws_endpoint: &str,
-        window: &str,
-        close_delay: &str,
-        flags: Flags<'_>,
-    ) -> Self {
-        let topics = AdminTopics::unique();
-        let admin = AdminIngest::spawn(aws_endpoint, topics.clone(), flags.ingest).await;
-        let batcher_flags = flags.batcher;
-        let setup = BatcherSetup::for_topics(
-            &admin.ingest.topic,
-            &topics.integrations,
-            &topics.first_deliveries,
-        )
-        .with_retry_tier(Duration::from_secs(1));
-        let batcher_flags: Vec<&str> = ["--deliveries-topic", &topics.deliveries]
-            .into_iter()
-            .chain(batcher_flags.iter().copied())
-            .collect();
-        let batcher = setup.spawn(window, close_delay, &batcher_flags);
-        let brokers = crate::kafka::brokers();
-        let aws = crate::fixtures::aws_endpoint_flags(aws_endpoint);
-        let args = [
-            "--integrations-topic",
-            &topics.integrations,
-            "--deliveries-topic",
-            &topics.deliveries,
-            "--uploads-name",
-            &setup.topology.queue,
-            "--retry-tiers",
-            &setup.retry_tiers,
-            "--aws-region",
-            crate::fixtures::REGION,
-            "--kafka-brokers",
-            &brokers,
-        ];
-        let args: Vec<&str> = args
-            .into_iter()
-            .chain(aws.iter().map(String::as_str))
-            .collect();
-        let uploader = ServiceProcess::spawn("uploader", &args);
+    /// Starts one service of each kind, as `shape` says, talking to AWS at `aws_endpoint`.
+    pub async fn start(aws_endpoint: &str, shape: Shape) -> Self {
+        let plan = Plan::new(aws_endpoint, shape);
+        let admin = plan.start_ingest().await;
+        let batcher = plan.spawn_batcher();
+        let uploader = plan.spawn_uploader();
         batcher.ready().await;
         uploader.ready().await;
         Self {
             admin,
             batcher,
             uploader,
-            setup,
+            plan,
         }
     }
 
@@ -122,7 +73,7 @@ impl Pipeline {
         self.batcher.terminate(Duration::from_secs(20)).await;
         self.uploader.terminate(Duration::from_secs(20)).await;
         let (_connection, channel) = crate::fixtures::confirm_channel("pipeline-cleanup").await;
-        crate::fixtures::delete_topology(&channel, &self.setup.topology).await;
+        crate::fixtures::delete_topology(&channel, &self.plan.setup.topology).await;
     }
 }
 

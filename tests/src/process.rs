@@ -132,33 +132,6 @@ pub fn signal(pid: u32, signal: &str) {
     );
 }
 
-/// An uploader process on `uploads`, following `topic`, talking to AWS through `aws_endpoint`,
-/// with `extra` flags.
-pub fn spawn_uploader(
-    topic: &str,
-    uploads: &str,
-    aws_endpoint: &str,
-    extra: &[&str],
-) -> ServiceProcess {
-    let brokers = crate::kafka::brokers();
-    let mut args = vec![
-        "--integrations-topic",
-        topic,
-        "--uploads-name",
-        uploads,
-        "--retry-tiers",
-        "1s",
-        "--aws-region",
-        "us-east-1",
-        "--kafka-brokers",
-        &brokers,
-    ];
-    let aws = crate::fixtures::aws_endpoint_flags(aws_endpoint);
-    args.extend(aws.iter().map(String::as_str));
-    args.extend_from_slice(extra);
-    ServiceProcess::spawn("uploader", &args)
-}
-
 /// The value of the first sample of `metric` in a Prometheus text exposition (labels ignored).
 pub fn metric_value(exposition: &str, metric: &str) -> Option<f64> {
     labelled_metric_value(exposition, metric, "")

@@ -33,11 +33,7 @@ impl TestIngest {
     }
 
     pub async fn spawn_on(brokers: &str, topic: &str, args: &[&str]) -> Self {
-        init_test_logging();
-        let mut argv = vec![
-            "ingest",
-            "--listen",
-            "127.0.0.1:0",
+        let base = [
             "--token",
             TEST_TOKEN,
             "--kafka-brokers",
@@ -47,7 +43,18 @@ impl TestIngest {
             "--events-partitions",
             "3",
         ];
-        argv.extend_from_slice(args);
+        let args = base.iter().chain(args).map(|arg| (*arg).to_owned());
+        Self::start(args.collect(), brokers, topic).await
+    }
+
+    /// Ingest with the command line `args` (all but where it listens), writing to `topic` on
+    /// `brokers`.
+    pub async fn start(args: Vec<String>, brokers: &str, topic: &str) -> Self {
+        init_test_logging();
+        let argv = ["ingest", "--listen", "127.0.0.1:0"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(args);
         let config = IngestConfig::try_parse_from(argv).expect("test ingest arguments");
         let supervisor = Supervisor::new();
         let address = ingest::start(config, &supervisor)

@@ -1,17 +1,18 @@
 //! The admin API against Apache Kafka, moto S3/STS and, for STS refusals, the fault proxy:
-//! validation, the connection test, setup documents, status, disable, enable and delete.
+//! validation, the connection test, setup documents, the digest keys, and the token. Status,
+//! disable, enable and delete are in `admin_status.rs`.
 
 use std::time::Duration;
 
 use integration_tests::admin::{
-    ADMIN_TOKEN, AdminIngest, AdminTopics, CUSTOMER_ACCOUNT, VENDOR_ROLE, integration_path,
-    settings,
+    ADMIN_TOKEN, AdminIngest, CUSTOMER_ACCOUNT, VENDOR_ROLE, integration_path, settings,
 };
 use integration_tests::fault_proxy::{FaultProxy, Faults};
 use integration_tests::fixtures::{
     IntegrationsTopic, aws_config, deny_on_objects, moto_endpoint, new_bucket, object_count,
     s3_client,
 };
+use integration_tests::plan::{Plan, Shape};
 use integration_tests::services::TEST_TOKEN;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -38,7 +39,7 @@ async fn integrations_written(admin: &AdminIngest) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_invalid_setting_is_named_and_nothing_is_saved() {
-    let admin = AdminIngest::spawn(&moto_endpoint(), AdminTopics::unique(), &[]).await;
+    let admin = AdminIngest::spawn(&moto_endpoint(), &[]).await;
     let long_prefix = "p".repeat(513);
     let cases: Vec<(&str, &str, Value)> = vec![
         ("aws_account_id", "aws_account_id", json!("12345")),
@@ -150,7 +151,7 @@ async fn refused(admin: &AdminIngest, bucket: &str, step: &str, code: &str) -> (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_test_failures_name_their_step_and_success_leaves_no_object() {
     let proxy = FaultProxy::start(&moto_endpoint()).await;
-    let admin = AdminIngest::spawn(&proxy.url(), AdminTopics::unique(), &[]).await;
+    let admin = AdminIngest::spawn(&proxy.url(), &[]).await;
     let s3 = s3_client(&aws_config(&moto_endpoint()).await);
 
     // A bucket that does not exist.
@@ -284,7 +285,7 @@ async fn connection_test_failures_name_their_step_and_success_leaves_no_object()
 async fn a_role_the_vendor_can_assume_without_the_tenants_external_id_is_refused() {
     use integration_tests::customer::Iam;
     let moto = moto_endpoint();
-    let admin = AdminIngest::spawn(&moto, AdminTopics::unique(), &[]).await;
+    let admin = AdminIngest::spawn(&moto, &[]).await;
     let s3 = s3_client(&aws_config(&moto).await);
     let bucket = new_bucket(&s3).await;
     let setup = admin.setup_documents("acme", &bucket).await;
@@ -379,12 +380,7 @@ async fn the_digest_public_keys_are_served_as_the_verifier_reads_them() {
     let file = dir.join("keys.json");
     std::fs::write(&file, json!({ "keys": keys }).to_string()).expect("keys file");
     let path = file.to_string_lossy().into_owned();
-    let admin = AdminIngest::spawn(
-        &moto_endpoint(),
-        AdminTopics::unique(),
-        &["--digest-public-keys", &path],
-    )
-    .await;
+    let admin = AdminIngest::spawn(&moto_endpoint(), &["--digest-public-keys", &path]).await;
     let (status, answer) = admin.call(Method::GET, "/v1/digest-keys", None).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let served: Vec<common::digest::signing::PublishedKey> =
@@ -398,7 +394,7 @@ async fn the_digest_public_keys_are_served_as_the_verifier_reads_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_the_admin_token_is_refused_before_its_body_is_read() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let admin = AdminIngest::spawn(&moto_endpoint(), AdminTopics::unique(), &[]).await;
+    let admin = AdminIngest::spawn(&moto_endpoint(), &[]).await;
     let mut stream = tokio::net::TcpStream::connect(admin.ingest.address)
         .await
         .expect("connect");
@@ -432,12 +428,9 @@ async fn ingest_says_ready_only_once_the_admin_api_has_read_the_integrations() {
             .map(|tenant| integrations.connect(tenant, "acme-logs")),
     )
     .await;
-    let topics = AdminTopics {
-        integrations: integrations.name.clone(),
-        ..AdminTopics::unique()
-    };
-    // `spawn` returns once `/readyz` answers 200; the very next admin call must be served.
-    let admin = AdminIngest::spawn(&moto_endpoint(), topics, &[]).await;
+    let plan = Plan::new(&moto_endpoint(), Shape::single()).with_integrations(&integrations.name);
+    // `start_ingest` returns once `/readyz` answers 200; the very next admin call must be served.
+    let admin = plan.start_ingest().await;
     let last = tenants.last().expect("tenants");
     let (status, answer) = admin.call(Method::GET, &integration_path(last), None).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
@@ -446,7 +439,7 @@ async fn ingest_says_ready_only_once_the_admin_api_has_read_the_integrations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_documents_are_policies_naming_the_bucket_the_vendor_role_and_the_external_id() {
-    let admin = AdminIngest::spawn(&moto_endpoint(), AdminTopics::unique(), &[]).await;
+    let admin = AdminIngest::spawn(&moto_endpoint(), &[]).await;
     let s3 = s3_client(&aws_config(&moto_endpoint()).await);
     let bucket = new_bucket(&s3).await;
     let setup = admin.setup_documents("acme", &bucket).await;
@@ -559,171 +552,4 @@ async fn setup_documents_are_policies_naming_the_bucket_the_vendor_role_and_the_
         );
         assert_eq!(problem_fields(&answer), [field], "{query}");
     }
-}
-
-/// Waits until `uploader` has read `records` records of the integrations topic: jobs sent
-/// before it has read a change would be handled by the old integration.
-async fn uploader_read(uploader: &integration_tests::process::ServiceProcess, records: f64) {
-    integration_tests::wait_for(
-        "the uploader to read the integration change",
-        Duration::from_secs(20),
-        || async {
-            let metrics = uploader.try_metrics().await?;
-            integration_tests::process::metric_value(
-                &metrics,
-                "activity_integrations_records_read_total",
-            )
-            .filter(|read| *read >= records)
-        },
-    )
-    .await;
-}
-
-/// GET's status, once `ready` holds for it.
-async fn status_when(admin: &AdminIngest, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
-    integration_tests::wait_for(what, Duration::from_secs(30), || async {
-        let (status, answer) = admin.get("acme").await;
-        (status == StatusCode::OK && ready(&answer["status"])).then(|| answer["status"].clone())
-    })
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_follows_deliveries_and_failures_and_disable_enable_delete_behave() {
-    use common::topology::UploadTopology;
-    use integration_tests::fixtures::{
-        confirm_channel, delete_topology, enqueue_job, payload, upload_job, wait_for_object,
-    };
-    use integration_tests::process::{labelled_metric_value, spawn_uploader};
-
-    let moto = moto_endpoint();
-    let admin = AdminIngest::spawn(&moto, AdminTopics::unique(), &[]).await;
-    let s3 = s3_client(&aws_config(&moto).await);
-    let bucket = new_bucket(&s3).await;
-    let uploads = integration_tests::unique("uploads");
-    let topology = UploadTopology::new(&uploads, &[Duration::from_secs(1)]);
-    let mut uploader = spawn_uploader(
-        &admin.topics.integrations,
-        &uploads,
-        &moto,
-        &["--deliveries-topic", &admin.topics.deliveries],
-    );
-    uploader.ready().await;
-    let (_connection, channel) = confirm_channel("admin-status-test").await;
-    let body = payload("acme");
-    let job = |offset| upload_job("acme", offset, &body);
-    let key = |offset| format!("audit/{}", job(offset).relative_key);
-
-    let connected = admin.provisioned_settings("acme", &bucket).await;
-    let (status, answer) = admin.put("acme", &connected).await;
-    assert_eq!(status, StatusCode::CREATED, "{answer}");
-    // Jobs for a tenant the uploader has not read yet are discarded: wait until it has.
-    uploader_read(&uploader, 1.0).await;
-    let (_, fresh) = admin.get("acme").await;
-    assert_eq!(fresh["status"]["last_delivery"], Value::Null);
-    assert_eq!(fresh["status"]["last_24h"]["objects_delivered"], json!(0));
-
-    // A delivery shows as the last one, with its key, and in the day's counts.
-    enqueue_job(&channel, &topology, &job(0), &body).await;
-    wait_for_object(&s3, &bucket, &key(0), Duration::from_secs(30)).await;
-    let status = status_when(&admin, "the first delivery in the status", |s| {
-        s["last_24h"]["objects_delivered"] == json!(1)
-    })
-    .await;
-    assert_eq!(status["last_delivery"]["key"], json!(key(0)));
-    assert_eq!(status["last_delivery"]["bucket"], json!(bucket));
-    assert_eq!(status["last_24h"]["events_delivered"], json!(2));
-    assert_eq!(status["last_error"], Value::Null);
-
-    // The customer's policy starts denying writes: the failure shows with its class and code.
-    deny_on_objects(&s3, &bucket, "s3:PutObject").await;
-    enqueue_job(&channel, &topology, &job(10), &body).await;
-    let status = status_when(&admin, "the failure in the status", |s| {
-        s["last_24h"]["objects_failed"] == json!(1)
-    })
-    .await;
-    assert_eq!(status["last_error"]["code"], json!("AccessDenied"));
-    assert_eq!(status["last_error"]["class"], json!("configuration"));
-    assert_eq!(status["last_error"]["outcome"], json!("dead_lettered"));
-    assert_eq!(status["last_24h"]["events_failed"], json!(2));
-    s3.delete_bucket_policy()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("lift the deny");
-
-    // Disabled: saved without a connection test, and jobs park in the dead-letter queue.
-    let mut disabled = connected.clone();
-    disabled["enabled"] = json!(false);
-    let (status, answer) = admin.put("acme", &disabled).await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(answer["connection_test"], Value::Null);
-    assert_eq!(answer["first_delivery_requested"], json!(false));
-    uploader_read(&uploader, 2.0).await;
-    enqueue_job(&channel, &topology, &job(20), &body).await;
-    let status = status_when(&admin, "the parked job in the status", |s| {
-        s["last_24h"]["objects_failed"] == json!(2)
-    })
-    .await;
-    assert_eq!(status["last_error"]["code"], json!("IntegrationDisabled"));
-    assert!(
-        s3.head_object()
-            .bucket(&bucket)
-            .key(key(20))
-            .send()
-            .await
-            .is_err(),
-        "nothing delivered while disabled"
-    );
-
-    // Enabled again (the connection test passes now) and redriven: both parked jobs land.
-    let (status, answer) = admin.put("acme", &connected).await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    assert!(answer["connection_test"]["steps"].is_array(), "{answer}");
-    uploader_read(&uploader, 3.0).await;
-    let redriven = uploader::dlq::redrive(
-        &channel,
-        &topology,
-        Some(&"acme".parse().expect("tenant")),
-        None,
-    )
-    .await
-    .expect("redrive");
-    assert_eq!(redriven.redriven.len(), 2);
-    wait_for_object(&s3, &bucket, &key(10), Duration::from_secs(30)).await;
-    wait_for_object(&s3, &bucket, &key(20), Duration::from_secs(30)).await;
-    status_when(&admin, "the redriven deliveries in the status", |s| {
-        s["last_24h"]["objects_delivered"] == json!(3)
-    })
-    .await;
-
-    // Deleted: gone at once, and a job still queued is discarded and counted, not delivered.
-    let (status, _) = admin.delete("acme").await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
-    assert_eq!(admin.get("acme").await.0, StatusCode::NOT_FOUND);
-    assert_eq!(admin.delete("acme").await.0, StatusCode::NOT_FOUND);
-    uploader_read(&uploader, 4.0).await;
-    enqueue_job(&channel, &topology, &job(30), &body).await;
-    integration_tests::wait_for("the discarded job", Duration::from_secs(30), || async {
-        let metrics = uploader.try_metrics().await?;
-        labelled_metric_value(
-            &metrics,
-            "activity_uploader_uploads_total",
-            "outcome=\"discarded\"",
-        )
-        .filter(|n| *n >= 1.0)
-    })
-    .await;
-    assert!(
-        s3.head_object()
-            .bucket(&bucket)
-            .key(key(30))
-            .send()
-            .await
-            .is_err()
-    );
-    assert_eq!(object_count(&s3, &bucket).await, Some(3));
-
-    uploader.terminate(Duration::from_secs(20)).await;
-    delete_topology(&channel, &topology).await;
 }

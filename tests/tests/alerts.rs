@@ -12,7 +12,8 @@ use std::time::Duration;
 use integration_tests::fixtures::{
     aws_config, deny_on_objects, moto_endpoint, new_bucket, s3_client,
 };
-use integration_tests::pipeline::{Flags, Pipeline};
+use integration_tests::pipeline::Pipeline;
+use integration_tests::plan::Shape;
 use integration_tests::process::signal;
 use integration_tests::prometheus::Prometheus;
 use reqwest::StatusCode;
@@ -59,16 +60,8 @@ fn keep_posting(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_fire_on_their_faults_and_clear_once_lifted() {
     let moto = moto_endpoint();
-    let pipeline = Pipeline::start_with(
-        &moto,
-        "2s",
-        "500ms",
-        Flags {
-            ingest: &["--stale-after", "5s"],
-            ..Flags::default()
-        },
-    )
-    .await;
+    let shape = Shape::single().with_ingest_flags(&["--stale-after", "5s"]);
+    let pipeline = Pipeline::start(&moto, shape).await;
     let address = |url: String| {
         url.trim_start_matches("http://")
             .trim_end_matches('/')
@@ -135,7 +128,7 @@ async fn alerts_fire_on_their_faults_and_clear_once_lifted() {
         .expect("restore the policy");
     let (_connection, channel) =
         integration_tests::fixtures::confirm_channel("alerts-redrive").await;
-    uploader::dlq::redrive(&channel, &pipeline.setup.topology, None, None)
+    uploader::dlq::redrive(&channel, &pipeline.plan.setup.topology, None, None)
         .await
         .expect("redrive");
     prometheus

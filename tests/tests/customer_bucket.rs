@@ -10,13 +10,14 @@ use integration_tests::admin::settings;
 use integration_tests::customer::{Iam, create_bucket_from_setup, create_role_from_setup};
 use integration_tests::fixtures::{aws_config, moto_endpoint, moto_tls_endpoint, s3_client};
 use integration_tests::pipeline::{Pipeline, delivered, in_zstd};
+use integration_tests::plan::Shape;
 use reqwest::StatusCode;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_set_up_as_the_guide_says_takes_deliveries_over_tls_and_refuses_plain_http() {
     let tls = moto_tls_endpoint();
-    let pipeline = Pipeline::start(&tls, "2s", "500ms").await;
+    let pipeline = Pipeline::start(&tls, Shape::single()).await;
     let s3 = s3_client(&aws_config(&tls).await);
     let bucket = integration_tests::unique("b");
     let setup = pipeline.admin.setup_documents("acme", &bucket).await;

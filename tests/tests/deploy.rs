@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::fixtures::{aws_config, moto_endpoint, new_bucket, s3_client};
-use integration_tests::pipeline::{Flags, Pipeline};
+use integration_tests::pipeline::Pipeline;
+use integration_tests::plan::Shape;
 use integration_tests::process::{labelled_metric_value, metric_value};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -292,16 +293,7 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exposed_by_a_running_pipe
     let (_, key_file) = integration_tests::digests::new_key(&dir, "vendor");
     let digests = integration_tests::digests::batcher_flags(&key_file, "2s", "500ms");
     let digests: Vec<&str> = digests.iter().map(String::as_str).collect();
-    let pipeline = Pipeline::start_with(
-        &moto,
-        "2s",
-        "500ms",
-        Flags {
-            batcher: &digests,
-            ..Flags::default()
-        },
-    )
-    .await;
+    let pipeline = Pipeline::start(&moto, Shape::single().with_batcher_flags(&digests)).await;
     let s3 = s3_client(&aws_config(&moto).await);
     let bucket = new_bucket(&s3).await;
     let (status, answer) = pipeline.connect("acme", &bucket).await;

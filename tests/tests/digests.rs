@@ -15,9 +15,10 @@ use common::digest::signing::PublicKeys;
 use common::digest::{Digest, reason};
 use common::job::JobKind;
 use integration_tests::digests::{batcher_flags, keys_file, new_key, published, verify};
-use integration_tests::e2e::{Deployment, Shape, rng, seed};
+use integration_tests::e2e::{Deployment, rng, seed};
 use integration_tests::fixtures::{aws_config, moto_endpoint, new_bucket, s3_client};
-use integration_tests::pipeline::{Flags, Pipeline, in_zstd};
+use integration_tests::pipeline::{Pipeline, in_zstd};
+use integration_tests::plan::Shape;
 use reqwest::StatusCode;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -240,16 +241,8 @@ async fn disabling_ends_the_chain_and_enabling_starts_a_new_one() {
     );
     let digest_flags: Vec<&str> = digest_flags.iter().map(String::as_str).collect();
     let moto = moto_endpoint();
-    let pipeline = Pipeline::start_with(
-        &moto,
-        "2s",
-        "500ms",
-        Flags {
-            batcher: &digest_flags,
-            ..Flags::default()
-        },
-    )
-    .await;
+    let shape = Shape::single().with_batcher_flags(&digest_flags);
+    let pipeline = Pipeline::start(&moto, shape).await;
     let s3 = s3_client(&aws_config(&moto).await);
     let bucket = new_bucket(&s3).await;
     let mut settings = in_zstd(pipeline.admin.provisioned_settings("acme", &bucket).await);

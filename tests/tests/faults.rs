@@ -14,10 +14,11 @@
 
 use std::time::Duration;
 
-use integration_tests::e2e::{Deployment, Shape, Verdict, pause, rng, seed};
+use integration_tests::e2e::{Deployment, Verdict, pause, rng, seed};
 use integration_tests::fault_proxy::{FaultProxy, Faults};
 use integration_tests::fixtures::{aws_config, deny_on_objects, moto_endpoint, s3_client};
 use integration_tests::kafka_cluster::KafkaCluster;
+use integration_tests::plan::Shape;
 use integration_tests::services::rabbitmqctl;
 use rand::Rng;
 use rand::rngs::StdRng;

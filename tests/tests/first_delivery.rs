@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::clock::now_unix_ms;
 use integration_tests::fixtures::{aws_config, moto_endpoint, new_bucket, s3_client};
 use integration_tests::pipeline::{Pipeline, delivered};
+use integration_tests::plan::Shape;
 use reqwest::StatusCode;
 
 const WINDOW_MS: i64 = 3_000;
@@ -22,7 +23,11 @@ async fn at(at_ms: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connecting_delivers_the_previous_window_and_everything_after_and_nothing_older() {
     let moto = moto_endpoint();
-    let pipeline = Pipeline::start(&moto, "3s", "1s").await;
+    let pipeline = Pipeline::start(
+        &moto,
+        Shape::single().with_windows(Duration::from_secs(3), Duration::from_secs(1)),
+    )
+    .await;
     let s3 = s3_client(&aws_config(&moto).await);
     let bucket = new_bucket(&s3).await;
     let post = |label: &'static str| pipeline.post("acme", label, 5);

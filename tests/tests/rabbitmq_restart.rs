@@ -6,17 +6,15 @@
 use std::time::Duration;
 
 use common::clock::now_unix_ms;
-use common::topology::UploadTopology;
 use integration_tests::batching::{BatcherSetup, EventsTopic, jobs_until_events};
 use integration_tests::fixtures::{
     IntegrationsTopic, aws_config, confirm_channel, delete_topology, enqueue_job, moto_endpoint,
     new_bucket, object_count, payload, s3_client, upload_job, wait_for_object,
 };
-use integration_tests::process::{
-    ServiceProcess, labelled_metric_value, metric_value, spawn_uploader,
-};
+use integration_tests::plan::{Plan, Shape};
+use integration_tests::process::{ServiceProcess, labelled_metric_value, metric_value};
 use integration_tests::services::rabbitmqctl;
-use integration_tests::{unique, wait_for};
+use integration_tests::wait_for;
 
 /// One test at a time restarts the broker.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -55,10 +53,10 @@ async fn the_uploader_reconnects_after_rabbitmq_restarts_and_goes_on_uploading()
     let bucket = new_bucket(&s3).await;
     let topic = IntegrationsTopic::create().await;
     topic.connect("acme", &bucket).await;
-    let uploads = unique("uploads");
-    let topology = UploadTopology::new(&uploads, &[Duration::from_secs(1)]);
+    let plan = Plan::new(&moto_endpoint(), Shape::single()).with_integrations(&topic.name);
+    let topology = plan.setup.topology.clone();
 
-    let uploader = spawn_uploader(&topic.name, &uploads, &moto_endpoint(), &[]);
+    let uploader = plan.spawn_uploader();
     uploader.ready().await;
     let (_connection, channel) = confirm_channel("restart-test").await;
     let before = upload_job("acme", 10, &payload("acme"));

@@ -9,8 +9,9 @@ use integration_tests::fixtures::{
     IntegrationsTopic, aws_config, confirm_channel, delete_topology, enqueue_job, moto_endpoint,
     new_bucket, object_count, payload, s3_client, upload_job,
 };
-use integration_tests::process::{metric_value, spawn_uploader};
-use integration_tests::{unique, wait_for};
+use integration_tests::plan::{Plan, Shape};
+use integration_tests::process::metric_value;
+use integration_tests::wait_for;
 
 const JOBS: i64 = 16;
 /// A hung bucket's attempt ends after this; without a per-tenant share every upload slot would
@@ -40,23 +41,18 @@ async fn a_hung_bucket_does_not_delay_another_tenants_uploads() {
     let topic = IntegrationsTopic::create().await;
     topic.connect("healthy", &healthy).await;
     topic.connect("hung", &hung).await;
-    let uploads = unique("uploads");
-    let topology = UploadTopology::new(&uploads, &[Duration::from_secs(1)]);
+    let plan = Plan::new(&proxy.url(), Shape::single()).with_integrations(&topic.name);
+    let topology = plan.setup.topology.clone();
 
     let timeout = format!("{}s", ATTEMPT_TIMEOUT.as_secs());
-    let uploader = spawn_uploader(
-        &topic.name,
-        &uploads,
-        &proxy.url(),
-        &[
-            "--concurrency",
-            "8",
-            "--tenant-concurrency",
-            "2",
-            "--aws-attempt-timeout",
-            &timeout,
-        ],
-    );
+    let uploader = plan.spawn_uploader_with(&[
+        "--concurrency",
+        "8",
+        "--tenant-concurrency",
+        "2",
+        "--aws-attempt-timeout",
+        &timeout,
+    ]);
     uploader.ready().await;
     let (_connection, channel) = confirm_channel("isolation-test").await;
     let delivered = |count: i64| {

@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use common::topology::UploadTopology;
 use integration_tests::fault_proxy::{FaultProxy, Faults};
 use integration_tests::fixtures::{
     IntegrationsTopic, aws_config, confirm_channel, delete_topology, enqueue_job, moto_endpoint,
     new_bucket, object_count, payload, s3_client, upload_job, wait_for_object,
 };
-use integration_tests::process::{metric_value, spawn_uploader};
-use integration_tests::{unique, wait_for};
+use integration_tests::plan::{Plan, Shape};
+use integration_tests::process::metric_value;
+use integration_tests::wait_for;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 
@@ -29,12 +29,12 @@ async fn an_uploader_killed_mid_upload_hands_the_job_to_the_next_and_the_object_
     let topic = IntegrationsTopic::create().await;
     topic.connect("acme", &bucket).await;
 
-    let uploads = unique("uploads");
-    let topology = UploadTopology::new(&uploads, &[Duration::from_secs(1)]);
+    let plan = Plan::new(&proxy.url(), Shape::single()).with_integrations(&topic.name);
+    let topology = plan.setup.topology.clone();
     let (_connection, channel) = confirm_channel("uploader-process-test").await;
     topology.declare(&channel).await.expect("declare");
 
-    let first = spawn_uploader(&topic.name, &uploads, &proxy.url(), &[]);
+    let first = plan.spawn_uploader();
     first.ready().await;
     let job = upload_job("acme", 51, &payload("acme"));
     enqueue_job(&channel, &topology, &job, &payload(job.tenant_id.as_str())).await;
@@ -72,7 +72,7 @@ async fn an_uploader_killed_mid_upload_hands_the_job_to_the_next_and_the_object_
     );
 
     proxy.set(Faults::default());
-    let second = spawn_uploader(&topic.name, &uploads, &proxy.url(), &[]);
+    let second = plan.spawn_uploader();
     second.ready().await;
     wait_for_object(&s3, &bucket, &key, Duration::from_secs(60)).await;
     assert_eq!(
@@ -91,14 +91,9 @@ async fn a_thousand_uploads_for_one_tenant_assume_its_role_once() {
     let bucket = new_bucket(&s3).await;
     let topic = IntegrationsTopic::create().await;
     topic.connect("acme", &bucket).await;
-    let uploads = unique("uploads");
-    let topology = UploadTopology::new(&uploads, &[Duration::from_secs(1)]);
-    let uploader = spawn_uploader(
-        &topic.name,
-        &uploads,
-        &moto_endpoint(),
-        &["--concurrency", "16"],
-    );
+    let plan = Plan::new(&moto_endpoint(), Shape::single()).with_integrations(&topic.name);
+    let topology = plan.setup.topology.clone();
+    let uploader = plan.spawn_uploader_with(&["--concurrency", "16"]);
     uploader.ready().await;
 
     let (_connection, channel) = confirm_channel("assume-role-test").await;
@@ -143,17 +138,12 @@ async fn an_uploader_stopped_by_sigterm_under_load_finishes_its_uploads_and_noth
     });
     let topic = IntegrationsTopic::create().await;
     topic.connect("acme", &bucket).await;
-    let deliveries = unique("activity.deliveries");
-    let uploads = unique("uploads");
-    let topology = UploadTopology::new(&uploads, &[Duration::from_secs(1)]);
+    let plan = Plan::new(&proxy.url(), Shape::single()).with_integrations(&topic.name);
+    let topology = plan.setup.topology.clone();
+    let deliveries = &plan.topics.deliveries;
     let (_connection, channel) = confirm_channel("uploader-sigterm-test").await;
     topology.declare(&channel).await.expect("declare");
-    let flags = [
-        "--deliveries-topic",
-        deliveries.as_str(),
-        "--concurrency",
-        "4",
-    ];
+    let flags = ["--concurrency", "4"];
 
     const JOBS: i64 = 40;
     let body = payload("acme");
@@ -161,7 +151,7 @@ async fn an_uploader_stopped_by_sigterm_under_load_finishes_its_uploads_and_noth
         let job = upload_job("acme", n * 10, &body);
         enqueue_job(&channel, &topology, &job, &body).await;
     }
-    let mut first = spawn_uploader(&topic.name, &uploads, &proxy.url(), &flags);
+    let mut first = plan.spawn_uploader_with(&flags);
     first.ready().await;
     wait_for("some objects stored", Duration::from_secs(60), || async {
         object_count(&s3, &bucket).await.filter(|n| *n >= 8)
@@ -178,7 +168,7 @@ async fn an_uploader_stopped_by_sigterm_under_load_finishes_its_uploads_and_noth
         "SIGTERM came while jobs were still queued ({stored_by_first} stored)"
     );
 
-    let mut second = spawn_uploader(&topic.name, &uploads, &proxy.url(), &flags);
+    let mut second = plan.spawn_uploader_with(&flags);
     wait_for("every object stored", Duration::from_secs(90), || async {
         object_count(&s3, &bucket)
             .await
@@ -191,7 +181,7 @@ async fn an_uploader_stopped_by_sigterm_under_load_finishes_its_uploads_and_noth
     // acking and exiting, so the second found nothing of it already there.
     let records = integration_tests::kafka::read_until(
         &integration_tests::kafka::brokers(),
-        &deliveries,
+        deliveries,
         Duration::from_secs(30),
         |records| records.len() >= usize::try_from(JOBS).unwrap_or(0),
     )

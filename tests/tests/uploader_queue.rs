@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use common::aws::AwsArgs;
+use common::delivery::{ErrorClass, Outcome};
 use common::kafka::KafkaArgs;
 use common::registry::IntegrationRegistry;
 use common::shutdown::Supervisor;
@@ -109,61 +110,130 @@ fn header_text(headers: &lapin::types::FieldTable, name: &str) -> Option<String>
     }
 }
 
-#[tokio::test]
-async fn good_jobs_are_stored_denied_ones_dead_lettered_and_orphans_discarded() {
-    let config = aws_config(&moto_endpoint()).await;
-    let s3 = s3_client(&config);
-    let good_bucket = new_bucket(&s3).await;
-    let denied_bucket = new_bucket(&s3).await;
-    deny_on_objects(&s3, &denied_bucket, "s3:PutObject").await;
+/// An uploader in this process delivering for `integrations` (tenant, bucket), one job at a
+/// time, with a declared queue and a channel to it.
+struct Queue {
+    supervisor: Supervisor,
+    topology: UploadTopology,
+    channel: lapin::Channel,
+    _connection: lapin::Connection,
+    /// Where the uploader writes its delivery records.
+    deliveries: String,
+}
 
-    let supervisor = Supervisor::new();
-    let registry = registry(
-        &[("acme", &good_bucket), ("denied", &denied_bucket)],
-        &supervisor,
-    )
-    .await;
-    let (_connection, channel) = confirm_channel("uploader-test").await;
-    let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(60)]);
-    topology.declare(&channel).await.expect("declare");
-    let deliveries =
-        start_uploader(aws_args(&moto_endpoint()), registry, &topology, &supervisor).await;
+impl Queue {
+    async fn start(integrations: &[(&str, &str)]) -> Self {
+        let supervisor = Supervisor::new();
+        let registry = registry(integrations, &supervisor).await;
+        let (connection, channel) = confirm_channel("uploader-test").await;
+        let topology = UploadTopology::new(&unique("uploads"), &[Duration::from_secs(60)]);
+        topology.declare(&channel).await.expect("declare");
+        let deliveries =
+            start_uploader(aws_args(&moto_endpoint()), registry, &topology, &supervisor).await;
+        Self {
+            supervisor,
+            topology,
+            channel,
+            _connection: connection,
+            deliveries,
+        }
+    }
 
-    let denied = upload_job("denied", 5, &payload("denied"));
-    enqueue_job(
-        &channel,
-        &topology,
-        &denied,
-        &payload(denied.tenant_id.as_str()),
-    )
-    .await;
-    enqueue_job(
-        &channel,
-        &topology,
-        &upload_job("ghost", 6, &payload("ghost")),
-        &payload("ghost"),
-    )
-    .await;
-    let good = upload_job("acme", 7, &payload("acme"));
-    enqueue_job(
-        &channel,
-        &topology,
-        &good,
-        &payload(good.tenant_id.as_str()),
-    )
-    .await;
+    /// Queues a job of `tenant` with its usual payload.
+    async fn enqueue(&self, tenant: &str, offset: i64) -> common::job::UploadJob {
+        let job = upload_job(tenant, offset, &payload(tenant));
+        enqueue_job(&self.channel, &self.topology, &job, &payload(tenant)).await;
+        job
+    }
 
-    // One upload at a time, in order: once the good job's object exists, the others were handled.
-    let key = format!("audit/{}", good.relative_key);
-    wait_for_object(&s3, &good_bucket, &key, Duration::from_secs(30)).await;
-
-    let dead = channel
-        .basic_get(
-            topology.dead_letter_queue.as_str().into(),
-            BasicGetOptions { no_ack: true },
+    /// The first delivery record the uploader writes.
+    async fn delivery_record(&self) -> common::delivery::DeliveryRecord {
+        let records = integration_tests::kafka::read_until(
+            &integration_tests::kafka::brokers(),
+            &self.deliveries,
+            Duration::from_secs(30),
+            |r| !r.is_empty(),
         )
+        .await;
+        serde_json::from_str(&records[0].value).expect("a delivery record")
+    }
+
+    /// The next message of `queue`, taken off it.
+    async fn take(&self, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+        self.channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+    }
+
+    async fn finish(self) {
+        finish(self.supervisor, &self.channel, &self.topology).await;
+    }
+}
+
+#[tokio::test]
+async fn a_good_job_is_stored_and_recorded_with_what_a_signed_digest_lists() {
+    let s3 = s3_client(&aws_config(&moto_endpoint()).await);
+    let bucket = new_bucket(&s3).await;
+    let queue = Queue::start(&[("acme", &bucket)]).await;
+    let good = queue.enqueue("acme", 7).await;
+
+    let key = format!("audit/{}", good.relative_key);
+    wait_for_object(&s3, &bucket, &key, Duration::from_secs(30)).await;
+    let record = queue.delivery_record().await;
+    assert_eq!(
+        (record.tenant_id.as_str(), record.outcome, record.attempt),
+        ("acme", Outcome::Stored, 1)
+    );
+    assert_eq!(record.error_class, None);
+    assert_eq!(record.key.as_deref(), Some(key.as_str()));
+    assert_eq!(record.bucket.as_deref(), Some(bucket.as_str()));
+    assert_eq!(record.event_count, 2);
+    assert_eq!(
+        (
+            record.sha256.as_deref(),
+            record.partition,
+            record.first_offset,
+            record.last_offset
+        ),
+        (
+            Some(good.sha256_hex.as_str()),
+            Some(good.partition),
+            Some(good.first_offset),
+            Some(good.last_offset)
+        )
+    );
+    assert!(
+        queue.take(&queue.topology.queue).await.is_none(),
+        "the job was acknowledged"
+    );
+    queue.finish().await;
+}
+
+#[tokio::test]
+async fn a_denied_job_is_dead_lettered_whole_with_its_error() {
+    let s3 = s3_client(&aws_config(&moto_endpoint()).await);
+    let bucket = new_bucket(&s3).await;
+    deny_on_objects(&s3, &bucket, "s3:PutObject").await;
+    let queue = Queue::start(&[("denied", &bucket)]).await;
+    let denied = queue.enqueue("denied", 5).await;
+
+    let record = queue.delivery_record().await;
+    assert_eq!(
+        (
+            record.outcome,
+            record.error_class,
+            record.error_code.as_deref()
+        ),
+        (
+            Outcome::DeadLettered,
+            Some(ErrorClass::Configuration),
+            Some("AccessDenied")
+        )
+    );
+    let dead = queue
+        .take(&queue.topology.dead_letter_queue)
         .await
-        .expect("get")
         .expect("the denied job is in the dead-letter queue");
     let headers = dead.delivery.properties.headers().clone().expect("headers");
     assert_eq!(header_text(&headers, "tenant").as_deref(), Some("denied"));
@@ -184,68 +254,41 @@ async fn good_jobs_are_stored_denied_ones_dead_lettered_and_orphans_discarded() 
         Some(denied.relative_key.as_str())
     );
     assert_eq!(dead.delivery.data, payload("denied"));
-    let nothing_else = channel
-        .basic_get(
-            topology.dead_letter_queue.as_str().into(),
-            BasicGetOptions { no_ack: true },
-        )
-        .await
-        .expect("get");
-    assert!(
-        nothing_else.is_none(),
-        "the orphan job was discarded, not dead-lettered"
-    );
-    assert_eq!(object_count(&s3, &denied_bucket).await, Some(0));
+    assert_eq!(object_count(&s3, &bucket).await, Some(0));
+    queue.finish().await;
+}
 
-    let records = integration_tests::kafka::read_until(
-        &integration_tests::kafka::brokers(),
-        &deliveries,
-        Duration::from_secs(30),
-        |r| r.len() >= 3,
-    )
-    .await;
-    let records: Vec<common::delivery::DeliveryRecord> = records
-        .iter()
-        .map(|r| serde_json::from_str(&r.value).expect("a delivery record"))
-        .collect();
-    let summary: Vec<_> = records
-        .iter()
-        .map(|r| {
-            (
-                r.tenant_id.as_str(),
-                r.outcome.as_str(),
-                r.error_code.as_deref(),
-                r.attempt,
-            )
-        })
-        .collect();
-    assert_eq!(
-        summary,
-        [
-            ("denied", "dead_lettered", Some("AccessDenied"), 1),
-            ("ghost", "discarded", Some("NoIntegration"), 1),
-            ("acme", "stored", None, 1),
-        ]
-    );
-    assert_eq!(records[2].key.as_deref(), Some(key.as_str()));
-    assert_eq!(records[2].bucket.as_deref(), Some(good_bucket.as_str()));
-    assert_eq!(records[2].event_count, 2);
-    // What a signed digest lists for the object.
+#[tokio::test]
+async fn a_job_of_a_tenant_without_an_integration_is_discarded_not_dead_lettered() {
+    let queue = Queue::start(&[]).await;
+    queue.enqueue("ghost", 6).await;
+
+    let record = queue.delivery_record().await;
     assert_eq!(
         (
-            records[2].sha256.as_deref(),
-            records[2].partition,
-            records[2].first_offset,
-            records[2].last_offset
+            record.tenant_id.as_str(),
+            record.outcome,
+            record.error_class,
+            record.error_code.as_deref()
         ),
         (
-            Some(good.sha256_hex.as_str()),
-            Some(good.partition),
-            Some(good.first_offset),
-            Some(good.last_offset)
+            "ghost",
+            Outcome::Discarded,
+            Some(ErrorClass::Discard),
+            Some("NoIntegration")
         )
     );
-    finish(supervisor, &channel, &topology).await;
+    assert!(
+        queue
+            .take(&queue.topology.dead_letter_queue)
+            .await
+            .is_none()
+    );
+    assert!(
+        queue.take(&queue.topology.queue).await.is_none(),
+        "the job was acknowledged"
+    );
+    queue.finish().await;
 }
 
 #[tokio::test]
