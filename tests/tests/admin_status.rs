@@ -105,6 +105,12 @@ impl Connected {
         .await;
     }
 
+    /// Waits until the job at `offset` is in the bucket.
+    async fn await_stored(&self, offset: i64) {
+        let key = Self::key(offset);
+        wait_for_object(&self.s3, &self.bucket, &key, Duration::from_secs(30)).await;
+    }
+
     async fn stored(&self, offset: i64) -> bool {
         self.s3
             .head_object()
@@ -138,13 +144,7 @@ async fn the_status_shows_the_last_delivery_and_the_days_counts() {
     assert_eq!(fresh["status"]["last_24h"]["objects_delivered"], json!(0));
 
     acme.enqueue(0).await;
-    wait_for_object(
-        &acme.s3,
-        &acme.bucket,
-        &Connected::key(0),
-        Duration::from_secs(30),
-    )
-    .await;
+    acme.await_stored(0).await;
     let status = acme
         .status_when("the delivery in the status", |s| {
             s["last_24h"]["objects_delivered"] == json!(1)
@@ -210,13 +210,7 @@ async fn a_disabled_integration_parks_jobs_until_enabled_and_redriven() {
     .await
     .expect("redrive");
     assert_eq!(redriven.redriven.len(), 1);
-    wait_for_object(
-        &acme.s3,
-        &acme.bucket,
-        &Connected::key(20),
-        Duration::from_secs(30),
-    )
-    .await;
+    acme.await_stored(20).await;
     acme.status_when("the redriven delivery in the status", |s| {
         s["last_24h"]["objects_delivered"] == json!(1)
     })
