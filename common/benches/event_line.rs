@@ -7,32 +7,11 @@
 //! uploader a line it has just decompressed. (Over 100,000 distinct events, 49 MB, each read
 //! of a line's tail waits on memory the scan has no sequential stream to prefetch from.)
 
-use std::borrow::Cow;
-use std::hint::black_box;
-use std::time::Instant;
-
 use common::event_line::top_level_strings;
+use std::borrow::Cow;
+use support::{EVENTS, PASSES, ROUNDS, canonical_event, median_ns};
 
-const EVENTS: usize = 1_000;
-const PASSES: usize = 100;
-const ROUNDS: usize = 5;
-
-/// Canonical JSON (keys sorted, compact) of a realistic event, as ingest stores it.
-fn canonical_event(n: usize) -> Vec<u8> {
-    let event = serde_json::json!({
-        "id": format!("evt-{n:012}"),
-        "tenant_id": format!("tenant-{}", n % 100),
-        "type": "device.lock",
-        "occurred_at": "2026-11-27T10:15:30.123Z",
-        "actor": {"type": "admin", "id": "usr_8f14e45fceea167a5a36dedd4bea2543",
-                  "email": "it-admin@example.com", "ip": "203.0.113.42"},
-        "target": {"type": "device", "id": "dev_c9f0f895fb98ab9159f51fd0297e236d",
-                   "name": "MacBook Pro (Finance-0423)", "serial": "C02XK1ZZJGH5"},
-        "details": {"reason": "Lost device reported by owner", "message": "Locked via MDM command",
-                    "pin_set": true, "blueprint": "Finance Laptops"},
-    });
-    serde_json::to_vec(&event).expect("serialize")
-}
+mod support;
 
 #[derive(serde::Deserialize)]
 struct IdAndTenant<'a> {
@@ -46,25 +25,6 @@ struct IdAndTenant<'a> {
 struct Tenant<'a> {
     #[serde(borrow)]
     tenant_id: Cow<'a, str>,
-}
-
-/// Median nanoseconds per line of `read` over `lines`.
-fn median_ns(lines: &[Vec<u8>], read: impl Fn(&[u8]) -> usize) -> f64 {
-    let mut rounds: Vec<f64> = (0..ROUNDS)
-        .map(|_| {
-            let started = Instant::now();
-            let mut total = 0;
-            for _ in 0..PASSES {
-                for line in lines {
-                    total += read(black_box(line));
-                }
-            }
-            black_box(total);
-            started.elapsed().as_nanos() as f64 / (PASSES * lines.len()) as f64
-        })
-        .collect();
-    rounds.sort_by(f64::total_cmp);
-    rounds[ROUNDS / 2]
 }
 
 fn main() {

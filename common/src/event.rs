@@ -5,10 +5,11 @@
 //! whitespace, numbers exactly as the producer wrote them, so NDJSON stays one line per event and
 //! re-encoding a stored event yields the same bytes.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -152,6 +153,19 @@ impl Event {
     /// Parses and validates one event from its JSON text, rejecting it when its canonical form is
     /// longer than `max_bytes`.
     pub fn from_json(json: &[u8], max_bytes: usize) -> Result<Self, EventError> {
+        // Nearly every event: read in place and written back sorted, without a JSON tree.
+        // Anything else (not an object, not JSON, a key with an escape) goes through a `Value`,
+        // which also says what is wrong.
+        if let Some(members) = crate::canonical::members(json) {
+            let (tenant_id, id) = validate_required_fields(|field| match members.get(field) {
+                None => Field::Missing,
+                Some(raw) => crate::canonical::string(raw)
+                    .map_or_else(|| Field::Other(crate::canonical::kind(raw)), Field::Text),
+            })?;
+            if let Some(canonical) = crate::canonical::object(&members) {
+                return Self::sized(tenant_id, id, canonical, max_bytes);
+            }
+        }
         let value: Value = serde_json::from_slice(json)
             .map_err(|e| EventError::InvalidJson(describe_json_error(&e)))?;
         Self::from_value(value, max_bytes)
@@ -162,9 +176,23 @@ impl Event {
         let Value::Object(object) = value else {
             return Err(EventError::NotAnObject(json_kind(&value)));
         };
-        let (tenant_id, id) = validate_required_fields(&object)?;
+        let (tenant_id, id) = validate_required_fields(|field| match object.get(field) {
+            None => Field::Missing,
+            Some(Value::String(text)) => Field::Text(text.into()),
+            Some(other) => Field::Other(json_kind(other)),
+        })?;
         let canonical =
             serde_json::to_vec(&object).map_err(|e| EventError::InvalidJson(e.to_string()))?;
+        Self::sized(tenant_id, id, canonical, max_bytes)
+    }
+
+    /// The event, unless its canonical form is longer than `max_bytes`.
+    fn sized(
+        tenant_id: TenantId,
+        id: String,
+        canonical: Vec<u8>,
+        max_bytes: usize,
+    ) -> Result<Self, EventError> {
         if canonical.len() > max_bytes {
             return Err(EventError::TooLarge {
                 size: canonical.len(),
@@ -193,15 +221,30 @@ impl Event {
     }
 }
 
-/// Checks every required field, reporting all problems at once so a producer can fix an event in
-/// one round trip.
-fn validate_required_fields(object: &Map<String, Value>) -> Result<(TenantId, String), EventError> {
+/// A required field of an event, as the event holds it.
+enum Field<'a> {
+    Missing,
+    Text(Cow<'a, str>),
+    /// Not a string: what it is instead (`a number`, `null`, ...).
+    Other(&'static str),
+}
+
+/// Checks every required field, as `field` gives it, reporting all problems at once so a
+/// producer can fix an event in one round trip.
+fn validate_required_fields<'a>(
+    field: impl Fn(&'static str) -> Field<'a>,
+) -> Result<(TenantId, String), EventError> {
+    let required_string = |name: &'static str| match field(name) {
+        Field::Missing => Err("is required".to_owned()),
+        Field::Text(text) => Ok(text),
+        Field::Other(kind) => Err(format!("must be a string, not {kind}")),
+    };
     let mut errors = Vec::new();
     let mut problem = |field: &'static str, problem: String| {
         errors.push(FieldError { field, problem });
     };
 
-    let id = match required_string(object, "id") {
+    let id = match required_string("id") {
         Ok(id) => match id.chars().count() {
             0 => {
                 problem("id", "must not be empty".into());
@@ -214,7 +257,7 @@ fn validate_required_fields(object: &Map<String, Value>) -> Result<(TenantId, St
                 );
                 None
             }
-            _ => Some(id.to_owned()),
+            _ => Some(id.into_owned()),
         },
         Err(why) => {
             problem("id", why);
@@ -222,8 +265,8 @@ fn validate_required_fields(object: &Map<String, Value>) -> Result<(TenantId, St
         }
     };
 
-    let tenant_id = match required_string(object, "tenant_id") {
-        Ok(raw) => match TenantId::parse(raw) {
+    let tenant_id = match required_string("tenant_id") {
+        Ok(raw) => match TenantId::parse(&raw) {
             Ok(tenant) => Some(tenant),
             Err(why) => {
                 problem("tenant_id", why.to_string());
@@ -236,19 +279,19 @@ fn validate_required_fields(object: &Map<String, Value>) -> Result<(TenantId, St
         }
     };
 
-    match required_string(object, "type") {
+    match required_string("type").as_deref() {
         Ok("") => problem("type", "must not be empty".into()),
         Ok(kind) if kind.chars().count() > MAX_TYPE_CHARS => problem(
             "type",
             format!("is longer than {MAX_TYPE_CHARS} characters"),
         ),
         Ok(_) => {}
-        Err(why) => problem("type", why),
+        Err(why) => problem("type", why.clone()),
     }
 
-    match required_string(object, "occurred_at") {
+    match required_string("occurred_at") {
         Ok(raw) => {
-            if let Err(why) = OffsetDateTime::parse(raw, &Rfc3339) {
+            if let Err(why) = OffsetDateTime::parse(&raw, &Rfc3339) {
                 problem(
                     "occurred_at",
                     format!("is not an RFC 3339 timestamp ({why}): {raw:?}"),
@@ -261,14 +304,6 @@ fn validate_required_fields(object: &Map<String, Value>) -> Result<(TenantId, St
     match (tenant_id, id) {
         (Some(tenant_id), Some(id)) if errors.is_empty() => Ok((tenant_id, id)),
         _ => Err(EventError::InvalidFields(errors)),
-    }
-}
-
-fn required_string<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a str, String> {
-    match object.get(field) {
-        None => Err("is required".into()),
-        Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(format!("must be a string, not {}", json_kind(other))),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod amqp;
 pub mod async_producer;
 pub mod aws;
+pub mod canonical;
 pub mod clock;
 pub mod codec;
 pub mod config;
