@@ -23,7 +23,13 @@ const MAX_DEPTH: usize = 128;
 /// The members of the JSON object `json`, or `None` when it is not one (or a key holds an
 /// escape, which cannot be borrowed).
 pub fn members(json: &[u8]) -> Option<Members<'_>> {
-    serde_json::from_slice(json).ok()
+    // UTF-8 checked once here: parsing a `str` does not check each borrowed key and value again,
+    // nor the nested objects' text when `write_value` reads their members.
+    members_of(std::str::from_utf8(json).ok()?)
+}
+
+fn members_of(json: &str) -> Option<Members<'_>> {
+    serde_json::from_str(json).ok()
 }
 
 /// The canonical form of the object with `members`.
@@ -78,7 +84,7 @@ fn write_object(members: &Members<'_>, out: &mut Vec<u8>, depth: usize) -> Optio
 fn write_value(raw: &RawValue, out: &mut Vec<u8>, depth: usize) -> Option<()> {
     let text = raw.get();
     match text.as_bytes().first()? {
-        b'{' => write_object(&members(text.as_bytes())?, out, depth + 1),
+        b'{' => write_object(&members_of(text)?, out, depth + 1),
         b'[' => {
             if depth + 1 > MAX_DEPTH {
                 return None;
