@@ -4,10 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::async_producer::AsyncProducer;
+use common::async_producer::{AsyncProducer, Writes};
 use common::event::Event;
 use common::producer::HealingProducer;
-use futures_util::future::join_all;
 use metrics::gauge;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -63,22 +62,23 @@ impl EventWriter {
         accepted_at_ms: i64,
     ) -> Result<(), WriteError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut deliveries = Vec::with_capacity(events.len());
+        let writes = Writes::default();
         for event in events {
             let record = FutureRecord::to(&self.topic)
                 .key(event.tenant_id().as_str())
                 .payload(event.canonical_json())
                 .timestamp(accepted_at_ms);
-            let delivery = producer.enqueue(record).map_err(WriteError::Enqueue)?;
-            deliveries.push(delivery.outcome());
+            producer
+                .enqueue(&writes, record)
+                .map_err(WriteError::Enqueue)?;
         }
-        let outcomes = tokio::time::timeout_at(deadline, join_all(deliveries))
+        let positions = tokio::time::timeout_at(deadline, writes.acknowledged())
             .await
-            .map_err(|_| WriteError::TimedOut(self.timeout))?;
+            .map_err(|_| WriteError::TimedOut(self.timeout))?
+            .map_err(WriteError::Delivery)?;
         let mut ends = BatchEnds::default();
-        for outcome in outcomes {
-            let delivered = outcome.map_err(WriteError::Delivery)?;
-            ends.acknowledged(delivered.partition, delivered.offset);
+        for position in positions {
+            ends.acknowledged(position.partition, position.offset);
         }
         self.end_offsets.advance(&ends);
         Ok(())

@@ -667,7 +667,7 @@ async fn main() {
         let cpu: Vec<String> = before
             .iter()
             .zip(&after)
-            .map(|(b, a)| format!("{:.3}", (a.cpu_seconds - b.cpu_seconds) / thousands))
+            .map(|(b, a)| format!("{:.4}", (a.cpu_seconds - b.cpu_seconds) / thousands))
             .collect();
         let rss: Vec<String> = after
             .iter()

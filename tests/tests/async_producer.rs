@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use common::async_producer::AsyncProducer;
+use common::async_producer::{AsyncProducer, Writes};
 use common::kafka::KafkaArgs;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureRecord;
@@ -19,16 +19,16 @@ async fn writes_are_acknowledged_with_their_place_in_the_topic() {
     let topic = integration_tests::kafka::new_topic("async-producer", 1).await;
     let kafka = KafkaArgs::new(integration_tests::kafka::brokers());
     let producer = AsyncProducer::new(&kafka.producer_config(QUEUE_TIMEOUT)).expect("producer");
-    let queued: Vec<_> = ["a", "b", "c"]
-        .into_iter()
-        .map(|payload| producer.enqueue(record(&topic, payload)).expect("queued"))
-        .collect();
-    let mut offsets = Vec::new();
-    for delivery in queued {
-        let position = delivery.outcome().await.expect("acknowledged");
-        assert_eq!(position.partition, 0);
-        offsets.push(position.offset);
+    let writes = Writes::default();
+    for payload in ["a", "b", "c"] {
+        producer
+            .enqueue(&writes, record(&topic, payload))
+            .expect("queued");
     }
+    let positions = writes.acknowledged().await.expect("acknowledged");
+    assert!(positions.iter().all(|position| position.partition == 0));
+    let mut offsets: Vec<i64> = positions.iter().map(|position| position.offset).collect();
+    offsets.sort_unstable();
     assert_eq!(offsets, [0, 1, 2]);
     let position = producer
         .send(record(&topic, "d"), QUEUE_TIMEOUT)
@@ -59,12 +59,13 @@ async fn writes_still_queued_when_the_producer_is_let_go_are_answered_as_failed(
     let kafka = KafkaArgs::new(format!("127.0.0.1:{port}"));
     let producer =
         AsyncProducer::new(&kafka.producer_config(Duration::from_secs(300))).expect("producer");
-    let delivery = producer
-        .enqueue(record("nowhere", "x"))
+    let writes = Writes::default();
+    producer
+        .enqueue(&writes, record("nowhere", "x"))
         .expect("queued locally");
     drop(producer);
     // Within the delivery thread's poll span (10 s), long before the 300 s message timeout.
-    let outcome = tokio::time::timeout(Duration::from_secs(30), delivery.outcome())
+    let outcome = tokio::time::timeout(Duration::from_secs(30), writes.acknowledged())
         .await
         .expect("answered within 30 s");
     assert!(
