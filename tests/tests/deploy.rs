@@ -308,8 +308,9 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exposed_by_a_running_pipe
         .expect("post");
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
 
-    // Events until the first delivery is done, live batching has closed a part and an upload
-    // used cached credentials: every series the dashboard and the alerts name then exists.
+    // Events until the first delivery is done, live batching has closed a part, an upload used
+    // cached credentials and the batcher has had librdkafka's first statistics (every 5 s),
+    // which give its consumer lag: every series the dashboard and the alerts name then exists.
     let mut batch = 0;
     integration_tests::wait_for(
         "a first delivery and live objects",
@@ -329,10 +330,13 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exposed_by_a_running_pipe
                 )?;
                 let hits =
                     metric_value(&uploader, "activity_uploader_assume_role_cache_hits_total")?;
-                let live_parts = exposed(&batcher).contains(batcher::metrics::PARTS_CLOSED);
+                let batcher_series = exposed(&batcher);
+                let live_parts = batcher_series.contains(batcher::metrics::PARTS_CLOSED);
+                let lag_known = batcher_series.contains(batcher::metrics::CONSUMER_LAG);
                 let digest_stored = exposed(&uploader)
                     .contains(&format!("{}_count", uploader::metrics::DIGEST_LAG));
-                (first >= 1.0 && hits >= 1.0 && live_parts && digest_stored).then_some(())
+                (first >= 1.0 && hits >= 1.0 && live_parts && lag_known && digest_stored)
+                    .then_some(())
             }
         },
     )
