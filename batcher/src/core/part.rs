@@ -146,6 +146,7 @@ impl OpenPart {
         if !self.ids.insert(id)? {
             return Ok(Added::Duplicate);
         }
+        self.reserve_tail(line.len() + 1, settings.frame_bytes);
         self.tail.extend_from_slice(line);
         self.tail.push(b'\n');
         self.event_count += 1;
@@ -177,8 +178,8 @@ impl OpenPart {
     /// Bytes that spilling would free.
     pub fn spillable_bytes(&self) -> usize {
         let data = match &self.storage {
-            Storage::Memory { frames } => frames.len() + self.tail.len(),
-            Storage::Disk { .. } => self.tail.len(),
+            Storage::Memory { frames } => frames.len() + self.tail.capacity(),
+            Storage::Disk { .. } => self.tail.capacity(),
         };
         data + self.ids.spillable_bytes()
     }
@@ -278,15 +279,28 @@ impl OpenPart {
         Ok(())
     }
 
+    /// Makes room in the raw tail for `bytes` more. The tail grows by doubling as a `Vec`
+    /// does, but never past the frame size plus what is being added: a tail is compressed
+    /// once it reaches the frame size, so a doubled buffer would be half unused.
+    fn reserve_tail(&mut self, bytes: usize, frame_bytes: usize) {
+        let needed = self.tail.len() + bytes;
+        if needed > self.tail.capacity() {
+            let grown = (2 * self.tail.capacity()).min(frame_bytes + bytes);
+            self.tail.reserve_exact(grown.max(needed) - self.tail.len());
+        }
+    }
+
     fn seal_frame(&mut self, settings: &PartSettings) -> std::io::Result<()> {
         if self.raw_tail_bytes() == 0 {
             return Ok(());
         }
-        // A fresh tail: a part that went quiet keeps no large buffer.
-        let in_memory = std::mem::take(&mut self.tail);
         match &mut self.storage {
             Storage::Memory { frames } => {
-                frames.extend_from_slice(&compress(self.codec, &in_memory, settings.zstd_level)?);
+                frames.extend_from_slice(&compress(self.codec, &self.tail, settings.zstd_level)?);
+                // A part that filled a frame is busy enough to fill the next one: it keeps its
+                // buffer (counted in `memory_bytes`, freed by a spill) rather than growing a
+                // fresh one, whose every doubling copies the bytes so far into new memory.
+                self.tail.clear();
             }
             Storage::Disk {
                 frames_path,
@@ -299,7 +313,7 @@ impl OpenPart {
                 } else {
                     Vec::new()
                 };
-                raw.extend_from_slice(&in_memory);
+                raw.extend_from_slice(&std::mem::take(&mut self.tail));
                 let frame = compress(self.codec, &raw, settings.zstd_level)?;
                 OpenOptions::new()
                     .append(true)
@@ -396,6 +410,29 @@ mod tests {
                 .into_iter()
                 .chain([b'\n'])
                 .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_busy_part_keeps_one_tail_buffer_no_larger_than_a_frame_and_a_line() {
+        let s = settings(1100);
+        let mut part = part(Codec::Zstd);
+        let (mut largest, mut cuts) = (0, 0);
+        for n in 0..200 {
+            let frames_before = part.frames_bytes();
+            part.add(i64::from(n), id_hash(&format!("e{n}")), &line(n), &s)
+                .expect("add");
+            largest = largest.max(part.tail.capacity());
+            if part.frames_bytes() > frames_before {
+                cuts += 1;
+                assert!(part.tail.is_empty() && part.tail.capacity() > 0, "kept");
+            }
+        }
+        assert!(cuts > 5, "{cuts} frames cut");
+        let longest_line = line(199).len() + 1;
+        assert!(
+            largest <= 1100 + longest_line,
+            "the tail grew to {largest} bytes"
         );
     }
 

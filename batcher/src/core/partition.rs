@@ -414,13 +414,13 @@ impl PartitionState {
             }
         };
         let id = id_hash(record.event_id);
-        // A repeated id stays a duplicate whatever its size; only new events can cut.
-        let cut = !part.contains(id)?
-            && !part.fits(
-                record.line.len(),
-                settings.max_object_bytes,
-                settings.max_body_bytes,
-            );
+        // A repeated id stays a duplicate whatever its size; only new events can cut. The
+        // size check comes first: it is arithmetic, the id check a hash lookup.
+        let cut = !part.fits(
+            record.line.len(),
+            settings.max_object_bytes,
+            settings.max_body_bytes,
+        ) && !part.contains(id)?;
         let full = if cut {
             Some(std::mem::replace(part, new_part()))
         } else {
