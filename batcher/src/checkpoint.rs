@@ -8,6 +8,7 @@
 //! before letting go.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::kafka::{KafkaArgs, TopicSpec};
@@ -137,7 +138,15 @@ pub enum CheckpointError {
 }
 
 /// How long writing a checkpoint may take before the commit is given up (and retried later).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The batcher's one Kafka producer, for its checkpoints, its clock records and the digest
+/// builder's records alike. Every librdkafka client keeps threads that wake each second, so
+/// one producer shared is what keeps an idle batcher quiet; its records go to different
+/// partitions, which librdkafka queues and retries apart.
+pub fn writer(kafka: &KafkaArgs) -> Result<Arc<HealingProducer>, KafkaError> {
+    HealingProducer::new(kafka.producer_config(WRITE_TIMEOUT), "batcher-writer").map(Arc::new)
+}
 
 /// One value per partition of a topic a consumer group reads, on the compacted checkpoint topic
 /// under keys `{group}/{topic}/{partition}`: where the batchers' checkpoints and the digest
@@ -146,24 +155,24 @@ pub struct PartitionRecords {
     kafka: KafkaArgs,
     topic: String,
     key_prefix: String,
-    producer: HealingProducer,
+    producer: Arc<HealingProducer>,
 }
 
 impl PartitionRecords {
-    /// `client` names the writer in logs and metrics.
+    /// Writes with `producer` (see [`writer`]).
     pub fn new(
         kafka: &KafkaArgs,
         topic: &str,
         group: &str,
         read_topic: &str,
-        client: &'static str,
-    ) -> Result<Self, KafkaError> {
-        Ok(Self {
+        producer: Arc<HealingProducer>,
+    ) -> Self {
+        Self {
             kafka: kafka.clone(),
             topic: topic.to_owned(),
             key_prefix: format!("{group}/{read_topic}/"),
-            producer: HealingProducer::new(kafka.producer_config(WRITE_TIMEOUT), client)?,
-        })
+            producer,
+        }
     }
 
     pub fn topic(&self) -> &str {
@@ -210,23 +219,19 @@ pub struct CheckpointStore {
 }
 
 impl CheckpointStore {
+    /// Writes with `producer` (see [`writer`]).
     pub fn new(
         kafka: &KafkaArgs,
         topic: &str,
         group: &str,
         events_topic: &str,
         settings: &WindowSettings,
-    ) -> Result<Self, KafkaError> {
-        Ok(Self {
+        producer: Arc<HealingProducer>,
+    ) -> Self {
+        Self {
             shape: ObjectShape::of(settings),
-            records: PartitionRecords::new(
-                kafka,
-                topic,
-                group,
-                events_topic,
-                "batcher-checkpoints",
-            )?,
-        })
+            records: PartitionRecords::new(kafka, topic, group, events_topic, producer),
+        }
     }
 
     /// Writes `checkpoint` for `partition` and waits until Kafka has it.

@@ -43,9 +43,13 @@ pub struct ClockWriter {
 }
 
 impl ClockWriter {
-    pub fn new(producer: HealingProducer, topic: String, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        producer: Arc<HealingProducer>,
+        topic: String,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
         Self {
-            producer: Arc::new(producer),
+            producer,
             topic,
             runtime,
             written: HashMap::new(),

@@ -48,9 +48,10 @@ const RECORDS_BETWEEN_CHECKS: u32 = 64;
 /// How often gauges are refreshed and idle partitions checked for a clock close.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one poll waits for a record when none comes. A poll returns as soon as a record
-/// arrives, so this only spaces the loop's checks when idle; rdkafka spins through the last
-/// millisecond of every poll, so fewer polls are less idle CPU. Shutdown is noticed within it.
-const IDLE_POLL: Duration = Duration::from_millis(500);
+/// arrives, so this only spaces the loop's checks when idle, which need no more than the
+/// housekeeping's pace; each poll is a wake-up, and rdkafka spins through the last millisecond
+/// of it. Shutdown is noticed within it.
+const IDLE_POLL: Duration = HOUSEKEEPING_INTERVAL;
 
 /// Per assigned partition: where reading is and what was committed.
 #[derive(Debug, Default)]

@@ -135,6 +135,7 @@ pub async fn run(
             ("group.id", &group),
             ("enable.auto.commit", "false"),
             ("auto.offset.reset", "earliest"),
+            common::kafka::QUIET_TOPIC_FETCH_WAIT,
         ])
         .create()
         .context("cannot create the first-deliveries consumer")?;

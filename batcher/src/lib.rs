@@ -23,7 +23,6 @@ use std::sync::atomic::AtomicBool;
 
 use ::metrics::counter;
 use anyhow::Context;
-use common::producer::HealingProducer;
 use common::registry::IntegrationRegistry;
 use common::shutdown::Supervisor;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -98,14 +97,15 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
         });
     }
 
+    let writer = checkpoint::writer(&config.kafka).context("cannot create the Kafka writer")?;
     let store = CheckpointStore::new(
         &config.kafka,
         &config.checkpoints_topic,
         &config.group,
         &config.topics.events_topic,
         &config.batching.window_settings(),
-    )
-    .context("cannot create the checkpoint writer")?;
+        writer.clone(),
+    );
     let store = check_object_shape(store, config.allow_settings_change).await?;
     let core = Core::new(
         config.batching.window_settings(),
@@ -113,11 +113,7 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
         spill_dir,
     );
     let clock = ClockWriter::new(
-        HealingProducer::new(
-            config.kafka.producer_config(CLOCK_WRITE_TIMEOUT),
-            "batcher-clock",
-        )
-        .context("cannot create the clock writer")?,
+        writer.clone(),
         config.topics.events_topic.clone(),
         tokio::runtime::Handle::current(),
     );
@@ -195,7 +191,7 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
                 supervisor.token(),
             );
             supervisor.spawn("digests", async move {
-                digests::run(settings, kafka, amqp, topology, token).await
+                digests::run(settings, kafka, writer, amqp, topology, token).await
             });
         }
         None => tracing::info!(
@@ -266,9 +262,6 @@ fn prepare_spill_dir(path: &std::path::Path) -> anyhow::Result<std::path::PathBu
     }
     Ok(path.to_owned())
 }
-
-/// How long a clock record may take to be acknowledged.
-const CLOCK_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long reading the checkpoints at start may take.
 const SHAPE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);

@@ -17,6 +17,7 @@ use anyhow::Context;
 use common::amqp::{AmqpArgs, Backoff, confirm_channel, confirmed, publish_persistent};
 use common::job::UploadJob;
 use common::topology::{UPLOAD_ROUTING_KEY, UploadTopology};
+use futures_util::StreamExt;
 use lapin::PublisherConfirm;
 use metrics::{counter, histogram};
 use tokio::sync::mpsc;
@@ -26,8 +27,12 @@ use crate::metrics::{PUBLISH_CONFIRM_LATENCY, PUBLISH_FAILURES, PUBLISHED, REFUS
 
 /// Messages awaiting their confirm at once.
 const IN_FLIGHT: usize = 256;
-/// How often an idle publisher checks that its connection is still up.
-const CONNECTION_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often an idle publisher looks at its connection's state. A lost connection is heard of at
+/// once from the connection's events; this catches a loss that raised none.
+const CONNECTION_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The connection's events: how an idle publisher hears at once that its connection was lost.
+type ConnectionEvents = futures_util::stream::BoxStream<'static, lapin::Event>;
 
 /// One closed part on its way to RabbitMQ.
 #[derive(Debug)]
@@ -183,6 +188,7 @@ impl<S: ConfirmSink> Publisher<S> {
     async fn next(
         &mut self,
         channel: &lapin::Channel,
+        events: &mut ConnectionEvents,
         nothing_in_flight: bool,
     ) -> anyhow::Result<Option<Outgoing>> {
         if let Some(part) = self.waiting.pop_front() {
@@ -200,6 +206,11 @@ impl<S: ConfirmSink> Publisher<S> {
                 part = self.parts.recv() => {
                     self.closed = part.is_none();
                     return Ok(part);
+                }
+                Some(event) = events.next() => {
+                    if let lapin::Event::Error(error) = event {
+                        anyhow::bail!("the RabbitMQ connection was lost: {error}");
+                    }
                 }
                 _ = check.tick() => anyhow::ensure!(
                     channel.status().connected(),
@@ -219,11 +230,12 @@ impl<S: ConfirmSink> Publisher<S> {
         let channel = confirm_channel(connection)
             .await
             .context("cannot open a RabbitMQ channel with publisher confirms")?;
+        let mut events: ConnectionEvents = connection.events_listener().boxed();
         self.topology.declare(&channel).await?;
         self.connected.store(true, Ordering::Relaxed);
         backoff.reset();
         let mut in_flight: VecDeque<(Outgoing, PublisherConfirm, Instant)> = VecDeque::new();
-        let result = self.pump(&channel, &mut in_flight).await;
+        let result = self.pump(&channel, &mut events, &mut in_flight).await;
         if result.is_err() {
             // Unconfirmed parts go back in their original order, ahead of anything newer.
             for (part, _, _) in in_flight.into_iter().rev() {
@@ -255,12 +267,13 @@ impl<S: ConfirmSink> Publisher<S> {
     async fn pump(
         &mut self,
         channel: &lapin::Channel,
+        events: &mut ConnectionEvents,
         in_flight: &mut VecDeque<(Outgoing, PublisherConfirm, Instant)>,
     ) -> anyhow::Result<()> {
         let exchange = self.topology.exchange.clone();
         loop {
             if in_flight.len() < IN_FLIGHT
-                && let Some(part) = self.next(channel, in_flight.is_empty()).await?
+                && let Some(part) = self.next(channel, events, in_flight.is_empty()).await?
             {
                 if part.body.len() as u64 > self.max_body_bytes {
                     self.refuse(part);

@@ -14,6 +14,17 @@ use rdkafka::types::RDKafkaErrorCode;
 /// lower-cased, with `_` read as `.` (`ACTIVITY_KAFKA_RDKAFKA_SECURITY_PROTOCOL=SASL_SSL`).
 pub const PASSTHROUGH_ENV_PREFIX: &str = "ACTIVITY_KAFKA_RDKAFKA_";
 
+/// For a consumer that follows a rarely written topic (integrations, first-delivery requests):
+/// how long the broker holds a fetch that finds nothing new. A fetch is answered as soon as a
+/// record arrives, so this adds no delay to a write; it only spaces the client's fetches while
+/// nothing is written, where librdkafka's 500 ms cost an idle service a wake-up every half
+/// second. Not for the events consumer: a partition it resumes or is newly assigned is fetched
+/// only once the fetch in flight returns. Nor for readers that wait on the client's report of a
+/// partition's end (checkpoint reads): a fetch that finds nothing past the end is held this long
+/// before the end is reported. The registry knows its ends from the offsets asked at start and
+/// needs that report only when a partition's last records are gone.
+pub const QUIET_TOPIC_FETCH_WAIT: (&str, &str) = ("fetch.wait.max.ms", "5000");
+
 /// Parts of a librdkafka setting's name that mark its value as a secret (passwords, private
 /// keys and their PEM text, tokens, credentials, the OAuth bearer configuration).
 const SECRET_NAME_PARTS: &[&str] = &[

@@ -152,6 +152,7 @@ impl IntegrationRegistry {
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
                 PARTITION_EOF,
+                crate::kafka::QUIET_TOPIC_FETCH_WAIT,
             ])
             .create_with_context(EndReachedContext)
             .map_err(kafka_error)?;

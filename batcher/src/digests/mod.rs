@@ -50,8 +50,6 @@ use fold::{PartitionDigests, Periods, SignedDigest};
 const GZIP_LEVEL: i32 = 6;
 /// How long reading the checkpoints may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long writing a checkpoint may take before it is tried again.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pause before trying a failed checkpoint read or write again.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// How long moving a partition's read position may take.
@@ -89,6 +87,7 @@ struct Slot {
 pub async fn run(
     settings: Settings,
     kafka: KafkaArgs,
+    writer: Arc<HealingProducer>,
     amqp: AmqpArgs,
     topology: UploadTopology,
     shutdown: CancellationToken,
@@ -122,22 +121,18 @@ pub async fn run(
         shutdown.clone(),
     ));
     let clock = ClockWriter::new(
-        HealingProducer::new(kafka.producer_config(WRITE_TIMEOUT), "batcher-digest-clock")
-            .context("cannot create the digest builder's clock writer")?,
+        writer.clone(),
         settings.deliveries_topic.clone(),
         tokio::runtime::Handle::current(),
     );
     let store = Store {
-        records: Arc::new(
-            PartitionRecords::new(
-                &kafka,
-                &settings.checkpoints_topic,
-                &group,
-                &settings.deliveries_topic,
-                "batcher-digest-checkpoints",
-            )
-            .context("cannot create the digest checkpoint writer")?,
-        ),
+        records: Arc::new(PartitionRecords::new(
+            &kafka,
+            &settings.checkpoints_topic,
+            &group,
+            &settings.deliveries_topic,
+            writer,
+        )),
     };
     let mut builder = Builder {
         settings,

@@ -141,8 +141,8 @@ pub async fn execute(
         &config.group,
         &config.topics.events_topic,
         &settings,
-    )
-    .context("cannot create the checkpoint reader")?;
+        crate::checkpoint::writer(&config.kafka).context("cannot create the checkpoint reader")?,
+    );
     crate::check_object_shape(store, config.allow_settings_change).await?;
     let consumer: ReplayConsumer = config
         .kafka
