@@ -271,6 +271,9 @@ impl S3Writer {
             .metadata("window-end", crate::clock::rfc3339_ms(object.window_end_ms))
             .body(ByteStream::from(body))
             .customize()
+            // The body is bound to the request by the signed SHA-256 checksum header, which S3
+            // checks on arrival; signing the payload too would hash every body a second time.
+            .disable_payload_signing()
             .config_override(
                 aws_sdk_s3::config::Builder::default().credentials_provider(credentials.clone()),
             )
