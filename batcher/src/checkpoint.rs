@@ -138,7 +138,7 @@ pub enum CheckpointError {
 }
 
 /// How long writing a checkpoint may take before the commit is given up (and retried later).
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The batcher's one Kafka producer, for its checkpoints, its clock records and the digest
 /// builder's records alike. Every librdkafka client keeps threads that wake each second, so
