@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use common::clock::{now_unix_ms, unix_ms};
 use common::integration::FirstDeliveryRequest;
+use common::producer::HealingProducer;
 use common::registry::IntegrationRegistry;
 use metrics::{counter, gauge};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -122,9 +123,11 @@ enum Outcome {
 }
 
 /// Reads first-delivery requests and runs each when due, until `token` is cancelled.
+/// `writer` is the batcher's Kafka writer (`checkpoint::writer`), lent to each replay.
 pub async fn run(
     config: Arc<BatcherConfig>,
     registry: IntegrationRegistry,
+    writer: Arc<HealingProducer>,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
     let topic = config.topics.first_deliveries_topic.clone();
@@ -183,9 +186,10 @@ pub async fn run(
                 if let Some((position, _)) = schedule.next_due()
                     && let Some(request) = schedule.request(position).cloned()
                 {
-                    let (config, registry, token) = (config.clone(), registry.clone(), token.clone());
+                    let (config, registry, writer, token) =
+                        (config.clone(), registry.clone(), writer.clone(), token.clone());
                     running = Some((position, tokio::spawn(async move {
-                        deliver(&config, &registry, &request, token).await
+                        deliver(&config, &registry, writer, &request, token).await
                     })));
                 }
             }
@@ -231,6 +235,7 @@ fn decode(payload: Option<&[u8]>) -> Result<FirstDeliveryRequest, String> {
 async fn deliver(
     config: &BatcherConfig,
     registry: &IntegrationRegistry,
+    writer: Arc<HealingProducer>,
     request: &FirstDeliveryRequest,
     token: CancellationToken,
 ) -> anyhow::Result<Outcome> {
@@ -259,7 +264,7 @@ async fn deliver(
     let report: replay::Report = Arc::new(move |line| {
         tracing::info!(tenant = %tenant, "first delivery: {}", line.trim_start());
     });
-    let summary = replay::execute(config, registry, &scope, token, report).await?;
+    let summary = replay::execute(config, registry, writer, &scope, token, report).await?;
     Ok(Outcome::Delivered(summary))
 }
 

@@ -156,9 +156,10 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
     let address = common::ops::spawn(config.listen, readiness, metrics, supervisor).await?;
 
     {
-        let (config, registry, token) = (
+        let (config, registry, writer, token) = (
             Arc::new(config.clone()),
             registry.clone(),
+            writer.clone(),
             supervisor.token(),
         );
         supervisor.spawn("first-deliveries", async move {
@@ -166,7 +167,7 @@ pub async fn start(config: BatcherConfig, supervisor: &Supervisor) -> anyhow::Re
                 () = registry.caught_up() => {}
                 () = token.cancelled() => return Ok(()),
             }
-            first_delivery::run(config, registry, token).await
+            first_delivery::run(config, registry, writer, token).await
         });
     }
 

@@ -8,11 +8,13 @@
 //! live batching's ([`read_record`]) and parts through the same [`Outbox`] and publisher.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use common::clock::now_unix_ms;
 use common::event::TenantId;
+use common::producer::HealingProducer;
 use common::read_to_end::{EndReachedContext, PARTITION_EOF};
 use common::registry::IntegrationRegistry;
 use common::shutdown::Supervisor;
@@ -117,7 +119,9 @@ pub async fn run(config: &BatcherConfig, args: &ReplayArgs) -> anyhow::Result<()
         tenant: args.tenant.clone(),
     };
     let print: Report = std::sync::Arc::new(|line| println!("{line}"));
-    let summary = execute(config, &registry, &scope, supervisor.token(), print).await;
+    let writer =
+        crate::checkpoint::writer(&config.kafka).context("cannot create the Kafka writer")?;
+    let summary = execute(config, &registry, writer, &scope, supervisor.token(), print).await;
     supervisor.cancel();
     println!("{}", summary?);
     Ok(())
@@ -125,10 +129,12 @@ pub async fn run(config: &BatcherConfig, args: &ReplayArgs) -> anyhow::Result<()
 
 /// Rebuilds the windows of `scope` with the tenants' current integrations and enqueues their
 /// objects, returning once RabbitMQ has confirmed every one. `report` receives the plan and
-/// progress.
+/// progress. `writer` is the batcher's Kafka writer (`checkpoint::writer`); a replay only reads
+/// checkpoints, but reads them through the store that also writes them.
 pub async fn execute(
     config: &BatcherConfig,
     registry: &IntegrationRegistry,
+    writer: Arc<HealingProducer>,
     scope: &ReplayScope,
     token: CancellationToken,
     report: Report,
@@ -141,7 +147,7 @@ pub async fn execute(
         &config.group,
         &config.topics.events_topic,
         &settings,
-        crate::checkpoint::writer(&config.kafka).context("cannot create the checkpoint reader")?,
+        writer,
     );
     crate::check_object_shape(store, config.allow_settings_change).await?;
     let consumer: ReplayConsumer = config
